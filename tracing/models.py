@@ -1,0 +1,239 @@
+"""Load a text-to-image model into one object that holds its parts and its site table.
+
+Usage::
+
+    model = load_model("toy")                                  # the embedded toy world
+    model = load_model("runwayml/stable-diffusion-v1-5", dtype=torch.float16, device="cuda")
+    model = load_model("/data/sd-v1-4")                        # a local diffusers folder
+    model = load_model("/data/v1-5-pruned.safetensors")        # an A1111-style single file
+    model = load_model("tiny-sd1")                             # structure-faithful replica
+    model.sites.unet[:3], model.module("unet:mid_block.resnets.0")
+
+Specs: ``toy``; ``tiny-sd1``, ``tiny-sd2``, ``tiny-sdxl`` (random replicas, for tests and
+demos); a local folder (diffusers layout, or the toy layout with ``diffloc.json``); a single
+``.safetensors``/``.ckpt`` file; a hub id ``owner/name`` (honours ``HF_HUB_OFFLINE``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .sites import Site, SiteTable, build_site_table, resolve
+
+REPLICAS = ("tiny-sd1", "tiny-sd2", "tiny-sdxl")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names nothing loadable."""
+
+
+def toy_model_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "experiments" / "toy" / "weights" / "model"
+
+
+@dataclass
+class Model:
+    """A loaded text-to-image model: pipeline parts, architecture and site table."""
+
+    name: str
+    arch: str
+    tokenizer: Any
+    text_encoder: nn.Module
+    unet: nn.Module
+    scheduler: Any
+    vae: nn.Module | None = None
+    tokenizer_2: Any = None
+    text_encoder_2: nn.Module | None = None
+    defaults: dict = field(default_factory=dict)
+    source: str | None = None
+    corpus: list[str] | None = None  # captions whose tokens define σ for corruption (None: whole vocab)
+
+    def __post_init__(self) -> None:
+        texts = {"text_encoder": self.text_encoder.config}
+        if self.text_encoder_2 is not None:
+            texts["text_encoder_2"] = self.text_encoder_2.config
+        self.sites: SiteTable = build_site_table(self.arch, self.unet.config, texts)
+        for m in self.modules.values():
+            m.eval().requires_grad_(False)
+        self._embed_std: dict[str, float] = {}
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        out = {"text_encoder": self.text_encoder, "unet": self.unet}
+        if self.text_encoder_2 is not None:
+            out["text_encoder_2"] = self.text_encoder_2
+        return out
+
+    @property
+    def pixel_space(self) -> bool:
+        return self.vae is None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def sample_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    def module(self, site: Site | str) -> nn.Module:
+        return resolve(site, self.modules)
+
+    def tokenize(self, texts: list[str], component: str = "text_encoder") -> torch.Tensor:
+        """Token ids [B, 77] padded as the model's pipeline pads them."""
+        tok = self.tokenizer_2 if component == "text_encoder_2" else self.tokenizer
+        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+    def embed_std(self, component: str = "text_encoder", texts: list[str] | None = None) -> float:
+        """Std of the token embeddings of the tokens in ``texts`` (ROME's σ), cached per model.
+
+        Default texts: ``self.corpus`` (the toy world's captions for the toy model), else the
+        whole vocabulary.
+        """
+        texts = texts if texts is not None else self.corpus
+        key = component if texts is None else f"{component}:{hash(tuple(texts))}"
+        if key not in self._embed_std:
+            weight = self.modules[component].embeddings.token_embedding.weight.detach().float()
+            if texts is not None:
+                tok = self.tokenizer_2 if component == "text_encoder_2" else self.tokenizer
+                ids = sorted({i for t in texts for i in tok(t).input_ids} - set(tok.all_special_ids))
+                weight = weight[torch.tensor(ids)]
+            self._embed_std[key] = float(weight.std())
+        return self._embed_std[key]
+
+
+def _read_defaults(folder: Path) -> dict:
+    path = folder / "diffloc.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    defaults = _read_defaults(folder)
+    return Model(
+        name=name,
+        arch=defaults.get("arch", "toy"),
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+        scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        defaults=defaults,
+        source=str(folder),
+    )
+
+
+def _from_pipeline(pipe: Any, name: str, source: str) -> Model:
+    from .arch import detect_arch
+
+    texts = [pipe.text_encoder.config] + ([pipe.text_encoder_2.config] if getattr(pipe, "text_encoder_2", None) is not None else [])
+    tokenizer = pipe.tokenizer
+    return Model(
+        name=name,
+        arch=detect_arch(pipe.unet.config, texts),
+        tokenizer=tokenizer,
+        text_encoder=pipe.text_encoder,
+        unet=pipe.unet,
+        scheduler=pipe.scheduler,
+        vae=pipe.vae,
+        tokenizer_2=getattr(pipe, "tokenizer_2", None),
+        text_encoder_2=getattr(pipe, "text_encoder_2", None),
+        defaults={"guidance_scale": 7.5, "num_inference_steps": 50},
+        source=source,
+    )
+
+
+def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu") -> Model:
+    """Load ``spec`` (see module docstring) and move it to ``device`` in ``dtype``."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ModelSpecError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    model = _load(spec, dtype)
+    for m in [model.text_encoder, model.text_encoder_2, model.unet, model.vae]:
+        if m is not None:
+            m.to(device=device, dtype=dtype)
+    if model.vae is not None and dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
+        model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16
+    return model
+
+
+def _load(spec: str, dtype: torch.dtype) -> Model:
+    if spec == "toy":
+        folder = toy_model_dir()
+        if not (folder / "unet").exists():
+            raise ModelSpecError(f"toy weights missing at {folder}; run `diffloc toy train` to make them")
+        return _load_toy_folder(folder, dtype, "toy")
+    if spec in REPLICAS:
+        from .replicas import build_replica
+
+        parts = build_replica(spec.removeprefix("tiny-"))
+        return _from_parts(parts, spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "diffloc.json").exists() and not (path / "vae").exists():
+            return _load_toy_folder(path, dtype, str(path))
+        if not (path / "model_index.json").exists():
+            raise ModelSpecError(f"folder {spec} is not a diffusers model: no model_index.json (nor a toy diffloc.json)")
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None)
+        return _from_pipeline(pipe, str(path), str(path))
+    if path.suffix in (".safetensors", ".ckpt"):
+        if not path.exists():
+            raise ModelSpecError(f"checkpoint file {spec} does not exist")
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_single_file(str(path), torch_dtype=dtype, safety_checker=None)
+        return _from_pipeline(pipe, path.stem, str(path))
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _load_hub(spec, dtype)
+    if spec.startswith((".", "/", "~")) or os.sep in spec:
+        raise ModelSpecError(f"model folder {spec} does not exist")
+    raise ModelSpecError(
+        f"unknown model spec {spec!r}; allowed: 'toy', {', '.join(repr(r) for r in REPLICAS)}, "
+        "a local diffusers folder, a .safetensors/.ckpt file, or a hub id 'owner/name'"
+    )
+
+
+def _load_hub(spec: str, dtype: torch.dtype) -> Model:
+    from diffusers import DiffusionPipeline
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dtype, safety_checker=None, local_files_only=offline)
+    except Exception as err:  # hub errors come in many classes; one line names the cause
+        how = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "it is neither cached nor reachable"
+        raise ModelSpecError(f"cannot load hub model {spec!r}: {how} ({type(err).__name__})") from None
+    return _from_pipeline(pipe, spec, spec)
+
+
+def _from_parts(parts: dict, name: str) -> Model:
+    from .arch import detect_arch
+
+    texts = [parts["text_encoder"].config] + ([parts["text_encoder_2"].config] if parts.get("text_encoder_2") is not None else [])
+    return Model(
+        name=name,
+        arch=detect_arch(parts["unet"].config, texts),
+        tokenizer=parts["tokenizer"],
+        text_encoder=parts["text_encoder"],
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        vae=parts.get("vae"),
+        tokenizer_2=parts.get("tokenizer_2"),
+        text_encoder_2=parts.get("text_encoder_2"),
+        defaults={"guidance_scale": 7.5, "num_inference_steps": 10},
+        source=name,
+    )

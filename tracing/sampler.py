@@ -1,0 +1,268 @@
+"""The sampling loop: plain generation, and patched generation for causal tracing.
+
+Usage::
+
+    cfg = SamplerConfig(num_inference_steps=20, guidance_scale=2.0)
+    images = generate(model, ["a red circle"], torch.Generator().manual_seed(0), cfg)   # [1,3,H,W]
+
+    corruption = make_corruption(model, "a red circle", positions=[2], generator=g_noise)
+    rows = [Restore(), Restore((Site.parse("unet:mid_block.resnets.0"),))]
+    images = patched_generate(model, "a red circle", rows, corruption, g_latents, cfg)
+    # images[0] clean, images[1] corrupted (restores nothing), images[2] restores mid_block.resnets.0
+
+All rows share one initial noise. Row 0 is the clean run; every other row has the same
+corruption (Gaussian noise on the token embeddings at ``positions``) and copies the clean
+row's output back in at its own sites: text-encoder sites at chosen token positions,
+UNet sites at every denoising step or inside a step window, as ROME's ``trace_with_patch``
+does. The clean run is simply row 0 of the batch, so no activation cache is needed and one
+batched call serves many restorations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .hooks import hooks
+from .models import Model
+from .sites import Site
+
+
+class NonFiniteError(RuntimeError):
+    """NaN or inf appeared in an activation or image; the run stops instead of writing garbage."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Denoising steps and classifier-free guidance (``guidance_scale <= 1`` disables CFG)."""
+
+    num_inference_steps: int = 20
+    guidance_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {self.num_inference_steps!r}")
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+
+    @classmethod
+    def for_model(cls, model: Model, **overrides) -> "SamplerConfig":
+        base = {k: model.defaults[k] for k in ("num_inference_steps", "guidance_scale") if k in model.defaults}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+@dataclass(frozen=True)
+class Restore:
+    """What one corrupted row copies back from the clean row.
+
+    ``tokens``: token positions restored at text-encoder sites (None: all 77).
+    ``window``: denoising steps ``[start, end)`` in which UNet sites are restored (None: all).
+    """
+
+    sites: tuple[Site, ...] = ()
+    tokens: tuple[int, ...] | None = None
+    window: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """Noise added to the token embeddings at ``positions`` (one [P, D] sample per encoder)."""
+
+    positions: tuple[int, ...]
+    noise: dict = field(default_factory=dict)  # component -> Tensor [P, D]
+
+
+def make_corruption(model: Model, positions: Sequence[int], generator: torch.Generator, scale: float = 3.0) -> Corruption:
+    """Gaussian noise of std ``scale × σ`` (σ: the model's token-embedding std) at ``positions``."""
+    n_tokens = model.tokenizer.model_max_length
+    bad = [p for p in positions if not 0 <= p < n_tokens]
+    if not positions or bad:
+        raise ValueError(f"token positions {list(positions)} invalid; allowed: a non-empty subset of 0..{n_tokens - 1}")
+    noise = {}
+    for comp, module in model.modules.items():
+        if comp.startswith("text_encoder"):
+            dim = module.config.hidden_size
+            sample = torch.randn(len(positions), dim, generator=generator)  # [P, D]
+            noise[comp] = sample * scale * model.embed_std(comp)
+    return Corruption(tuple(int(p) for p in positions), noise)
+
+
+def initial_latents(model: Model, generator: torch.Generator, batch: int = 1, size: int | None = None) -> torch.Tensor:
+    """Initial noise as StableDiffusionPipeline draws it: [B, C, h, w] (before init_noise_sigma)."""
+    size = size or model.sample_size
+    shape = (batch, model.unet.config.in_channels, size, size)
+    return torch.randn(shape, generator=generator, dtype=model.dtype, device=generator.device).to(model.device)
+
+
+def _encode(model: Model, ids: torch.Tensor, text_hooks: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompt embeddings [B, 77, D] (and SDXL's pooled [B, P]) as the diffusers pipelines build them."""
+    ids = ids.to(model.device)
+    with hooks(model.modules, text_hooks):
+        if model.text_encoder_2 is None:
+            return model.text_encoder(ids)[0], None  # [B, 77, D], after final_layer_norm
+        out1 = model.text_encoder(ids, output_hidden_states=True)
+        out2 = model.text_encoder_2(ids, output_hidden_states=True)
+        embeds = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)  # [B, 77, D1+D2]
+        return embeds, out2[0]  # pooled text_embeds [B, P]
+
+
+def _uncond(model: Model, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if model.text_encoder_2 is not None and model.defaults.get("force_zeros_for_empty_prompt", True):
+        embeds, pooled = _encode(model, model.tokenize([""]), {})
+        return torch.zeros_like(embeds).expand(batch, -1, -1), torch.zeros_like(pooled).expand(batch, -1)
+    embeds, pooled = _encode(model, model.tokenize([""]), {})
+    return embeds.expand(batch, -1, -1), None if pooled is None else pooled.expand(batch, -1)
+
+
+def _copy_rows(dst: torch.Tensor, src: torch.Tensor, tokens: torch.Tensor | None = None):
+    """Hook body: row ``dst[i]`` takes the value of row ``src[i]`` (at ``tokens[i]`` if given)."""
+
+    def fn(module, inputs, output):
+        new = output.clone()
+        if tokens is None:
+            new[dst] = output[src]  # [n, ...]
+        else:
+            new[dst, tokens] = output[src, tokens]  # [n, D] at (row, token) pairs
+        return new
+
+    return fn
+
+
+def _sample(model: Model, cond: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor, cfg: SamplerConfig, unet_patches: dict | None = None) -> torch.Tensor:
+    """Denoise ``latents`` [R, C, h, w] under ``cond`` [R, 77, D]; returns images [R, 3, H, W] in [0, 1]."""
+    R = cond.shape[0]
+    scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    scheduler.set_timesteps(cfg.num_inference_steps, device=model.device)
+    latents = latents * scheduler.init_noise_sigma
+    if cfg.cfg:
+        un, un_pooled = _uncond(model, R)
+        embeds = torch.cat([un, cond])  # [2R, 77, D]: uncond rows, then cond rows
+        pooled = None if pooled is None else torch.cat([un_pooled, pooled])
+    else:
+        embeds = cond
+    added = _sdxl_added(model, pooled, latents) if pooled is not None else None
+    step = {"i": 0}
+    unet_hooks = {site: _windowed(rows, R, cfg.cfg, step) for site, rows in (unet_patches or {}).items()}
+    with hooks(model.modules, unet_hooks):
+        for i, t in enumerate(scheduler.timesteps):
+            step["i"] = i
+            x = torch.cat([latents] * 2) if cfg.cfg else latents  # [2R, C, h, w]
+            x = scheduler.scale_model_input(x, t)
+            eps = model.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+            if not torch.isfinite(eps).all():
+                raise NonFiniteError(f"non-finite UNet output at denoising step {i}; try --dtype float32")
+            if cfg.cfg:
+                e_un, e_text = eps.chunk(2)
+                eps = e_un + cfg.guidance_scale * (e_text - e_un)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    return decode(model, latents)
+
+
+def _sdxl_added(model: Model, pooled: torch.Tensor, latents: torch.Tensor) -> dict:
+    px = latents.shape[-1] * (8 if model.vae is not None else 1)
+    time_ids = torch.tensor([[px, px, 0, 0, px, px]], dtype=model.dtype, device=model.device)
+    return {"text_embeds": pooled.to(model.dtype), "time_ids": time_ids.expand(pooled.shape[0], -1)}
+
+
+def _windowed(rows: list[tuple[int, tuple[int, int] | None]], R: int, cfg: bool, step: dict):
+    """UNet hook restoring row 0 into each (row, window) whose window holds the current step."""
+    cache: dict[int, object] = {}
+
+    def fn(module, inputs, output):
+        i = step["i"]
+        if i not in cache:
+            active = [r for r, w in rows if w is None or w[0] <= i < w[1]]
+            if not active:
+                cache[i] = None
+            else:
+                dst = torch.tensor(active + ([R + r for r in active] if cfg else []), device=output.device)
+                src = torch.tensor([0] * len(active) + ([R] * len(active) if cfg else []), device=output.device)
+                cache[i] = _copy_rows(dst, src)
+        body = cache[i]
+        return None if body is None else body(module, inputs, output)
+
+    return fn
+
+
+@torch.no_grad()
+def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (or pixels, for pixel-space models) to float images [B, 3, H, W] in [0, 1]."""
+    if model.vae is not None:
+        vae = model.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        x = vae.decode(latents).sample
+    else:
+        x = latents
+    images = (x.float() / 2 + 0.5).clamp(0, 1)
+    if not torch.isfinite(images).all():
+        raise NonFiniteError("non-finite values in decoded images; try --dtype float32")
+    return images
+
+
+@torch.no_grad()
+def generate(model: Model, prompts: Sequence[str], generator: torch.Generator | None = None, cfg: SamplerConfig | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain batched text-to-image generation: images [B, 3, H, W] in [0, 1]."""
+    cfg = cfg or SamplerConfig.for_model(model)
+    if latents is None:
+        if generator is None:
+            raise ValueError("generate needs a torch.Generator or explicit latents")
+        latents = initial_latents(model, generator, batch=len(prompts))
+    cond, pooled = _encode(model, model.tokenize(list(prompts)), {})
+    return _sample(model, cond, pooled, latents, cfg)
+
+
+def _check_rows(model: Model, rows: Sequence[Restore], cfg: SamplerConfig) -> None:
+    n_tok = model.tokenizer.model_max_length
+    for row in rows:
+        for site in row.sites:
+            model.module(site)  # raises SiteError naming the site
+        if row.tokens is not None and any(not 0 <= t < n_tok for t in row.tokens):
+            raise ValueError(f"token index in {list(row.tokens)} outside the prompt; allowed 0..{n_tok - 1}")
+        if row.window is not None:
+            a, b = row.window
+            if not 0 <= a < b <= cfg.num_inference_steps:
+                raise ValueError(f"step window {row.window} outside the step range; allowed [a, b) with 0 <= a < b <= {cfg.num_inference_steps}")
+
+
+@torch.no_grad()
+def patched_generate(model: Model, prompt: str, rows: Sequence[Restore], corruption: Corruption, generator: torch.Generator | None = None, cfg: SamplerConfig | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """Clean row 0 plus one corrupted row per :class:`Restore`: images [1 + len(rows), 3, H, W]."""
+    cfg = cfg or SamplerConfig.for_model(model)
+    _check_rows(model, rows, cfg)
+    R = 1 + len(rows)
+    if latents is None:
+        latents = initial_latents(model, generator)
+    latents = latents[:1].expand(R, -1, -1, -1)  # one initial noise shared by every row
+    pos = torch.tensor(corruption.positions)
+    text_hooks: dict = {}
+    for comp, noise in corruption.noise.items():
+
+        def corrupt(module, inputs, output, noise=noise):
+            new = output.clone()  # [R, 77, D] token embeddings
+            new[1:, pos.to(output.device)] += noise.to(output.device, output.dtype)
+            return new
+
+        text_hooks[Site(comp, "embeddings.token_embedding")] = [corrupt]
+    unet_patches: dict[Site, list] = {}
+    text_pairs: dict[Site, list[tuple[int, int]]] = {}
+    n_tok = model.tokenizer.model_max_length
+    for r, row in enumerate(rows, start=1):
+        for site in row.sites:
+            if site.component == "unet":
+                unet_patches.setdefault(site, []).append((r, row.window))
+            else:
+                toks = row.tokens if row.tokens is not None else range(n_tok)
+                text_pairs.setdefault(site, []).extend((r, t) for t in toks)
+    for site, pairs in text_pairs.items():
+        dst = torch.tensor([r for r, _ in pairs])
+        tok = torch.tensor([t for _, t in pairs])
+        text_hooks.setdefault(site, []).append(_copy_rows(dst, torch.zeros_like(dst), tok))
+    ids = model.tokenize([prompt]).expand(R, -1)
+    cond, pooled = _encode(model, ids, text_hooks)
+    return _sample(model, cond, pooled, latents, cfg, unet_patches)

@@ -1,0 +1,233 @@
+"""Sites: one spelling for every place in a model.
+
+Usage::
+
+    site = Site.parse("text_encoder:encoder.layers.0.self_attn.out_proj")
+    str(site)            # 'text_encoder:encoder.layers.0.self_attn.out_proj'
+    table = site_table(unet.config, text_encoder.config)
+    table.unet           # UNet sites in execution order
+    table.text_layer(0)  # {'hidden': Site, 'attn': Site, 'mlp': Site}
+
+A site's string form is ``<component>:<named_modules path>``. The same string is used in
+configs, result rows, figures and edit records. Text-encoder sites per layer ``N``:
+
+- ``hidden``: ``encoder.layers.N`` (the residual stream after layer N),
+- ``attn``:   ``encoder.layers.N.self_attn.out_proj`` (self-attention output; also the
+  weight that Diff-QuickFix edits),
+- ``mlp``:    ``encoder.layers.N.mlp.fc2`` (MLP output; also the weight ReFACT edits).
+
+So a causal state found by tracing *is* the site an editor writes: no translation step.
+UNet sites are every ResNet, self-attention (``attn1``), cross-attention (``attn2``) and
+feed-forward (``ff``) block, in execution order, derived from the UNet config.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
+TEXT_KINDS = ("hidden", "attn", "mlp")
+UNET_KINDS = ("resnet", "attn1", "attn2", "ff")
+
+
+class SiteError(LookupError):
+    """A site string that is malformed or names no module of the model."""
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """A named place in a model: a component and its ``named_modules()`` path."""
+
+    component: str
+    path: str
+
+    def __post_init__(self) -> None:
+        if self.component not in COMPONENTS:
+            raise SiteError(
+                f"unknown component {self.component!r} in site {self.component}:{self.path}; "
+                f"allowed: {', '.join(COMPONENTS)}"
+            )
+        if not self.path or not re.fullmatch(r"[A-Za-z0-9_.]+", self.path):
+            raise SiteError(f"bad module path {self.path!r}; expected a dotted named_modules() path")
+
+    @classmethod
+    def parse(cls, text: str) -> "Site":
+        """Parse ``component:path``; raises :class:`SiteError` with the allowed form."""
+        if isinstance(text, Site):
+            return text
+        if ":" not in text:
+            raise SiteError(
+                f"bad site {text!r}; expected '<component>:<module path>', "
+                f"e.g. 'text_encoder:encoder.layers.0.self_attn.out_proj'"
+            )
+        component, path = text.split(":", 1)
+        return cls(component.strip(), path.strip())
+
+    def __str__(self) -> str:
+        return f"{self.component}:{self.path}"
+
+    @property
+    def kind(self) -> str:
+        """One of hidden/attn/mlp (text encoder), resnet/attn1/attn2/ff (UNet), or 'other'."""
+        return site_kind(self)
+
+    @property
+    def layer(self) -> int | None:
+        """Text-encoder layer index, or None for UNet and other sites."""
+        m = re.match(r"encoder\.layers\.(\d+)(\.|$)", self.path)
+        return int(m.group(1)) if m and self.component.startswith("text_encoder") else None
+
+    @property
+    def block(self) -> str:
+        """The UNet block a site sits in (``down_blocks.1``, ``mid_block``, ``up_blocks.2``)."""
+        m = re.match(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)", self.path)
+        return m.group(1) if m else self.path.split(".")[0]
+
+
+def site_kind(site: Site) -> str:
+    p = site.path
+    if site.component.startswith("text_encoder"):
+        if re.fullmatch(r"encoder\.layers\.\d+", p):
+            return "hidden"
+        if re.fullmatch(r"encoder\.layers\.\d+\.self_attn\.out_proj", p):
+            return "attn"
+        if re.fullmatch(r"encoder\.layers\.\d+\.mlp\.fc2", p):
+            return "mlp"
+        return "other"
+    for kind in ("attn1", "attn2", "ff"):
+        if p.endswith("." + kind):
+            return kind
+    if re.search(r"\.resnets\.\d+$", p):
+        return "resnet"
+    return "other"
+
+
+def text_layer_sites(component: str, layer: int) -> dict[str, Site]:
+    """The three traced sites of one text-encoder layer."""
+    base = f"encoder.layers.{layer}"
+    return {
+        "hidden": Site(component, base),
+        "attn": Site(component, f"{base}.self_attn.out_proj"),
+        "mlp": Site(component, f"{base}.mlp.fc2"),
+    }
+
+
+def _per_block(value: Any, n_blocks: int) -> list[int]:
+    if isinstance(value, int):
+        return [value] * n_blocks
+    return list(value)
+
+
+def unet_sites(config: Mapping[str, Any]) -> list[Site]:
+    """Every ResNet, attn1, attn2 and ff block of a UNet2DConditionModel, in execution order.
+
+    Derived from the config alone (block types, ``layers_per_block``,
+    ``transformer_layers_per_block``), so a table can be checked against a module tree.
+    """
+    down_types = list(config["down_block_types"])
+    up_types = list(config["up_block_types"])
+    n = len(down_types)
+    layers = _per_block(config.get("layers_per_block", 2), n)
+    depth = _per_block(config.get("transformer_layers_per_block", 1) or 1, n)
+    mid_type = config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    sites: list[Site] = []
+
+    def transformer(prefix: str, n_layers: int) -> None:
+        for t in range(n_layers):
+            for kind in ("attn1", "attn2", "ff"):
+                sites.append(Site("unet", f"{prefix}.transformer_blocks.{t}.{kind}"))
+
+    def depth_at(d: Any, i: int) -> int:
+        return d if isinstance(d, int) else int(d[i])
+
+    for b, kind in enumerate(down_types):
+        for i in range(layers[b]):
+            sites.append(Site("unet", f"down_blocks.{b}.resnets.{i}"))
+            if "CrossAttn" in kind:
+                transformer(f"down_blocks.{b}.attentions.{i}", depth_at(depth[b], i))
+    if mid_type is not None:
+        sites.append(Site("unet", "mid_block.resnets.0"))
+        if "CrossAttn" in mid_type:
+            transformer("mid_block.attentions.0", depth_at(depth[-1], -1))
+        sites.append(Site("unet", "mid_block.resnets.1"))
+    rev_layers = list(reversed(layers))
+    rev = config.get("reverse_transformer_layers_per_block")
+    rev_depth = list(rev) if rev else list(reversed(depth))
+    for b, kind in enumerate(up_types):
+        for i in range(rev_layers[b] + 1):
+            sites.append(Site("unet", f"up_blocks.{b}.resnets.{i}"))
+            if "CrossAttn" in kind:
+                transformer(f"up_blocks.{b}.attentions.{i}", depth_at(rev_depth[b], i))
+    return sites
+
+
+@dataclass(frozen=True)
+class SiteTable:
+    """The sites tracing sweeps over, for one model.
+
+    ``text[component]`` lists layers of {hidden, attn, mlp}; ``unet`` is in execution order.
+    """
+
+    arch: str
+    text_layers: Mapping[str, int]
+    unet: tuple[Site, ...]
+    extra: tuple[Site, ...] = field(default=())
+
+    @property
+    def text_components(self) -> tuple[str, ...]:
+        return tuple(self.text_layers)
+
+    def text_layer(self, layer: int, component: str = "text_encoder") -> dict[str, Site]:
+        n = self.text_layers.get(component)
+        if n is None:
+            raise SiteError(f"no text component {component!r}; this model has {', '.join(self.text_layers)}")
+        if not 0 <= layer < n:
+            raise SiteError(f"text-encoder layer {layer} out of range; allowed 0..{n - 1}")
+        return text_layer_sites(component, layer)
+
+    def text_sites(self, component: str = "text_encoder") -> list[Site]:
+        n = self.text_layers.get(component, 0)
+        return [s for layer in range(n) for s in text_layer_sites(component, layer).values()]
+
+    def all_sites(self) -> list[Site]:
+        out: list[Site] = []
+        for comp in self.text_layers:
+            out += self.text_sites(comp)
+        return out + list(self.unet) + list(self.extra)
+
+    def __contains__(self, site: object) -> bool:
+        return site in set(self.all_sites())
+
+    def rows(self) -> Iterable[tuple[str, str, str]]:
+        """(site, component, kind) triples, for printing."""
+        for s in self.all_sites():
+            yield str(s), s.component, s.kind
+
+
+def build_site_table(arch: str, unet_config: Mapping[str, Any], text_configs: Mapping[str, Any]) -> SiteTable:
+    """Site table from configs: ``text_configs`` maps component name to its CLIPTextConfig."""
+    layers = {name: int(cfg.num_hidden_layers) for name, cfg in text_configs.items()}
+    extra = tuple(Site(name, "final_layer_norm") for name in text_configs) + (
+        Site("unet", "conv_in"),
+        Site("unet", "conv_out"),
+    )
+    return SiteTable(arch=arch, text_layers=layers, unet=tuple(unet_sites(unet_config)), extra=extra)
+
+
+def resolve(site: Site | str, modules: Mapping[str, Any]) -> Any:
+    """Return the module a site names. ``modules`` maps component names to nn.Modules.
+
+    Raises :class:`SiteError` naming the bad site and the nearest valid spellings.
+    """
+    site = Site.parse(site) if isinstance(site, str) else site
+    root = modules.get(site.component)
+    if root is None:
+        raise SiteError(f"site {site}: this model has no component {site.component!r}; it has {', '.join(modules)}")
+    named = dict(root.named_modules())
+    if site.path not in named:
+        stem = site.path.rsplit(".", 1)[0]
+        near = sorted(n for n in named if n.startswith(stem))[:5]
+        hint = f"; nearby: {', '.join(near)}" if near else ""
+        raise SiteError(f"unknown site {site}: no module {site.path!r} in {site.component}{hint}")
+    return named[site.path]
