@@ -29,3 +29,24 @@ def tiny_pixel_model(seed: int = 0) -> Model:
 @pytest.fixture(scope="session")
 def pixel_model() -> Model:
     return tiny_pixel_model()
+
+
+def tiny_scorer(seed: int = 0):
+    """A random open_clip CLIP at 32 px: a stand-in scorer with the real scorer's API."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    from tracing.scoring import from_open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+    )
+    return from_open_clip(model, open_clip.get_tokenizer("ViT-B-32"), "test-random-openclip")
+
+
+@pytest.fixture(scope="session")
+def scorer():
+    return tiny_scorer()

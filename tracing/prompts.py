@@ -1,0 +1,105 @@
+"""Prompts with marked attribute words, and the token positions those words occupy.
+
+Usage::
+
+    p = MarkedPrompt.parse("a painting in the style of [Van Gogh]")
+    p.text                      # 'a painting in the style of Van Gogh'
+    p.subject                   # 'Van Gogh'
+    p.positions(tokenizer)      # (7, 8): token indices of the marked words (BOS is index 0)
+    prompts = load_prompt_file("experiments/prompts/toy/colour.txt")
+
+A prompt file has one marked prompt per line; blank lines and ``#`` comments are skipped.
+Exactly one ``[...]`` span per prompt. The last marked token is the *last subject token*,
+where the seed paper finds the text encoder's one causal state.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_MARK = re.compile(r"\[([^\[\]]+)\]")
+
+
+class PromptError(ValueError):
+    """A prompt whose attribute words are missing, doubled or tokenise to nothing."""
+
+
+@dataclass(frozen=True)
+class MarkedPrompt:
+    """A caption and the character span of its attribute words."""
+
+    text: str
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end <= len(self.text):
+            raise PromptError(f"attribute span ({self.start}, {self.end}) outside prompt {self.text!r}")
+
+    @classmethod
+    def parse(cls, marked: str) -> "MarkedPrompt":
+        spans = list(_MARK.finditer(marked))
+        if len(spans) != 1:
+            raise PromptError(
+                f"prompt {marked!r} has {len(spans)} marked spans; mark exactly one attribute, e.g. 'a photo of a [red] circle'"
+            )
+        m = spans[0]
+        word = m.group(1)
+        if not word.strip():
+            raise PromptError(f"prompt {marked!r} marks an empty attribute")
+        text = marked[: m.start()] + word + marked[m.end() :]
+        return cls(text=text, start=m.start(), end=m.start() + len(word))
+
+    @property
+    def subject(self) -> str:
+        return self.text[self.start : self.end]
+
+    @property
+    def marked(self) -> str:
+        return f"{self.text[: self.start]}[{self.subject}]{self.text[self.end :]}"
+
+    def positions(self, tokenizer) -> tuple[int, ...]:
+        """Token indices (in the padded id sequence) covered by the marked words."""
+        enc = tokenizer(self.text, return_offsets_mapping=True, truncation=True, max_length=tokenizer.model_max_length)
+        pos = tuple(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < self.end and b > self.start)
+        if not pos:
+            raise PromptError(f"attribute {self.subject!r} in {self.text!r} tokenises to nothing (or lies past the 77-token limit)")
+        return pos
+
+    def tokens(self, tokenizer) -> list[str]:
+        """Readable tokens from BOS to EOS inclusive (``</w>`` stripped)."""
+        ids = tokenizer(self.text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+        return [t.replace("</w>", "") for t in tokenizer.convert_ids_to_tokens(ids)]
+
+
+def load_prompt_file(path: str | Path) -> list[MarkedPrompt]:
+    """Marked prompts from a file; errors name the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            out.append(MarkedPrompt.parse(line))
+        except PromptError as err:
+            raise PromptError(f"{path}:{n}: {err}") from None
+    if not out:
+        raise PromptError(f"prompt file {path} holds no prompts")
+    return out
+
+
+PROMPT_DIR = Path(__file__).resolve().parent.parent / "experiments" / "prompts"
+ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count", "action")
+
+
+def attribute_prompts(family: str, attribute: str) -> list[MarkedPrompt]:
+    """The shipped prompt set for ``family`` ('toy' or 'sd') and ``attribute``."""
+    path = PROMPT_DIR / family / f"{attribute}.txt"
+    if not path.exists():
+        have = sorted(p.stem for p in (PROMPT_DIR / family).glob("*.txt"))
+        raise PromptError(f"no {family} prompt set for attribute {attribute!r}; allowed: {', '.join(have)}")
+    return load_prompt_file(path)

@@ -1,0 +1,108 @@
+"""Scores of generated images: CLIP image-text similarity (open_clip), and ground truth.
+
+Usage::
+
+    scorer = load_scorer("toy")                       # the toy world's own open_clip model
+    scorer = load_scorer("ViT-L-14-336/openai")       # open_clip name/pretrained (needs weights)
+    s = scorer.score(images, ["a red circle"] * len(images))   # [B] = max(100·cos, 0)
+    p = scorer.probs(images, ["a red circle", "a blue circle"]) # [B, 2] softmax(100·cos)
+
+Every sweep row records ``scorer.model_id`` and ``scorer.formula``. Images are float tensors
+[B, 3, H, W] in [0, 1]; they are resized (bicubic, antialiased) to the scorer's input size and
+normalised with its mean/std, which is what open_clip's own preprocess does to a PIL image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+FORMULA = "max(100*cos(image, text), 0)"
+
+
+@dataclass
+class ClipScorer:
+    """An open_clip model with its tokenizer; scores images against texts."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    formula: str = FORMULA
+
+    def __post_init__(self) -> None:
+        self.model.eval().requires_grad_(False)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().to(self.device)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(self._prep(images)).float(), dim=-1)  # [B, E]
+
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            feats = F.normalize(self.model.encode_text(self.tokenizer(list(missing)).to(self.device)).float(), dim=-1)
+            self._text_cache.update(zip(missing, feats))
+        return torch.stack([self._text_cache[t] for t in texts])  # [T, E]
+
+    def cosine(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Cosine of each image with its own text: [B]."""
+        if len(texts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts; pass one text per image")
+        return (self.image_features(images) * self.text_features(texts)).sum(-1)
+
+    def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """CLIP score per image: max(100·cos, 0), [B]."""
+        return (100 * self.cosine(images, texts)).clamp(min=0)
+
+    def probs(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Zero-shot probabilities of each image over ``texts``: softmax(100·cos), [B, T]."""
+        logits = 100 * self.image_features(images) @ self.text_features(texts).T
+        return logits.softmax(dim=-1)
+
+
+def from_open_clip(model: Any, tokenizer: Any, model_id: str) -> ClipScorer:
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", getattr(model.visual, "image_size", 224))
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+    std = tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+    return ClipScorer(model=model, tokenizer=tokenizer, model_id=model_id, image_size=int(size), mean=mean, std=std)
+
+
+def load_scorer(spec: str = "toy", device: str | torch.device = "cpu") -> ClipScorer:
+    """``toy`` or an open_clip ``name/pretrained`` pair (e.g. ``ViT-L-14-336/openai``)."""
+    if spec == "toy":
+        from experiments.toy.scorer import load_toy_scorer
+
+        model, _, tokenizer = load_toy_scorer()
+        return from_open_clip(model.to(device), tokenizer, "diffloc-toy-openclip")
+    import open_clip
+
+    if "/" not in spec:
+        raise ValueError(f"unknown scorer {spec!r}; allowed: 'toy' or an open_clip 'name/pretrained' such as 'ViT-L-14-336/openai'")
+    name, pretrained = spec.split("/", 1)
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    except Exception as err:
+        raise ValueError(f"cannot load open_clip weights {spec!r} ({type(err).__name__}); they must be cached locally when offline") from None
+    return from_open_clip(model, open_clip.get_tokenizer(name), spec)
