@@ -50,3 +50,7 @@ def tiny_scorer(seed: int = 0):
 @pytest.fixture(scope="session")
 def scorer():
     return tiny_scorer()
+
+
+# Tiny models are overhead-bound: one thread avoids oversubscription when the machine is busy.
+torch.set_num_threads(1)

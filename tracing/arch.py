@@ -16,7 +16,7 @@ a large one raises, naming where it differs from the nearest family.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from tracing.configs import FAMILIES, published
 from tracing.sites import SiteTable, build_site_table
@@ -36,8 +36,19 @@ def _per_block(value: Any, n: int) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
 
 
-def signature(unet_config: Any, text_configs: Mapping[str, Any]) -> dict:
+def _text_mapping(text_configs: Mapping[str, Any] | Sequence[Any]) -> Mapping[str, Any]:
+    """``{'text_encoder': cfg, 'text_encoder_2': cfg2}``; a list is taken in that order."""
+    if isinstance(text_configs, Mapping):
+        return text_configs
+    names = ("text_encoder", "text_encoder_2")
+    if len(text_configs) > len(names):
+        raise ValueError(f"at most {len(names)} text-encoder configs; got {len(text_configs)}")
+    return dict(zip(names, text_configs))
+
+
+def signature(unet_config: Any, text_configs: Mapping[str, Any] | Sequence[Any]) -> dict:
     """The structural fields that decide an architecture (defaults filled in)."""
+    text_configs = _text_mapping(text_configs)
     down = tuple(_get(unet_config, "down_block_types"))
     n = len(down)
     return {
@@ -60,8 +71,12 @@ def published_signature(family: str) -> dict:
     return signature(cfgs["unet/config.json"], texts)
 
 
-def detect_arch(unet_config: Any, text_encoder_configs: Mapping[str, Any]) -> str:
-    """'sd1' | 'sd2' | 'sdxl' by structure; 'toy' for a small unmatched UNet; else ValueError."""
+def detect_arch(unet_config: Any, text_encoder_configs: Mapping[str, Any] | Sequence[Any]) -> str:
+    """'sd1' | 'sd2' | 'sdxl' by structure; 'toy' for a small unmatched UNet; else ValueError.
+
+    ``text_encoder_configs``: ``{component: config}``, or a list ``[text_encoder, text_encoder_2]``.
+    Configs may be dicts or config objects.
+    """
     sig = signature(unet_config, text_encoder_configs)
     diffs = {}
     for family in FAMILIES:
@@ -78,11 +93,11 @@ def detect_arch(unet_config: Any, text_encoder_configs: Mapping[str, Any]) -> st
     )
 
 
-def site_table(unet_config: Any, text_encoder_configs: Mapping[str, Any]) -> SiteTable:
+def site_table(unet_config: Any, text_encoder_configs: Mapping[str, Any] | Sequence[Any]) -> SiteTable:
     """The site table of a model, under its detected architecture."""
     arch = detect_arch(unet_config, text_encoder_configs)
     texts = {k: SimpleNamespace(num_hidden_layers=int(_get(v, "num_hidden_layers")))
-             for k, v in sorted(text_encoder_configs.items())}
+             for k, v in sorted(_text_mapping(text_encoder_configs).items())}
     return build_site_table(arch, unet_config, texts)
 
 

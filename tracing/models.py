@@ -104,7 +104,7 @@ class Model:
         texts = texts if texts is not None else self.corpus
         key = component if texts is None else f"{component}:{hash(tuple(texts))}"
         if key not in self._embed_std:
-            weight = self.modules[component].embeddings.token_embedding.weight.detach().float()
+            weight = self.modules[component].get_input_embeddings().weight.detach().float()
             if texts is not None:
                 tok = self.tokenizer_2 if component == "text_encoder_2" else self.tokenizer
                 ids = sorted({i for t in texts for i in tok(t).input_ids} - set(tok.all_special_ids))

@@ -156,8 +156,7 @@ def build_replica(family: str, seed: int = 0, widths: Widths = WIDTHS) -> dict:
     for t in text_components(cfgs):
         tok_name = t.replace("text_encoder", "tokenizer")
         parts[tok_name] = _tokenizer(cfgs.get(f"{tok_name}/tokenizer_config.json", {}))
-    sched = cfgs["scheduler/scheduler_config.json"]
-    parts["scheduler"] = _class(["diffusers", sched["_class_name"]]).from_config(sched)
+    parts["scheduler"] = _class(cfgs["model_index.json"]["scheduler"]).from_config(cfgs["scheduler/scheduler_config.json"])
     return parts
 
 

@@ -26,7 +26,7 @@ import torch
 
 from .hooks import hooks
 from .models import Model
-from .sites import Site
+from .sites import TEXT_PREFIX, Site
 
 
 class NonFiniteError(RuntimeError):
@@ -248,7 +248,7 @@ def patched_generate(model: Model, prompt: str, rows: Sequence[Restore], corrupt
             new[1:, pos.to(output.device)] += noise.to(output.device, output.dtype)
             return new
 
-        text_hooks[Site(comp, "embeddings.token_embedding")] = [corrupt]
+        text_hooks[Site(comp, f"{TEXT_PREFIX[comp]}embeddings.token_embedding")] = [corrupt]
     unet_patches: dict[Site, list] = {}
     text_pairs: dict[Site, list[tuple[int, int]]] = {}
     n_tok = model.tokenizer.model_max_length

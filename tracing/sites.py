@@ -16,6 +16,8 @@ configs, result rows, figures and edit records. Text-encoder sites per layer ``N
   weight that Diff-QuickFix edits),
 - ``mlp``:    ``encoder.layers.N.mlp.fc2`` (MLP output; also the weight ReFACT edits).
 
+(SDXL's ``text_encoder_2`` is a CLIPTextModelWithProjection: its paths start ``text_model.``.)
+
 So a causal state found by tracing *is* the site an editor writes: no translation step.
 UNet sites are every ResNet, self-attention (``attn1``), cross-attention (``attn2``) and
 feed-forward (``ff``) block, in execution order, derived from the UNet config.
@@ -27,6 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
+# Where the CLIP text transformer sits inside each text component. Pipelines hold
+# ``text_encoder_2`` as a CLIPTextModelWithProjection, which (transformers 5 too) wraps its
+# CLIPTextModel as ``.text_model``; CLIPTextModel itself has no such prefix any more.
+TEXT_PREFIX = {"text_encoder": "", "text_encoder_2": "text_model."}
+_TEXT_LAYER = r"(?:text_model\.)?encoder\.layers\.(\d+)"
 TEXT_KINDS = ("hidden", "attn", "mlp")
 UNET_KINDS = ("resnet", "attn1", "attn2", "ff")
 
@@ -75,7 +82,7 @@ class Site:
     @property
     def layer(self) -> int | None:
         """Text-encoder layer index, or None for UNet and other sites."""
-        m = re.match(r"encoder\.layers\.(\d+)(\.|$)", self.path)
+        m = re.match(_TEXT_LAYER + r"(\.|$)", self.path)
         return int(m.group(1)) if m and self.component.startswith("text_encoder") else None
 
     @property
@@ -88,11 +95,11 @@ class Site:
 def site_kind(site: Site) -> str:
     p = site.path
     if site.component.startswith("text_encoder"):
-        if re.fullmatch(r"encoder\.layers\.\d+", p):
+        if re.fullmatch(_TEXT_LAYER, p):
             return "hidden"
-        if re.fullmatch(r"encoder\.layers\.\d+\.self_attn\.out_proj", p):
+        if re.fullmatch(_TEXT_LAYER + r"\.self_attn\.out_proj", p):
             return "attn"
-        if re.fullmatch(r"encoder\.layers\.\d+\.mlp\.fc2", p):
+        if re.fullmatch(_TEXT_LAYER + r"\.mlp\.fc2", p):
             return "mlp"
         return "other"
     for kind in ("attn1", "attn2", "ff"):
@@ -105,7 +112,7 @@ def site_kind(site: Site) -> str:
 
 def text_layer_sites(component: str, layer: int) -> dict[str, Site]:
     """The three traced sites of one text-encoder layer."""
-    base = f"encoder.layers.{layer}"
+    base = f"{TEXT_PREFIX[component]}encoder.layers.{layer}"
     return {
         "hidden": Site(component, base),
         "attn": Site(component, f"{base}.self_attn.out_proj"),
@@ -208,7 +215,7 @@ class SiteTable:
 def build_site_table(arch: str, unet_config: Mapping[str, Any], text_configs: Mapping[str, Any]) -> SiteTable:
     """Site table from configs: ``text_configs`` maps component name to its CLIPTextConfig."""
     layers = {name: int(cfg.num_hidden_layers) for name, cfg in text_configs.items()}
-    extra = tuple(Site(name, "final_layer_norm") for name in text_configs) + (
+    extra = tuple(Site(name, f"{TEXT_PREFIX[name]}final_layer_norm") for name in text_configs) + (
         Site("unet", "conv_in"),
         Site("unet", "conv_out"),
     )

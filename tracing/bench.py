@@ -1,0 +1,104 @@
+"""Benchmark of the batched patched sampler, measured as ratios within one run.
+
+Usage::
+
+    result = bench_trace("toy", rows=32, repeats=3)
+    result["sweep_over_plain"], result["naive_over_sweep"], result["peak_mem_ratio"]
+
+- ``sweep_over_plain``: a batched sweep call (clean + corrupted + ``rows`` restored UNet rows)
+  over plain batched generation of the same number of images with the same sampler.
+- ``naive_over_sweep``: one pipeline call per restored configuration, as the reference codes
+  do (each re-running the clean and corrupted passes it needs: here one call per row), over
+  the batched sweep.
+- ``peak_mem_ratio``: peak memory of the sweep call over plain generation at equal batch
+  (CUDA: max allocated; CPU: peak of traced Python/torch allocations via tracemalloc is not
+  reliable for torch, so RSS high-water growth is measured in a child process).
+- ``ms_per_image``: sweep wall time per image.
+- ``linearity``: time per row for ``rows`` and ``2*rows`` restorations (cost grows linearly).
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+
+from .sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _peak_bytes(fn) -> int:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return torch.cuda.max_memory_allocated()
+    import resource
+    import multiprocessing as mp
+
+    def child(q):
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    value = q.get()
+    p.join()
+    return value
+
+
+def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None) -> dict:
+    from .models import load_model
+
+    torch.set_grad_enabled(False)
+    model = model or load_model(spec)
+    cfg = SamplerConfig.for_model(model)
+    prompt = "a photo of two red circles at the top on a striped background"
+    sites = list(model.sites.unet)
+    restores = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(rows)]
+    n_images = 1 + len(restores)
+    corruption = make_corruption(model, [5], torch.Generator().manual_seed(1))
+    lat = initial_latents(model, torch.Generator().manual_seed(0))
+
+    def sweep(rs=restores):
+        return patched_generate(model, prompt, rs, corruption, cfg=cfg, latents=lat)
+
+    def plain(n=n_images):
+        return generate(model, [prompt] * n, cfg=cfg, latents=lat.expand(n, -1, -1, -1))
+
+    def naive():
+        for r in restores[1:]:
+            patched_generate(model, prompt, [r], corruption, cfg=cfg, latents=lat)
+
+    t_sweep = _time(sweep, repeats)
+    t_plain = _time(plain, repeats)
+    t_naive = _time(naive, max(1, repeats // 3))
+    restores2 = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(2 * rows)]
+    t_sweep2 = _time(lambda: sweep(restores2), max(1, repeats // 2))
+    mem_sweep = _peak_bytes(sweep)
+    mem_plain = _peak_bytes(plain)
+    return {
+        "sweep_over_plain": round(t_sweep / t_plain, 3),
+        "naive_over_sweep": round(t_naive / t_sweep, 2),
+        "peak_mem_ratio": round(mem_sweep / max(mem_plain, 1), 3),
+        "ms_per_image": round(1000 * t_sweep / n_images, 2),
+        "linearity_ms_per_row": {"rows": rows, "at_rows": round(1000 * t_sweep / n_images, 2),
+                                 "at_2x_rows": round(1000 * t_sweep2 / (2 + 2 * rows), 2)},
+        "targets": {"sweep_over_plain": "<= 1.15", "naive_over_sweep": ">= 3", "peak_mem_ratio": "<= 1.3"},
+        "setup": {"model": model.name, "images_per_call": n_images, "steps": cfg.num_inference_steps,
+                  "guidance": cfg.guidance_scale, "repeats": repeats, "threads": torch.get_num_threads(),
+                  "device": str(model.device), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                  "seconds": {"sweep": round(t_sweep, 3), "plain": round(t_plain, 3), "naive": round(t_naive, 3)}},
+    }
