@@ -29,14 +29,14 @@ def site_effects(table: pd.DataFrame, metric: str = "clip") -> pd.DataFrame:
     keys = ["component", "kind", "site", "layer", "token_role", "window_start", "window_end"]
     rows.loc[rows.component == "unet", "token_role"] = ""
     g = rows.groupby(keys, sort=False, dropna=False)
-    out = g.agg(score=(metric, "mean"), clean=(f"{metric}_clean", "mean"), corrupted=(f"{metric}_corrupted", "mean"), n=(metric, "size")).reset_index()
+    out = g.agg(score=(f"{metric}_score", "mean"), clean=(f"{metric}_clean", "mean"), corrupted=(f"{metric}_corrupted", "mean"), n=(f"{metric}_score", "size")).reset_index()
     denom = out.clean - out.corrupted
     out["effect"] = np.where(denom.abs() > 1e-9, (out.score - out.corrupted) / denom.where(denom.abs() > 1e-9, 1.0), np.nan)
     return out
 
 
 def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5) -> dict:
-    metrics = ["clip"] + (["gt"] if table["gt"].notna().any() else [])
+    metrics = ["clip"] + (["gt"] if table["gt_score"].notna().any() else [])
     result: dict = {"threshold": threshold, "rule": RULE, "metrics": metrics,
                     "clean": {m: float(table[f"{m}_clean"].mean()) for m in metrics},
                     "corrupted": {m: float(table[f"{m}_corrupted"].mean()) for m in metrics}}

@@ -128,7 +128,7 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
         arch=defaults.get("arch", "toy"),
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
         text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=dtype),
         scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
         defaults=defaults,
         source=str(folder),
@@ -189,14 +189,14 @@ def _load(spec: str, dtype: torch.dtype) -> Model:
             raise ModelSpecError(f"folder {spec} is not a diffusers model: no model_index.json (nor a toy diffloc.json)")
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None)
+        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, safety_checker=None)
         return _from_pipeline(pipe, str(path), str(path))
     if path.suffix in (".safetensors", ".ckpt"):
         if not path.exists():
             raise ModelSpecError(f"checkpoint file {spec} does not exist")
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_single_file(str(path), torch_dtype=dtype, safety_checker=None)
+        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, safety_checker=None)
         return _from_pipeline(pipe, path.stem, str(path))
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return _load_hub(spec, dtype)
@@ -213,7 +213,7 @@ def _load_hub(spec: str, dtype: torch.dtype) -> Model:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
-        pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dtype, safety_checker=None, local_files_only=offline)
+        pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype, safety_checker=None, local_files_only=offline)
     except Exception as err:  # hub errors come in many classes; one line names the cause
         how = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "it is neither cached nor reachable"
         raise ModelSpecError(f"cannot load hub model {spec!r}: {how} ({type(err).__name__})") from None

@@ -56,7 +56,7 @@ def text_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip", component
     ]:
         fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * max(4, len(xlabels)) + 1.2), sharey=True)
         for ax, kind in zip(axes, ["hidden", "mlp", "attn"]):
-            piv = data[data.kind == kind].pivot_table(index=xcol, columns="layer", values=metric, aggfunc="mean")
+            piv = data[data.kind == kind].pivot_table(index=xcol, columns="layer", values=f"{metric}_score", aggfunc="mean")
             if xcol == "token_role":
                 piv = piv.reindex([r for r in ROLES if r in piv.index])
                 ylabels = [r + ("*" if "subject" in r else "") for r in piv.index]
@@ -124,7 +124,7 @@ def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 
             info = sub.loc[row]
             name = info.kind if info.kind in ("clean", "corrupted") else f"{info.site.split(':', 1)[1]}"
             tok = f" @{info.token_str}" if info.token >= 0 else ""
-            ax.set_title(f"{name[-28:]}{tok}\nclip {info['clip']:.1f}", fontsize=6)
+            ax.set_title(f"{name[-28:]}{tok}\nclip {info['clip_score']:.1f}", fontsize=6)
         axes[r, 0].text(-0.1, 0.5, unit, transform=axes[r, 0].transAxes, rotation=90, fontsize=6, va="center", ha="right")
     fig.suptitle("clean | corrupted | best restored", fontsize=9)
     return _save(fig, out / "image_strip")

@@ -95,13 +95,13 @@ def run_unit(unit: Unit, model, prompt: MarkedPrompt, cfg: TraceConfig, scfg: Sa
         recs.append(dict(base, row=i, component=comp, kind=kind, site=site, layer=layer, token=tok,
                          token_str=tokens[tok] if tok >= 0 else "", token_role=_role(tok, positions, len(tokens)),
                          is_last_subject=tok == last_subject, window_start=-1 if win is None else win[0],
-                         window_end=-1 if win is None else win[1], clip=float(clip[i]), gt=float(gt[i])))
+                         window_end=-1 if win is None else win[1], clip_score=float(clip[i]), gt_score=float(gt[i])))
     df = pd.DataFrame(recs)
     for col in ("clip", "gt"):
-        clean, corrupt = df[col].iloc[0], df[col].iloc[1]
+        clean, corrupt = df[f"{col}_score"].iloc[0], df[f"{col}_score"].iloc[1]
         df[f"{col}_clean"], df[f"{col}_corrupted"] = clean, corrupt
         denom = clean - corrupt
-        df[f"effect_{col}"] = (df[col] - corrupt) / denom if denom != 0 else np.nan
+        df[f"effect_{col}"] = (df[f"{col}_score"] - corrupt) / denom if denom != 0 else np.nan
     best = np.argsort(-clip[2:])[:3] + 2 if len(clip) > 2 else np.array([], dtype=int)
     keep = np.concatenate([[0, 1], best]).astype(int)
     strip = {"images": (images[keep] * 255).round().byte().numpy(), "rows": keep}
