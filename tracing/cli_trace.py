@@ -4,6 +4,7 @@ Usage::
 
     diffloc trace --model toy --attribute colour --out results/colour
     diffloc trace --model toy --attribute count --component unet --step-window 0:10 --step-window 10:20
+    diffloc trace --model toy --attribute colour --executor ray --workers 2 --out results/colour
     diffloc plot results/colour
     diffloc bench trace --out results/bench_trace.json
 """
@@ -54,7 +55,9 @@ def trace(
     step_window: Optional[List[str]] = typer.Option(None, help="UNet: restore only in steps START:END (repeat for several)."),
     batch_size: int = typer.Option(64, help="Restored rows per batched sampler call."),
     scorer: str = typer.Option("toy", help="CLIP scorer: toy, or open_clip name/pretrained (e.g. ViT-L-14-336/openai)."),
-    executor: str = typer.Option("local", help="local (in-process) or ray."),
+    executor: str = typer.Option("local", help="local (in-process) or ray (pip install 'diffloc[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one."),
+    workers: int = typer.Option(2, help="Ray workers, one model each (executor ray)."),
     threshold: float = typer.Option(0.5, help="Mean indirect effect a site needs to be named causal."),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -73,7 +76,12 @@ def trace(
                       seeds=tuple(seeds), noise_samples=noise_samples, noise_scale=noise_scale, num_inference_steps=steps,
                       guidance_scale=guidance, layer_window=layer_window, step_windows=_windows(step_window),
                       batch_size=batch_size, scorer=scorer, executor=executor, threshold=threshold, dtype=dtype, device=device)
-    table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"))
+    ray_kw = dict(address=ray_address, num_workers=workers) if executor == "ray" else None
+    if ray_kw is not None:
+        from .executors import import_ray
+
+        import_ray()  # one-line error before any model loads when Ray is missing
+    table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), ray_kw=ray_kw)
     say(f"{len(table)} rows -> {out / 'trace.parquet'}")
     say(f"causal sites -> {out / 'causal_sites.json'}")
     if plot:

@@ -163,7 +163,7 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
         dtype = DTYPES[dtype]
     model = _load(spec, dtype)
     for m in [model.text_encoder, model.text_encoder_2, model.unet, model.vae]:
-        if m is not None:
+        if m is not None and (m.dtype != dtype or m.device != torch.device(device)):
             m.to(device=device, dtype=dtype)
     if model.vae is not None and dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16

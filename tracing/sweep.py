@@ -131,19 +131,30 @@ def _versions() -> dict:
             "open_clip": open_clip.__version__, "python": platform.python_version(), "machine": platform.machine()}
 
 
+def unit_context(cfg: TraceConfig, model) -> tuple[list[MarkedPrompt], SamplerConfig, GroundTruth | None]:
+    """What every unit of a sweep shares besides model and scorer (executors rebuild it per worker)."""
+    prompts = sweep_prompts(cfg, "toy" if model.arch == "toy" else "sd")
+    scfg = SamplerConfig.for_model(model, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    truth = GroundTruth(cfg.attribute) if model.arch == "toy" and cfg.attribute != "action" else None
+    return prompts, scfg, truth
+
+
+def _same_sweep(config: dict) -> dict:
+    """The config keys that decide the rows; the executor may change on resume."""
+    return {k: v for k, v in config.items() if k != "executor"}
+
+
 def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None = None):
     """Load model and scorer, plan and resolve units, write meta.json. Returns everything a run needs."""
     from .models import load_model
 
     model = model or load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    prompts = sweep_prompts(cfg, "toy" if model.arch == "toy" else "sd")
+    prompts, scfg, truth = unit_context(cfg, model)
     for p in prompts:
         p.positions(model.tokenizer)  # every marked word must tokenise
-    scfg = SamplerConfig.for_model(model, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
     units = plan_units(cfg, model, prompts, scfg.num_inference_steps)
     resolve_sites(model, units)
     scorer = scorer or load_scorer(cfg.scorer, device=cfg.device)
-    truth = GroundTruth(cfg.attribute) if model.arch == "toy" and cfg.attribute != "action" else None
     meta = {"model": model.name, "arch": model.arch, "source": model.source, "config": cfg.to_dict(),
             "sampler": {"num_inference_steps": scfg.num_inference_steps, "guidance_scale": scfg.guidance_scale,
                         "scheduler": type(model.scheduler).__name__},
@@ -155,17 +166,18 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
     meta_path = out / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if old.get("config") != json.loads(json.dumps(meta["config"], default=str)):
+        if _same_sweep(old.get("config", {})) != _same_sweep(json.loads(json.dumps(meta["config"], default=str))):
             raise FileExistsError(f"{out} holds a sweep with another config; resume with the same options or pick a new --out")
     atomic_json(meta, meta_path)
     return model, prompts, scfg, units, scorer, truth
 
 
-def run_sweep(cfg: TraceConfig, out: str | Path, model=None, scorer: ClipScorer | None = None, progress: Callable | None = None, stop_after: int | None = None) -> pd.DataFrame:
+def run_sweep(cfg: TraceConfig, out: str | Path, model=None, scorer: ClipScorer | None = None, progress: Callable | None = None, stop_after: int | None = None, ray_kw: dict | None = None) -> pd.DataFrame:
     """Run (or resume) a sweep into ``out`` and return the merged table.
 
     ``stop_after`` runs at most that many new units and returns None (used by tests that
-    interrupt a sweep).
+    interrupt a sweep; local executor only). ``ray_kw`` goes to ``executors.run_ray``
+    (address, num_workers, model/scorer factories).
     """
     out = Path(out)
     model, prompts, scfg, units, scorer, truth = prepare(cfg, out, model, scorer)
@@ -174,7 +186,10 @@ def run_sweep(cfg: TraceConfig, out: str | Path, model=None, scorer: ClipScorer 
     if cfg.executor == "ray":
         from .executors import run_ray
 
-        run_ray(cfg, out, todo)
+        bar = progress(total=len(units), initial=len(units) - len(todo)) if progress else None
+        run_ray(cfg, out, todo, progress=bar, **(ray_kw or {}))
+        if bar is not None:
+            bar.close()
     else:
         bar = progress(total=len(units), initial=len(units) - len(todo)) if progress else None
         for n, unit in enumerate(todo):

@@ -1,0 +1,77 @@
+"""Timing of the closed-form editors at Stable-Diffusion layer sizes (CPU).
+
+Usage::
+
+    from editing.bench import bench_edit_closed_form
+    numbers = bench_edit_closed_form()   # {'quickfix_ms_sd_sized': ..., 'rank_one_ms_sd_sized': ...}
+
+    python -m editing.bench              # prints the numbers as JSON
+
+Only the closed-form maths is timed, never key gathering:
+
+- ``quickfix_ms_sd_sized``: ``least_squares_update`` on a 768×768 layer
+  (``self_attn.out_proj`` of the SD v1 text encoder) with 300 key/value pairs, λ = 0.01.
+- ``rank_one_ms_sd_sized``: ``rank_one_update`` on an fc2-sized layer, ``W [768,3072]``,
+  with ``C [3072,3072]`` already computed (the solve ``C⁻¹k*`` dominates).
+
+Inputs are float32, as in a loaded model; each number is the median of ``repeats`` timed
+calls after one warm-up call. Inputs come from a fixed ``torch.Generator``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from editing.closed_form import least_squares_update, rank_one_update
+
+__all__ = ["bench_edit_closed_form"]
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
+def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0) -> dict:
+    """Return median wall times (ms) of the closed-form editors at SD layer sizes."""
+    g = torch.Generator().manual_seed(seed)
+
+    # Diff-QuickFix: out_proj 768×768, n (key, value) pairs.
+    W0 = torch.randn(768, 768, generator=g) / 768 ** 0.5    # [out,in]
+    K = torch.randn(n_pairs, 768, generator=g)              # [n,in]
+    V = torch.randn(n_pairs, 768, generator=g)              # [n,out]
+    quickfix_ms = _median_ms(lambda: least_squares_update(W0, K, V, lam=0.01), repeats)
+
+    # ReFACT: fc2 768×3072; C from 4096 GELU-like keys, computed outside the timing.
+    W = torch.randn(768, 3072, generator=g) / 3072 ** 0.5   # [out,in]
+    X = torch.nn.functional.gelu(torch.randn(4096, 3072, generator=g))  # [m,in]
+    C = X.T @ X / X.shape[0]                                # [in,in]
+    del X
+    k_star = torch.nn.functional.gelu(torch.randn(3072, generator=g))  # [in]
+    v_star = torch.randn(768, generator=g)                  # [out]
+    rank_one_ms = _median_ms(lambda: rank_one_update(W, k_star, v_star, C), repeats)
+
+    return {
+        "quickfix_ms_sd_sized": round(quickfix_ms, 2),
+        "rank_one_ms_sd_sized": round(rank_one_ms, 2),
+        "quickfix_shape": {"W0": [768, 768], "K": [n_pairs, 768], "V": [n_pairs, 768]},
+        "rank_one_shape": {"W": [768, 3072], "C": [3072, 3072]},
+        "repeats": repeats,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_edit_closed_form(), indent=2))

@@ -1,0 +1,300 @@
+"""Closed-form weight edits: pure functions, tensors in, tensors out.
+
+Usage::
+
+    from editing.closed_form import least_squares_update, rank_one_update, second_moment
+
+    # Diff-QuickFix / TIME / UCE / LocoEdit: many (key, value) pairs, one linear layer.
+    W = least_squares_update(W0, K, V, lam=0.01)            # W0 [out,in], K [n,in], V [n,out]
+    W = least_squares_update(W0, K, V, lam=0.5, K_preserve=Kp)  # UCE: keep W0 on Kp rows
+
+    # ROME / ReFACT: one key k*, one target value v*, key statistics C.
+    C = second_moment(K_corpus)                              # [in,in], uncentred
+    delta = rank_one_update(W, k_star, v_star, C)            # (W + delta) @ k_star == v_star
+
+Conventions. Every weight is in torch ``nn.Linear`` layout ``[out, in]``, so a layer maps a
+key ``k [in]`` to ``y = W @ k [out]``. Rows of ``K`` / ``V`` are keys / values. The
+functions neither touch a model nor do I/O; editors gather keys and values through the hooks
+and apply (and undo) the returned tensors. Results come back in ``W0``'s dtype and device;
+the linear algebra runs in float64 and never forms an explicit inverse.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "least_squares_update",
+    "least_squares_delta",
+    "rank_one_update",
+    "second_moment",
+    "MomentAccumulator",
+    "clamp_delta",
+]
+
+_F64 = torch.float64
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def _check_ndim(name: str, t: torch.Tensor, ndim: int, expected: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} has shape {_shape(t)}; expected {expected}")
+
+
+def _check_keys_values(W0, K, V, kname: str, vname: str, allow_missing_v: bool) -> None:
+    """K [n,in] and V [n,out] against W0 [out,in]; V may be None if allowed."""
+    out_dim, in_dim = W0.shape
+    _check_ndim(kname, K, 2, f"[n, {in_dim}] (in = W0.shape[1])")
+    if K.shape[1] != in_dim:
+        raise ValueError(f"{kname} has shape {_shape(K)}; expected [n, {in_dim}] (in = W0.shape[1])")
+    if V is None:
+        if not allow_missing_v:
+            raise ValueError(f"{vname} is required")
+        return
+    n = K.shape[0]
+    _check_ndim(vname, V, 2, f"[{n}, {out_dim}] (n = {kname}.shape[0], out = W0.shape[0])")
+    if tuple(V.shape) != (n, out_dim):
+        raise ValueError(
+            f"{vname} has shape {_shape(V)}; expected [{n}, {out_dim}] "
+            f"(n = {kname}.shape[0], out = W0.shape[0])"
+        )
+
+
+def _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (W, W0) in float64 on W0's device; see ``least_squares_update``."""
+    _check_ndim("W0", W0, 2, "[out, in]")
+    _check_keys_values(W0, K, V, "K", "V", allow_missing_v=False)
+    if K_preserve is None and V_preserve is not None:
+        raise ValueError("V_preserve given without K_preserve")
+    if K_preserve is not None:
+        _check_keys_values(W0, K_preserve, V_preserve, "K_preserve", "V_preserve", allow_missing_v=True)
+    lam = float(lam)
+    if not lam >= 0.0:  # also rejects NaN
+        raise ValueError(f"lam must be >= 0, got {lam}")
+
+    dev = W0.device
+    W0d = W0.detach().to(device=dev, dtype=_F64)            # [out,in]
+    Kd = K.detach().to(device=dev, dtype=_F64)              # [n,in]
+    Vd = V.detach().to(device=dev, dtype=_F64)              # [n,out]
+    in_dim = W0d.shape[1]
+
+    # Normal equations of  min_W  Σ‖W k − v‖² + Σ‖W k_p − v_p‖² + λ‖W − W0‖²_F :
+    #   W (λI + KᵀK + K_pᵀK_p) = λW0 + VᵀK + V_pᵀK_p
+    A = lam * W0d + Vd.T @ Kd                                # [out,in]  λW0 + Σ v kᵀ
+    B = Kd.T @ Kd                                            # [in,in]   Σ k kᵀ
+    if K_preserve is not None:
+        Kp = K_preserve.detach().to(device=dev, dtype=_F64)  # [m,in]
+        if V_preserve is None:
+            Vp = Kp @ W0d.T                                  # [m,out]   v_p = W0 k_p
+        else:
+            Vp = V_preserve.detach().to(device=dev, dtype=_F64)
+        A = A + Vp.T @ Kp                                    # + Σ v_p k_pᵀ
+        B = B + Kp.T @ Kp                                    # + Σ k_p k_pᵀ
+    B = B + lam * torch.eye(in_dim, dtype=_F64, device=dev)  # + λI
+    # W B = A  ->  solve from the right; no explicit inverse.
+    W = torch.linalg.solve(B, A, left=False)                 # [out,in]
+    return W, W0d
+
+
+def least_squares_update(
+    W0: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    lam: float = 0.01,
+    K_preserve: torch.Tensor | None = None,
+    V_preserve: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Regularised least-squares edit of one linear map; returns the new weight.
+
+    Usage::
+
+        W = least_squares_update(W0, K, V, lam=0.01)                   # Diff-QuickFix
+        W = least_squares_update(W0, K, V, lam=0.5, K_preserve=Kp)     # UCE
+        layer.weight.data.copy_(W)
+
+    Shapes: ``W0 [out,in]``, ``K [n,in]``, ``V [n,out]``, ``K_preserve [m,in]``,
+    ``V_preserve [m,out]``; returns ``W [out,in]`` in ``W0``'s dtype and device.
+
+    Solves ``min_W Σ‖W k − v‖² + Σ‖W k_p − v_p‖² + λ‖W − W0‖²``, i.e.::
+
+        W = (λW0 + Σ v kᵀ + Σ v_p k_pᵀ) (λI + Σ k kᵀ + Σ k_p k_pᵀ)⁻¹
+
+    with ``torch.linalg.solve`` in float64. Preserve values default to ``v_p = W0 k_p``,
+    which gives UCE's ``Σ W0 k_p k_pᵀ`` term. λ from the papers: Diff-QuickFix 0.01,
+    LocoEdit 0.01, TIME 0.1, UCE 0.5. ``lam = 0`` is allowed when the stacked keys span
+    the input space; otherwise the system is singular and ``torch.linalg.solve`` raises.
+    Bias terms are not touched (Diff-QuickFix leaves the bias as is): pass values with the
+    bias already subtracted if the layer has one.
+    """
+    W, _ = _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve)
+    return W.to(dtype=W0.dtype)
+
+
+def least_squares_delta(
+    W0: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    lam: float = 0.01,
+    K_preserve: torch.Tensor | None = None,
+    V_preserve: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Same as ``least_squares_update`` but returns ``ΔW = W − W0 [out,in]``.
+
+    Usage::
+
+        delta = least_squares_delta(W0, K, V, lam=0.01)
+        layer.weight.data += delta        # apply
+        layer.weight.data -= delta        # undo (exact only up to float rounding; keep W0
+                                          # itself if bit-exact undo is needed)
+
+    The difference is taken in float64 and then cast to ``W0``'s dtype.
+    """
+    W, W0d = _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve)
+    return (W - W0d).to(dtype=W0.dtype)
+
+
+def rank_one_update(
+    W: torch.Tensor,
+    k_star: torch.Tensor,
+    v_star: torch.Tensor,
+    C: torch.Tensor,
+) -> torch.Tensor:
+    """ROME / ReFACT rank-one edit; returns ``ΔW [out,in]`` with ``(W + ΔW) k* = v*``.
+
+    Usage::
+
+        C = second_moment(K_corpus)                 # [in,in], uncentred fc2-input moment
+        k_star = K_templates.mean(0)                # [in]   ReFACT's k̄ over templates
+        delta = rank_one_update(fc2.weight, k_star, v_star, C)
+        fc2.weight.data += delta
+
+    Shapes: ``W [out,in]`` (torch ``nn.Linear`` layout, ``y = W k``), ``k_star [in]``,
+    ``v_star [out]``, ``C [in,in]`` symmetric positive definite. Returns ``ΔW`` in
+    ``W``'s dtype and device. Computed in float64 as::
+
+        c  = C⁻¹ k*                      (torch.linalg.solve, no explicit inverse)
+        ΔW = (v* − W k*) cᵀ / (cᵀ k*)
+
+    so ``ΔW k* = v* − W k*`` exactly (in exact arithmetic), and among all ΔW achieving it,
+    this one minimises the change measured by ``C`` (ROME's constrained least squares).
+    ``v_star`` is the target of ``W k*`` alone: for a layer with bias ``b`` whose output
+    should become ``v``, pass ``v_star = v − b`` (the bias is not edited).
+
+    Equivalence with the formula in the ReFACT / ROME text, written for the transposed
+    (GPT-2 ``Conv1D``) layout ``W_T [in,out]`` with ``y = W_Tᵀ k``::
+
+        u = C⁻¹ k / ‖C⁻¹ k‖;   W_T += u (v* − W_Tᵀ k)ᵀ / (kᵀ u)
+
+    Transposing gives ``W += (v* − W k) uᵀ / (uᵀ k)`` with ``W = W_Tᵀ``. Since
+    ``u = c / ‖c‖``, the factor ``1/‖c‖`` appears in both numerator and denominator and
+    cancels: ``(v* − W k) cᵀ / (cᵀ k)``, which is what is implemented here.
+    """
+    _check_ndim("W", W, 2, "[out, in]")
+    out_dim, in_dim = W.shape
+    _check_ndim("k_star", k_star, 1, f"[{in_dim}] (in = W.shape[1])")
+    if k_star.shape[0] != in_dim:
+        raise ValueError(f"k_star has shape {_shape(k_star)}; expected [{in_dim}] (in = W.shape[1])")
+    _check_ndim("v_star", v_star, 1, f"[{out_dim}] (out = W.shape[0])")
+    if v_star.shape[0] != out_dim:
+        raise ValueError(f"v_star has shape {_shape(v_star)}; expected [{out_dim}] (out = W.shape[0])")
+    _check_ndim("C", C, 2, f"[{in_dim}, {in_dim}] (in = W.shape[1])")
+    if tuple(C.shape) != (in_dim, in_dim):
+        raise ValueError(f"C has shape {_shape(C)}; expected [{in_dim}, {in_dim}] (in = W.shape[1])")
+
+    dev = W.device
+    Wd = W.detach().to(device=dev, dtype=_F64)              # [out,in]
+    k = k_star.detach().to(device=dev, dtype=_F64)          # [in]
+    v = v_star.detach().to(device=dev, dtype=_F64)          # [out]
+    Cd = C.detach().to(device=dev, dtype=_F64)              # [in,in]
+
+    c = torch.linalg.solve(Cd, k)                           # [in]   C⁻¹ k*
+    denom = torch.dot(c, k)                                 # scalar cᵀ k* = k*ᵀ C⁻¹ k*
+    if not torch.isfinite(denom) or denom.abs() <= torch.finfo(_F64).tiny:
+        raise ValueError(f"k_star' C^-1 k_star = {denom.item()}; need a nonzero key and a positive definite C")
+    residual = v - Wd @ k                                   # [out]  v* − W k*
+    delta = torch.outer(residual, c) / denom                # [out,in]
+    return delta.to(dtype=W.dtype)
+
+
+def second_moment(K: torch.Tensor) -> torch.Tensor:
+    """Uncentred second moment ``C = KᵀK / n`` of keys ``K [n,in]``; returns ``[in,in]``.
+
+    Usage::
+
+        C = second_moment(fc2_inputs.reshape(-1, fc2_inputs.shape[-1]))
+
+    Computed in float64, returned in ``K``'s dtype. Uncentred, as ROME and ReFACT use it
+    (no mean subtraction). For a corpus too big for memory use ``MomentAccumulator``.
+    """
+    _check_ndim("K", K, 2, "[n, in] (flatten leading dims with K.reshape(-1, in))")
+    if K.shape[0] == 0:
+        raise ValueError(f"K has shape {_shape(K)}; expected at least one row")
+    Kd = K.detach().to(_F64)                                # [n,in]
+    return (Kd.T @ Kd / K.shape[0]).to(K.dtype)             # [in,in]
+
+
+class MomentAccumulator:
+    """Running uncentred second moment over batches of keys.
+
+    Usage::
+
+        acc = MomentAccumulator()
+        for batch in corpus:                     # each K: [n_i, in]
+            acc.update(K)
+        C = acc.value()                          # [in,in] float64 = Σ KᵀK / Σ n_i
+
+    Sums are kept in float64 on the device of the first batch. ``value(dtype=...)`` casts.
+    The result equals ``second_moment(torch.cat(batches))`` up to float64 rounding.
+    """
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None   # [in,in] float64, Σ KᵀK
+        self.count: int = 0
+
+    def update(self, K: torch.Tensor) -> "MomentAccumulator":
+        """Add the rows of ``K [n,in]``; returns ``self``."""
+        _check_ndim("K", K, 2, "[n, in] (flatten leading dims with K.reshape(-1, in))")
+        if self.sum is None:
+            self.sum = torch.zeros(K.shape[1], K.shape[1], dtype=_F64, device=K.device)
+        elif K.shape[1] != self.sum.shape[0]:
+            d = self.sum.shape[0]
+            raise ValueError(f"K has shape {_shape(K)}; expected [n, {d}] (in of earlier batches)")
+        Kd = K.detach().to(device=self.sum.device, dtype=_F64)
+        self.sum += Kd.T @ Kd
+        self.count += K.shape[0]
+        return self
+
+    def value(self, dtype: torch.dtype = _F64) -> torch.Tensor:
+        """Return ``Σ KᵀK / n`` as ``[in,in]`` in ``dtype`` (float64 by default)."""
+        if self.sum is None or self.count == 0:
+            raise ValueError("MomentAccumulator has no rows yet; call update(K) first")
+        return (self.sum / self.count).to(dtype)
+
+
+def clamp_delta(delta: torch.Tensor, v0: torch.Tensor, max_ratio: float = 4.0) -> torch.Tensor:
+    """Scale ``delta`` down so that ``‖delta‖ ≤ max_ratio · ‖v0‖`` (ReFACT/ROME δ clamp).
+
+    Usage::
+
+        # inside the v* optimisation loop, after optimizer.step():
+        with torch.no_grad():
+            delta.copy_(clamp_delta(delta, v0, max_ratio=4.0))
+
+    Shapes: ``delta`` and ``v0`` the same shape (typically ``[out]``). Norms are the
+    Euclidean norm over all elements. Returns a new tensor; ``delta`` is returned unchanged
+    in value (as a copy) when already inside the ball. Pure: no in-place writes.
+    """
+    if delta.shape != v0.shape:
+        raise ValueError(f"delta has shape {_shape(delta)}; expected {_shape(v0)} (the shape of v0)")
+    max_ratio = float(max_ratio)
+    if not max_ratio >= 0.0:
+        raise ValueError(f"max_ratio must be >= 0, got {max_ratio}")
+    max_norm = max_ratio * v0.detach().norm()
+    norm = delta.detach().norm()
+    if norm > max_norm:
+        return delta * (max_norm / norm)
+    return delta.clone()

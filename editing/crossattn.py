@@ -1,0 +1,72 @@
+"""UNet cross-attention edit (TIME / UCE / LocoEdit form) on ``attn2.to_k`` and ``attn2.to_v``.
+
+Usage::
+
+    records = crossattn(model, "red", "blue", sites=["unet:mid_block.attentions.0.transformer_blocks.0.attn2"])
+    records = crossattn(model, "red", "blue", preserve=["a green square", ...], lam=0.1)
+
+For each chosen cross-attention block, keys are the text encoder's output embeddings of the
+source prompts (last subject token to the end) and values are the *unedited* projection of
+the target prompts' embeddings at the same relative positions, ``v = W0 e_target``. Preserve
+captions add keys whose values stay ``W0 k`` (UCE). Both ``to_k`` and ``to_v`` get
+``W = (λW0 + Σ v kᵀ + Σ W0 k_p k_pᵀ)(λI + Σ k kᵀ + Σ k_p k_pᵀ)⁻¹``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from tracing.sampler import _encode
+from tracing.sites import Site
+
+from .closed_form import least_squares_update
+from .quickfix import PAPER_TEMPLATES, concept_prompts
+from .records import EditError, EditRecord, apply_edit
+
+
+@torch.no_grad()
+def _embeddings(model, texts: Sequence[str]) -> torch.Tensor:
+    embeds, _ = _encode(model, model.tokenize(list(texts)), {})
+    return embeds.float()  # [B, 77, D]
+
+
+def _attn2_sites(model, sites: Sequence[str | Site] | None) -> list[Site]:
+    if not sites:
+        return [s for s in model.sites.unet if s.kind == "attn2"]
+    out = []
+    for s in sites:
+        s = Site.parse(s) if isinstance(s, str) else s
+        if s.component != "unet" or s.kind != "attn2":
+            raise EditError(f"crossattn edits UNet cross-attention blocks (...attn2); got {s}")
+        model.module(s)
+        out.append(s)
+    return out
+
+
+def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | None = None, lam: float = 0.1,
+              preserve: Sequence[str] = (), templates: Sequence[str] = PAPER_TEMPLATES) -> list[EditRecord]:
+    """Edit ``to_k``/``to_v`` of the given (default: all) attn2 sites so ``source`` attends like ``target``."""
+    t0 = time.perf_counter()
+    src = concept_prompts(source, templates)
+    tgt = concept_prompts(target, templates)
+    e_src = _embeddings(model, [p.text for p in src])
+    e_tgt = _embeddings(model, [p.text for p in tgt])
+    K, T = [], []
+    for i, (ps, pt) in enumerate(zip(src, tgt)):
+        a, b = ps.positions(model.tokenizer)[-1], pt.positions(model.tokenizer)[-1]
+        n = min(e_src.shape[1] - a, e_tgt.shape[1] - b)
+        K.append(e_src[i, a : a + n])
+        T.append(e_tgt[i, b : b + n])
+    K, T = torch.cat(K), torch.cat(T)  # [n, D] source keys, target embeddings
+    Kp = _embeddings(model, list(preserve)).reshape(-1, K.shape[1]) if preserve else None
+    new = {}
+    for site in _attn2_sites(model, sites):
+        for proj in ("to_k", "to_v"):
+            layer = model.module(f"{site}.{proj}")
+            W0 = layer.weight.detach().float()  # [out, D]
+            new[f"{site}.{proj}"] = least_squares_update(W0, K, T @ W0.T, lam=lam, K_preserve=Kp)
+    info = {"source": source, "target": target, "lambda": lam, "templates": list(templates), "n_pairs": int(K.shape[0]),
+            "n_preserve": len(preserve), "seconds": round(time.perf_counter() - t0, 4)}
+    return apply_edit(model, "crossattn", new, info)

@@ -1,0 +1,96 @@
+"""Diff-QuickFix: a closed-form, data-free edit of one text-encoder attention projection.
+
+Usage::
+
+    records = quickfix(model, source="Van Gogh", target="a painting")      # edits in place
+    records = quickfix(model, "red", "blue", site="text_encoder:encoder.layers.0.self_attn.out_proj")
+
+Keys ``k`` are the inputs of ``self_attn.out_proj`` for the source concept's prompts, taken
+from the last subject token to the end of the 77-token sequence (EOS and padding included);
+values ``v`` are the same layer's outputs for the target concept's prompts at the same
+relative positions (the target's last subject token onward; both runs are cut to the shorter
+span). The new weight is ``W = (λW0 + Σ v kᵀ)(λI + Σ k kᵀ)⁻¹`` with λ = 0.01; the bias is
+untouched, so values have the bias subtracted. Keys and values are gathered through
+:class:`tracing.hooks.Recorder`, the same hooks tracing uses.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from tracing.hooks import Recorder
+from tracing.prompts import MarkedPrompt
+from tracing.sites import Site
+
+from .closed_form import least_squares_update
+from .records import EditError, EditRecord, apply_edit
+
+#: The Diff-QuickFix release's prompt templates.
+PAPER_TEMPLATES = ("{}", "A photo of {}", "An image of {}", "A picture of {}")
+
+
+def default_site(component: str = "text_encoder") -> str:
+    return str(Site(component, "encoder.layers.0.self_attn.out_proj" if component == "text_encoder" else "text_model.encoder.layers.0.self_attn.out_proj"))
+
+
+def concept_prompts(concept: str, templates: Sequence[str]) -> list[MarkedPrompt]:
+    """Marked prompts placing ``concept`` in each template (``{}`` marks where it goes)."""
+    if not concept or not concept.strip():
+        raise EditError("empty concept; give the words to edit, e.g. --source 'Van Gogh'")
+    out = []
+    for t in templates:
+        if "{}" not in t:
+            raise EditError(f"template {t!r} has no '{{}}' slot for the concept")
+        out.append(MarkedPrompt.parse(t.replace("{}", f"[{concept}]")))
+    return out
+
+
+def _component(site: Site) -> str:
+    if not site.component.startswith("text_encoder"):
+        raise EditError(f"quickfix edits a text-encoder projection; site {site} is in {site.component}")
+    return site.component
+
+
+@torch.no_grad()
+def gather(model, site: Site, prompts: Sequence[MarkedPrompt], want: str) -> list[torch.Tensor]:
+    """Per prompt, the site's inputs (``want='in'``) or outputs from the last subject token on: [n_i, D]."""
+    comp = _component(site)
+    tok = model.tokenizer_2 if comp == "text_encoder_2" else model.tokenizer
+    ids = model.tokenize([p.text for p in prompts], comp).to(model.device)
+    with Recorder(model.modules, [site], inputs=True) as rec:
+        model.modules[comp](ids)
+    acts = rec.inputs[site] if want == "in" else rec.outputs[site]  # [B, 77, D]
+    return [acts[i, p.positions(tok)[-1]:] for i, p in enumerate(prompts)]
+
+
+def keys_values(model, site: Site, source: str, target: str, templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked keys K [n, in] (source prompts) and values V [n, out] (target prompts, bias removed)."""
+    keys = gather(model, site, concept_prompts(source, templates), "in")
+    vals = gather(model, site, concept_prompts(target, templates), "out")
+    bias = getattr(model.module(site), "bias", None)
+    K, V = [], []
+    for k, v in zip(keys, vals):
+        n = min(len(k), len(v))
+        K.append(k[:n])
+        V.append(v[:n] - (bias if bias is not None else 0))
+    return torch.cat(K).float(), torch.cat(V).float()
+
+
+def quickfix(model, source: str, target: str, site: str | Site | None = None, lam: float = 0.01,
+             templates: Sequence[str] = PAPER_TEMPLATES) -> list[EditRecord]:
+    """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``."""
+    site = Site.parse(site) if site is not None else Site.parse(default_site())
+    if not site.path.endswith("self_attn.out_proj"):
+        raise EditError(f"quickfix edits an attention output projection (...self_attn.out_proj); got {site}")
+    if lam <= 0:
+        raise EditError(f"lambda must be > 0, got {lam}")
+    t0 = time.perf_counter()
+    K, V = keys_values(model, site, source, target, templates)
+    W0 = model.module(site).weight
+    W = least_squares_update(W0.detach().float(), K, V, lam=lam)
+    seconds = time.perf_counter() - t0
+    info = {"source": source, "target": target, "templates": list(templates), "lambda": lam, "n_pairs": int(K.shape[0]),
+            "seconds": round(seconds, 4)}
+    return apply_edit(model, "quickfix", {str(site): W}, info)
