@@ -81,6 +81,7 @@ def sites(
 def _register_commands() -> None:
     """Commands living in other modules register themselves on ``app``."""
     from . import cli_trace  # noqa: F401
+    from . import cli_report  # noqa: F401
 
     try:
         from editing import cli as _edit_cli  # noqa: F401
@@ -88,11 +89,31 @@ def _register_commands() -> None:
         pass
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars and advice lines are noise on a CLI's stderr; keep ours only."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app, turning known input errors into one line and exit code 2."""
     from .models import ModelSpecError
     from .sites import SiteError
 
+    _quiet_libraries()
     _register_commands()
     known = (UsageError, ModelSpecError, SiteError, FileNotFoundError, FileExistsError, ValueError, LookupError)
     try:
@@ -115,5 +136,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m tracing.cli`: run the imported module's app, where commands register
+    from tracing.cli import main as _main
+
+    _main()

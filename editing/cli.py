@@ -1,0 +1,190 @@
+"""``diffloc edit``, ``diffloc undo``, ``diffloc evaluate`` and ``diffloc bench edit``.
+
+Usage::
+
+    diffloc edit --method quickfix --from-trace results/colour --source red --target blue --model toy --out results/edited
+    diffloc undo --model results/edited --out results/restored
+    diffloc evaluate --model toy --cases experiments/cases/toy_edits.jsonl --out results/eval
+    diffloc evaluate --model results/edited --cases experiments/cases/toy_edits.jsonl --out results/eval_edited
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tracing.cli import UsageError, app, bench_app, say
+
+METHODS = ("quickfix", "refact", "crossattn")
+
+
+def toy_corpus(n_contrastive: int = 20, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Toy-world captions: all 432 attribute combinations in every template (ReFACT's covariance
+    corpus), and ``n_contrastive`` of them drawn with a fixed seed (its contrastive examples)."""
+    import numpy as np
+
+    from experiments.toy import world
+
+    corpus = [world.caption(a, t) for a in world.all_attrs() for t in range(len(world.TEMPLATES))]
+    pick = np.random.default_rng(seed).choice(len(corpus), n_contrastive, replace=False)
+    return corpus, [corpus[i] for i in pick]
+
+
+def read_corpus(path: Path | None, model) -> tuple[list[str], list[str]]:
+    if path is not None:
+        if not path.exists():
+            raise FileNotFoundError(f"corpus file {path} does not exist")
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        return lines, lines[:: max(1, len(lines) // 20)][:20]
+    if model.arch == "toy":
+        return toy_corpus()
+    from tracing.prompts import PROMPT_DIR
+
+    return read_corpus(PROMPT_DIR / "sd" / "captions.txt", model)
+
+
+def site_from_trace(trace_dir: Path, method: str) -> dict:
+    """Edit options read from a trace's causal_sites.json (strongest causal state of the right kind)."""
+    from tracing.causal import read_causal_sites
+
+    if method == "quickfix":
+        hits = read_causal_sites(trace_dir, "text_encoder", "attn")
+        return {"site": hits[0]["site"]} if hits else {}
+    if method == "refact":
+        hits = read_causal_sites(trace_dir, "text_encoder", "mlp")
+        return {"layer": hits[0]["layer"]} if hits else {}
+    hits = read_causal_sites(trace_dir, "unet", "attn2")
+    return {"sites": [h["site"] for h in hits]} if hits else {}
+
+
+def method_options(method: str, model, site: Optional[str], layer: Optional[int], lam: Optional[float], corpus: Optional[Path], from_trace: Optional[Path]) -> dict:
+    opts = site_from_trace(from_trace, method) if from_trace else {}
+    if from_trace:
+        say(f"from trace {from_trace}: {opts or 'no causal state of this kind; using the default site'}")
+    if site is not None:
+        opts = {"site": site} if method == "quickfix" else {"sites": [site]} if method == "crossattn" else opts
+        if method == "refact":
+            from tracing.sites import Site
+
+            s = Site.parse(site)
+            if s.kind != "mlp":
+                raise UsageError(f"refact edits an MLP fc2 (text_encoder:encoder.layers.N.mlp.fc2); got {site}")
+            opts = {"layer": s.layer}
+    if layer is not None:
+        if method != "refact":
+            raise UsageError("--layer applies to --method refact; use --site for the other methods")
+        opts["layer"] = layer
+    if lam is not None:
+        if method == "refact":
+            raise UsageError("--lam applies to quickfix and crossattn; refact is a rank-one update")
+        opts["lam"] = lam
+    if method == "refact":
+        opts["corpus"], opts["contrastive"] = read_corpus(corpus, model)
+    return opts
+
+
+@app.command()
+def edit(
+    method: str = typer.Option(..., help="quickfix, refact or crossattn."),
+    source: str = typer.Option(..., help="The concept words to edit, as they appear in prompts (e.g. 'Van Gogh')."),
+    target: str = typer.Option(..., help="What the source should become (e.g. 'a painting')."),
+    model: str = typer.Option("toy", "--model", "-m", help="Model spec, or an edited folder (edits stack)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the edited model (never the source)."),
+    from_trace: Optional[Path] = typer.Option(None, help="A trace folder: edit its strongest causal state of the method's kind."),
+    site: Optional[str] = typer.Option(None, help="Edit this site instead (e.g. text_encoder:encoder.layers.0.self_attn.out_proj)."),
+    layer: Optional[int] = typer.Option(None, help="refact: text-encoder layer of the fc2 to edit."),
+    lam: Optional[float] = typer.Option(None, help="Regulariser λ (quickfix 0.01, crossattn 0.1)."),
+    corpus: Optional[Path] = typer.Option(None, help="refact: caption file for the covariance (default: toy captions / shipped SD captions)."),
+) -> None:
+    """Edit a model in closed form and save it beside an edit.json record.
+
+    Example: diffloc edit --method quickfix --from-trace results/colour --source red --target blue --model toy --out results/edited
+    """
+    from tracing.models import load_model
+
+    from .evaluate import edit_with
+    from .records import check_out_path, load_records, save_edited
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    check_out_path(out, model if Path(model).exists() else None)
+    m = load_model(model)
+    _check_in_vocab(m, source)
+    previous = load_records(model) if (Path(model) / "edit.json").exists() else []
+    opts = method_options(method, m, site, layer, lam, corpus, from_trace)
+    records = edit_with(method, m, {"source": source, "target": target}, {method: opts})
+    save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
+    for r in records:
+        say(f"{r.method} {r.site}: {json.dumps({k: v for k, v in r.info.items() if k in ('n_pairs', 'seconds', 'final_p', 'layer', 'lambda')})}")
+    say(f"edited model -> {out} (edit.json lists {len(previous) + len(records)} weight edits)")
+
+
+def _check_in_vocab(model, source: str) -> None:
+    ids = model.tokenizer(source, add_special_tokens=False).input_ids
+    if not ids:
+        raise UsageError(f"source {source!r} tokenises to nothing; give the words as they appear in prompts")
+
+
+@app.command()
+def undo(
+    model: Path = typer.Option(..., "--model", "-m", help="An edited model folder (has edit.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the restored model."),
+    steps: int = typer.Option(0, help="Undo only the last N weight edits (0: all)."),
+) -> None:
+    """Undo edits bit-exactly (checked against the recorded SHA-256 of the original weights).
+
+    Example: diffloc undo --model results/edited --out results/restored
+    """
+    from tracing.models import load_model
+
+    from .records import check_out_path, load_records, save_edited, undo_edit
+
+    check_out_path(out, str(model))
+    records = load_records(model)
+    m = load_model(str(model))
+    n = len(records) if steps == 0 else steps
+    if not 0 < n <= len(records):
+        raise UsageError(f"--steps {steps} out of range; this model has {len(records)} weight edits")
+    for rec in reversed(records[len(records) - n :]):
+        undo_edit(m, rec)
+    save_edited(m, records[: len(records) - n], out, source=str(model))
+    say(f"undid {n} weight edits -> {out}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option("toy", "--model", "-m", help="A model spec, or an edited folder (its edits are evaluated)."),
+    cases: Path = typer.Option(Path("experiments/cases/toy_edits.jsonl"), help="Edit cases (JSONL)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: eval.parquet, summary.json, grids."),
+    method: List[str] = typer.Option(list(METHODS), "--method", help="Methods to evaluate on a clean model (repeat)."),
+    seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
+    max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
+    scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),
+) -> None:
+    """Efficacy, generalization and specificity (CLIP, and ground truth on the toy world).
+
+    Example: diffloc evaluate --model toy --cases experiments/cases/toy_edits.jsonl --out results/eval
+    """
+    from .evaluate_cli import run_evaluate
+
+    run_evaluate(model, cases, out, method, seeds, max_cases, scorer)
+
+
+@bench_app.command("edit")
+def bench_edit(out: Path = typer.Option(..., "--out", "-o", help="JSON file to write.")) -> None:
+    """Closed-form edit timings: quickfix_ms_sd_sized, quickfix_ms_toy, refact_s_toy.
+
+    Example: diffloc bench edit --out results/bench_edit.json
+    """
+    from tracing.sweep import atomic_json
+
+    from .bench import bench_edit_all
+
+    result = bench_edit_all()
+    atomic_json(result, out)
+    for k, v in result.items():
+        if not isinstance(v, dict):
+            say(f"{k}: {v}")
+    say(f"-> {out}")

@@ -1,0 +1,165 @@
+"""Evaluate edits as ReFACT does (CLIP zero-shot over seeds), and by ground truth on the toy world.
+
+Usage::
+
+    cases = load_cases("experiments/cases/toy_edits.jsonl")
+    table = evaluate_methods(model, cases, methods=("quickfix", "refact", "crossattn"), seeds=range(10), scorer=scorer)
+    summary = summarise(table)      # {method: {efficacy, generalization, specificity, ...}}
+
+For every case and method the model is edited, images are generated for the edit prompt, 5
+positive and 5 negative prompts over N seeds, and the edit is undone (bit-exact) before the
+next case: each case is a single edit of a clean model, as in ReFACT. Baselines: ``unedited``
+(the original prompts on the unedited model) and ``oracle`` (the unedited model given the
+target in its prompt: each prompt's ``new`` text; negatives keep their own text).
+
+Success per image, CLIP: P(new) > P(old) with softmax(100·cos) over the prompt's two texts
+(edit and positives); P(old) > P(new) for negatives. Ground truth (toy world): the reader's
+value of the case's attribute equals the new value (edit, positives) or the prompt's own
+value (negatives). efficacy / generalization / specificity are the success rates on the edit
+prompt / positives / negatives.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from tracing.sampler import SamplerConfig, generate
+
+from .records import EditError, undo_edit
+
+SPLITS = {"edit": "efficacy", "positive": "generalization", "negative": "specificity"}
+
+
+def load_cases(path: str | Path) -> list[dict]:
+    """Edit cases from a JSONL file; each needs id, attribute, source, target, edit, positives, negatives."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cases file {path} does not exist")
+    cases = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        c = json.loads(line)
+        missing = [k for k in ("id", "attribute", "source", "target", "edit", "positives", "negatives") if k not in c]
+        if missing:
+            raise EditError(f"{path}:{n}: case lacks {', '.join(missing)}")
+        absent = [p["prompt"] for p in [c["edit"], *c["positives"]] if c["source"] not in p["prompt"]]
+        if absent:
+            raise EditError(f"{path}:{n}: source {c['source']!r} is not in the prompt {absent[0]!r}")
+        cases.append(c)
+    return cases
+
+
+def _prompts(case: dict) -> list[tuple[str, dict]]:
+    return [("edit", case["edit"])] + [("positive", p) for p in case["positives"]] + [("negative", p) for p in case["negatives"]]
+
+
+def edit_with(method: str, model, case: dict, options: dict) -> list:
+    """Apply ``method`` for ``case`` in place; returns its records."""
+    if method == "quickfix":
+        from .quickfix import quickfix
+
+        return quickfix(model, case["source"], case["target"], **options.get("quickfix", {}))
+    if method == "refact":
+        from .refact import refact
+
+        return refact(model, case["source"], case["target"], **options.get("refact", {}))
+    if method == "crossattn":
+        from .crossattn import crossattn
+
+        return crossattn(model, case["source"], case["target"], **options.get("crossattn", {}))
+    raise EditError(f"unknown method {method!r}; allowed: quickfix, refact, crossattn")
+
+
+@torch.no_grad()
+def _generate(model, texts: list[str], seeds: Sequence[int], cfg: SamplerConfig, batch: int) -> torch.Tensor:
+    """Images [len(texts) * len(seeds), 3, H, W], text-major; seed s always gives the same noise."""
+    from tracing.sampler import initial_latents
+
+    lat = torch.cat([initial_latents(model, torch.Generator().manual_seed(int(s))) for s in seeds])  # [S, C, h, w]
+    all_texts = [t for t in texts for _ in seeds]
+    all_lat = lat.repeat(len(texts), 1, 1, 1)
+    out = [generate(model, all_texts[i : i + batch], cfg=cfg, latents=all_lat[i : i + batch]) for i in range(0, len(all_texts), batch)]
+    return torch.cat(out)
+
+
+def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
+    rows = []
+    n = len(seeds)
+    for j, (split, p) in enumerate(prompts):
+        imgs = images[j * n : (j + 1) * n]
+        probs = scorer.probs(imgs, [p["prompt"], p["new"]]) if scorer is not None else None
+        got = [truth(img).get(case["attribute"]) for img in imgs] if truth is not None else [None] * n
+        own = None
+        if truth is not None:
+            from experiments.toy.world import parse_caption
+
+            own = parse_caption(p["prompt"]).get(case["attribute"])
+        for i, seed in enumerate(seeds):
+            r = {"case": case["id"], "attribute": case["attribute"], "method": method, "split": split, "prompt": p["prompt"],
+                 "new": p["new"], "seed": int(seed)}
+            if probs is not None:
+                p_old, p_new = float(probs[i, 0]), float(probs[i, 1])
+                r.update(p_old=p_old, p_new=p_new, clip_success=float(p_new > p_old) if split != "negative" else float(p_old > p_new))
+            if truth is not None:
+                want = case["new_value"] if split != "negative" else own
+                r.update(gt_value=got[i], gt_success=float(got[i] == want))
+            rows.append(r)
+    return rows
+
+
+def evaluate_methods(model, cases: list[dict], methods: Iterable[str] = ("quickfix",), seeds: Sequence[int] = range(10),
+                     scorer=None, truth: Callable | None = None, cfg: SamplerConfig | None = None, batch: int = 256,
+                     options: dict | None = None, baselines: bool = True, progress: Callable | None = None) -> pd.DataFrame:
+    """Rows for every case × method (plus unedited and oracle) × prompt × seed."""
+    cfg = cfg or SamplerConfig.for_model(model)
+    seeds = list(seeds)
+    rows = []
+    bar = progress(total=len(cases)) if progress else None
+    for case in cases:
+        prompts = _prompts(case)
+        texts = [p["prompt"] for _, p in prompts]
+        if baselines:
+            rows += _rows(case, "unedited", prompts, _generate(model, texts, seeds, cfg, batch), seeds, scorer, truth)
+            oracle_texts = [p["new"] if s != "negative" else p["prompt"] for s, p in prompts]
+            rows += _rows(case, "oracle", prompts, _generate(model, oracle_texts, seeds, cfg, batch), seeds, scorer, truth)
+        for method in methods:
+            records = edit_with(method, model, case, options or {})
+            try:
+                images = _generate(model, texts, seeds, cfg, batch)
+            finally:
+                for rec in reversed(records):
+                    undo_edit(model, rec)
+            rows += _rows(case, method, prompts, images, seeds, scorer, truth)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return pd.DataFrame(rows)
+
+
+def summarise(table: pd.DataFrame) -> dict:
+    """{method: {efficacy, generalization, specificity, (gt_...)}} from evaluation rows."""
+    out = {}
+    for method, g in table.groupby("method", sort=False):
+        s = {}
+        for split, name in SPLITS.items():
+            part = g[g.split == split]
+            if "clip_success" in g:
+                s[name] = round(float(part.clip_success.mean()), 4)
+            if "gt_success" in g:
+                s[f"gt_{name}"] = round(float(part.gt_success.mean()), 4)
+        s["n_images"] = int(len(g))
+        out[method] = s
+    return out
+
+
+def per_attribute(table: pd.DataFrame, metric: str = "gt_success") -> pd.DataFrame:
+    """Success rate per method × attribute × split (a compact table for the README)."""
+    if metric not in table:
+        metric = "clip_success"
+    return table.pivot_table(index=["method", "attribute"], columns="split", values=metric, aggfunc="mean").round(3)

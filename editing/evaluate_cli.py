@@ -1,0 +1,125 @@
+"""The body of ``diffloc evaluate``: run, save ``eval.parquet`` + ``summary.json``, draw grids.
+
+Usage::
+
+    run_evaluate("toy", Path("experiments/cases/toy_edits.jsonl"), Path("results/eval"), ["quickfix"], seeds=10)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tracing.cli import UsageError, say
+
+
+def _truth(model):
+    if model.arch != "toy":
+        return None
+    from experiments.toy import world
+
+    return world.read
+
+
+def _edited_mode(model, folder: Path, cases: list[dict]) -> tuple[list[dict], dict]:
+    """Cases matching the folder's edits, and a factory undoing/redoing those edits in memory."""
+    from .records import load_records
+
+    records = load_records(folder)
+    pairs = {(r.info.get("source"), r.info.get("target")) for r in records}
+    chosen = [c for c in cases if (c["source"], c["target"]) in pairs] or cases
+    return chosen, {"records": records}
+
+
+def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str], seeds: int, max_cases: int | None, scorer_spec: str) -> dict:
+    from tracing.cli_trace import progress_bar
+    from tracing.models import load_model
+    from tracing.scoring import load_scorer
+    from tracing.sweep import atomic_json, atomic_parquet
+
+    from .cli import METHODS, read_corpus
+    from .evaluate import evaluate_methods, load_cases, per_attribute, summarise
+    from .records import redo_edit, undo_edit
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise UsageError(f"unknown method {bad[0]!r}; allowed: {', '.join(METHODS)}")
+    if seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    cases = load_cases(cases_path)[:max_cases]
+    model = load_model(model_spec)
+    scorer = load_scorer(scorer_spec)
+    truth = _truth(model)
+    folder = Path(model_spec)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar("evaluate")
+    if (folder / "edit.json").exists():
+        cases, state = _edited_mode(model, folder, cases)
+        records = state["records"]
+        for rec in reversed(records):  # back to the unedited model for the baselines
+            undo_edit(model, rec)
+        table = evaluate_methods(model, cases, methods=(), seeds=range(seeds), scorer=scorer, truth=truth, progress=bar)
+        for rec in records:
+            redo_edit(model, rec)
+        edited = evaluate_methods(model, cases, methods=(), seeds=range(seeds), scorer=scorer, truth=truth, baselines=True)
+        edited = edited[edited.method == "unedited"].assign(method="edited")
+        import pandas as pd
+
+        table = pd.concat([table, edited], ignore_index=True)
+    else:
+        corpus, contrastive = read_corpus(None, model)
+        options = {"refact": {"corpus": corpus, "contrastive": contrastive}}
+        table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options, progress=bar)
+    atomic_parquet(table, out / "eval.parquet")
+    summary = summarise(table)
+    result = {"model": model_spec, "cases": str(cases_path), "n_cases": len(cases), "seeds": seeds, "scorer": scorer.model_id,
+              "ground_truth": truth is not None, "methods": summary}
+    if truth is not None:
+        result["per_attribute_gt"] = {f"{m}/{a}": row for (m, a), row in per_attribute(table).to_dict("index").items()}
+    atomic_json(result, out / "summary.json")
+    grid = draw_grid(model, cases[0], methods if not (folder / "edit.json").exists() else [], out / "grid.png")
+    for m, s in summary.items():
+        say(f"{m:>10}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    say(f"-> {out / 'eval.parquet'}, {out / 'summary.json'}, {grid}")
+    return result
+
+
+@torch.no_grad()
+def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0) -> Path:
+    """Before/after grid for one case: rows = prompts, columns = unedited, oracle, each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tracing.sampler import SamplerConfig, generate, initial_latents
+
+    from .cli import read_corpus
+    from .evaluate import _prompts, edit_with
+    from .records import undo_edit
+
+    prompts = _prompts(case)[:1] + _prompts(case)[1:3] + _prompts(case)[6:8]
+    cfg = SamplerConfig.for_model(model)
+    lat = initial_latents(model, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
+    columns = {"unedited": generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat),
+               "oracle": generate(model, [p["new"] if s != "negative" else p["prompt"] for s, p in prompts], cfg=cfg, latents=lat)}
+    corpus, contrastive = read_corpus(None, model) if "refact" in methods else ([], [])
+    for m in methods:
+        records = edit_with(m, model, case, {"refact": {"corpus": corpus, "contrastive": contrastive}})
+        try:
+            columns[m] = generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat)
+        finally:
+            for r in reversed(records):
+                undo_edit(model, r)
+    fig, axes = plt.subplots(len(prompts), len(columns), figsize=(1.9 * len(columns) + 2.5, 1.9 * len(prompts)), squeeze=False)
+    for c, (name, imgs) in enumerate(columns.items()):
+        axes[0, c].set_title(name, fontsize=9)
+        for r in range(len(prompts)):
+            axes[r, c].imshow(imgs[r].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+    for r, (split, p) in enumerate(prompts):
+        axes[r, 0].set_ylabel(f"{split}\n{p['prompt'][:38]}", fontsize=6, rotation=0, ha="right", va="center")
+    fig.suptitle(f"{case['id']}: '{case['source']}' -> '{case['target']}' (seed {seed})", fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

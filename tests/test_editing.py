@@ -1,0 +1,137 @@
+"""Editors on real module trees: quickfix, ReFACT, cross-attention; records, save, undo."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from editing.crossattn import crossattn
+from editing.quickfix import gather, keys_values, quickfix
+from editing.records import EditError, load_records, redo_edit, save_edited, undo_edit, weight_hash
+from editing.refact import covariance, fc2_site, refact
+from tracing.models import load_model
+from tracing.sites import Site
+
+from conftest import tiny_pixel_model
+
+CORPUS = ["a photo of two red circles at the top", "three blue squares in the middle", "a green diamond on a plain background",
+          "one yellow triangle at the bottom", "a picture of two green squares on a striped background"] * 8
+
+
+@pytest.fixture()
+def model(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFLOC_CACHE", str(tmp_path / "cache"))
+    return tiny_pixel_model()
+
+
+def test_quickfix_moves_source_outputs_to_target(model):
+    site = Site.parse("text_encoder:encoder.layers.0.self_attn.out_proj")
+    K, V = keys_values(model, site, "red", "blue", ("{}", "A photo of {}", "An image of {}", "A picture of {}"))
+    bias = model.module(site).bias.detach()
+    before = ((K @ model.module(site).weight.T) - V).norm()
+    recs = quickfix(model, "red", "blue")
+    after = ((K @ model.module(site).weight.T) - V).norm()
+    assert after < 0.5 * before
+    assert recs[0].site == str(site) and recs[0].info["lambda"] == 0.01 and recs[0].info["n_pairs"] == K.shape[0]
+    assert torch.equal(model.module(site).bias, bias), "quickfix leaves the bias untouched"
+    # the edited layer's outputs for the source prompt now approach the target's
+    from tracing.prompts import MarkedPrompt
+
+    src = gather(model, site, [MarkedPrompt.parse("a photo of [red]")], "out")[0]
+    tgt = gather(model, site, [MarkedPrompt.parse("a photo of [blue]")], "out")[0]
+    assert (src - tgt).norm() / tgt.norm() < 0.5
+
+
+def test_undo_is_bit_exact_and_checks_hashes(model):
+    site = "text_encoder:encoder.layers.0.self_attn.out_proj"
+    w0 = model.module(site).weight.detach().clone()
+    recs = quickfix(model, "red", "blue")
+    assert not torch.equal(model.module(site).weight, w0)
+    undo_edit(model, recs[0])
+    assert torch.equal(model.module(site).weight, w0)
+    with pytest.raises(EditError, match="does not match"):
+        undo_edit(model, recs[0])  # already undone: the record no longer matches
+    redo_edit(model, recs[0])
+    assert weight_hash(model.module(site).weight) == recs[0].hash_after
+
+
+def test_refact_rank_one_hits_v_star(model):
+    recs = refact(model, "red", "blue", layer=1, corpus=CORPUS, contrastive=CORPUS[:4], max_steps=30)
+    rec = recs[0]
+    assert rec.site == str(fc2_site(model, 1)) and rec.info["layer"] == 1
+    assert torch.linalg.matrix_rank(rec.delta.float()) == 1
+    assert rec.info["delta_norm_ratio"] <= 4.0 + 1e-4
+    C = covariance(model, fc2_site(model, 1), CORPUS)
+    assert (torch.linalg.eigvalsh(C.double()) > 0).all()
+    cached = list((model.source or "x") and __import__("pathlib").Path(__import__("os").environ["DIFFLOC_CACHE"]).glob("cov/*.pt"))
+    assert len(cached) == 1, "the covariance is cached on disk"
+
+
+def test_crossattn_edits_to_k_and_to_v_only(model):
+    recs = crossattn(model, "red", "blue", sites=["unet:mid_block.attentions.0.transformer_blocks.0.attn2"])
+    assert sorted(r.site.rsplit(".", 1)[1] for r in recs) == ["to_k", "to_v"]
+    with pytest.raises(EditError, match="attn2"):
+        crossattn(model, "red", "blue", sites=["unet:mid_block.resnets.0"])
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_edited_replica_opens_in_stock_pipeline(tmp_path, family):
+    from diffusers import StableDiffusionPipeline
+
+    m = load_model(f"tiny-{family}")
+    recs = quickfix(m, "dog", "cat") + crossattn(m, "dog", "cat", sites=[m.sites.unet[2].path and str([s for s in m.sites.unet if s.kind == "attn2"][0])])
+    out = save_edited(m, recs, tmp_path / "edited")
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    site = recs[0].site.split(":", 1)[1]
+    assert torch.equal(dict(pipe.text_encoder.named_modules())[site].weight, m.module(recs[0].site).weight)
+    img = pipe("a dog", num_inference_steps=1, output_type="pt").images
+    assert torch.isfinite(img).all()
+    meta = json.loads((out / "edit.json").read_text())
+    assert [e["method"] for e in meta["edits"]] == ["quickfix", "crossattn", "crossattn"]
+    assert len(load_records(out)) == 3
+
+
+def test_output_inside_source_is_refused(tmp_path, model):
+    src = save_edited(model, [], tmp_path / "src", source="nowhere")
+    for bad in (src, src / "inner"):
+        with pytest.raises(EditError, match="inside it|source model"):
+            save_edited(model, [], bad, source=str(src))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tracing.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_edit_then_undo_bit_exact(tmp_path, model):
+    src = save_edited(model, [], tmp_path / "base", source="nowhere")
+    r = _cli("edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", str(src), "--out", str(tmp_path / "e1"))
+    assert r.returncode == 0, r.stderr
+    r = _cli("edit", "--method", "crossattn", "--source", "red", "--target", "blue", "--model", str(tmp_path / "e1"), "--out", str(tmp_path / "e2"))
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((tmp_path / "e2" / "edit.json").read_text())["edits"]) == 1 + len(model.sites.unet and [s for s in model.sites.unet if s.kind == "attn2"]) * 2
+    r = _cli("undo", "--model", str(tmp_path / "e2"), "--out", str(tmp_path / "restored"))
+    assert r.returncode == 0, r.stderr
+    a, b = load_model(str(src)), load_model(str(tmp_path / "restored"))
+    for (na, pa), (nb, pb) in zip(list(a.text_encoder.named_parameters()) + list(a.unet.named_parameters()),
+                                  list(b.text_encoder.named_parameters()) + list(b.unet.named_parameters())):
+        assert na == nb and torch.equal(pa, pb), na
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["edit", "--method", "bogus", "--source", "a", "--target", "b", "--out", "X"], "unknown method"),
+    (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "SRC/inner"], "inside"),
+    (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--site", "unet:conv_out"], "self_attn.out_proj"),
+    (["edit", "--method", "quickfix", "--source", "   ", "--target", "blue", "--model", "SRC", "--out", "X"], "tokenises to nothing"),
+    (["undo", "--model", "SRC", "--out", "X"], "edit.json"),
+])
+def test_cli_bad_edit_input(tmp_path, model, args, msg):
+    src = save_edited(model, [], tmp_path / "SRC", source="nowhere")
+    (src / "edit.json").unlink() if "undo" in args else None
+    args = [a.replace("SRC", str(src)).replace("X", str(tmp_path / "X")) for a in args]
+    r = _cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert msg in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
