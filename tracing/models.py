@@ -123,6 +123,11 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     defaults = _read_defaults(folder)
+    corpus = None
+    if defaults.get("arch", "toy") == "toy":
+        from experiments.toy import world
+
+        corpus = [world.caption(a) for a in world.all_attrs()]  # σ over the world's own words
     return Model(
         name=name,
         arch=defaults.get("arch", "toy"),
@@ -132,6 +137,7 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
         scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
         defaults=defaults,
         source=str(folder),
+        corpus=corpus,
     )
 
 
