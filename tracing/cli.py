@@ -80,7 +80,7 @@ def sites(
 
 def _register_commands() -> None:
     """Commands living in other modules register themselves on ``app``."""
-    from . import cli_toy, cli_trace  # noqa: F401
+    from . import cli_demo, cli_toy, cli_trace  # noqa: F401
     from . import cli_report  # noqa: F401
 
     try:
