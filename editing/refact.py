@@ -157,7 +157,7 @@ def refact(model, source: str, target: str, layer: int | None = None, component:
     fc2 = model.module(site)
     bias = fc2.bias.float() if fc2.bias is not None else 0
     v_star = v0 + delta
-    dW = rank_one_update(fc2.weight.detach().float(), k_bar, v_star - bias, C.float())
+    dW = rank_one_update(fc2.weight.detach().float(), k_bar, v_star - bias, C)  # C stays float64
     seconds = time.perf_counter() - t0
     info = {"source": source, "target": target, "layer": layer, "templates": list(templates), "n_contrastive": len(contrastive),
             "corpus_size": len(corpus), "opt_steps": log["steps"], "final_p": round(log["p"], 4),
