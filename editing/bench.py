@@ -29,7 +29,7 @@ import torch
 
 from editing.closed_form import least_squares_update, rank_one_update
 
-__all__ = ["bench_edit_closed_form"]
+__all__ = ["bench_edit_closed_form", "bench_edit_all"]
 
 
 def _times_ms(fn, repeats: int) -> list[float]:
@@ -75,6 +75,46 @@ def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0)
         "machine": platform.machine(),
         "torch": torch.__version__,
     }
+
+
+def bench_edit_all(model_spec: str = "toy", repeats: int = 5) -> dict:
+    """The numbers ``diffloc bench edit`` writes: SD-sized closed form, and whole edits on the toy model.
+
+    ``quickfix_ms_toy`` is a whole Diff-QuickFix edit (key/value gathering through the hooks,
+    solve, apply) followed by its undo; ``refact_s_toy`` a whole ReFACT edit with the
+    covariance already cached (the first, uncached run is reported separately).
+    """
+    from editing.cli import read_corpus
+    from editing.quickfix import quickfix
+    from editing.records import undo_edit
+    from editing.refact import refact
+    from tracing.models import load_model
+
+    out = bench_edit_closed_form()
+    model = load_model(model_spec)
+
+    def qf():
+        for rec in quickfix(model, "red", "blue"):
+            undo_edit(model, rec)
+
+    corpus, contrastive = read_corpus(None, model)
+    info = {}
+
+    def rf():
+        recs = refact(model, "red", "blue", corpus=corpus, contrastive=contrastive)
+        info.update(recs[0].info)
+        for rec in recs:
+            undo_edit(model, rec)
+
+    t0 = time.perf_counter()
+    rf()  # fills the covariance cache (if empty)
+    first = time.perf_counter() - t0
+    out["quickfix_ms_toy"] = round(statistics.median(_times_ms(qf, repeats)), 2)
+    out["refact_s_toy"] = round(statistics.median(_times_ms(rf, max(1, repeats // 2))) / 1000, 3)
+    out["refact_s_toy_first_run"] = round(first, 3)
+    out["refact_toy_opt_steps"] = info.get("opt_steps")
+    out["targets"] = {"quickfix_ms_sd_sized": "<= 50", "refact_s_toy": "<= 5"}
+    return out
 
 
 if __name__ == "__main__":
