@@ -40,9 +40,7 @@ def read_corpus(path: Path | None, model) -> tuple[list[str], list[str]]:
         return lines, lines[:: max(1, len(lines) // 20)][:20]
     if model.arch == "toy":
         return toy_corpus()
-    from tracing.prompts import PROMPT_DIR
-
-    return read_corpus(PROMPT_DIR / "sd" / "captions.txt", model)
+    return read_corpus(Path(__file__).resolve().parent.parent / "experiments" / "corpora" / "sd_captions.txt", model)
 
 
 def site_from_trace(trace_dir: Path, method: str) -> dict:
