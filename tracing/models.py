@@ -200,10 +200,7 @@ def _load(spec: str, dtype: torch.dtype) -> Model:
     if path.suffix in (".safetensors", ".ckpt"):
         if not path.exists():
             raise ModelSpecError(f"checkpoint file {spec} does not exist")
-        from diffusers import StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, safety_checker=None)
-        return _from_pipeline(pipe, path.stem, str(path))
+        return _load_single_file(path, dtype)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return _load_hub(spec, dtype)
     if spec.startswith((".", "/", "~")) or os.sep in spec:
@@ -212,6 +209,24 @@ def _load(spec: str, dtype: torch.dtype) -> Model:
         f"unknown model spec {spec!r}; allowed: 'toy', {', '.join(repr(r) for r in REPLICAS)}, "
         "a local diffusers folder, a .safetensors/.ckpt file, or a hub id 'owner/name'"
     )
+
+
+def _load_single_file(path: Path, dtype: torch.dtype) -> Model:
+    """An A1111-style checkpoint through diffusers' single-file loader.
+
+    diffusers infers the architecture from the file and needs that architecture's configs:
+    it fetches them from the hub, or takes a local diffusers folder of the same family from
+    ``DIFFLOC_SINGLE_FILE_CONFIG`` (offline use).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    config = os.environ.get("DIFFLOC_SINGLE_FILE_CONFIG")
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, safety_checker=None, config=config)
+    except Exception as err:
+        hint = "" if config else "; offline, set DIFFLOC_SINGLE_FILE_CONFIG to a local diffusers folder of the same family"
+        raise ModelSpecError(f"cannot load single-file checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:120]}){hint}") from None
+    return _from_pipeline(pipe, path.stem, str(path))
 
 
 def _load_hub(spec: str, dtype: torch.dtype) -> Model:
