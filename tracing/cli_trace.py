@@ -54,7 +54,7 @@ def trace(
     layer_window: int = typer.Option(1, help="Text encoder: restore this many adjacent layers per row (ROME uses 10)."),
     step_window: Optional[List[str]] = typer.Option(None, help="UNet: restore only in steps START:END (repeat for several)."),
     batch_size: int = typer.Option(64, help="Restored rows per batched sampler call."),
-    scorer: str = typer.Option("toy", help="CLIP scorer: toy, or open_clip name/pretrained (e.g. ViT-L-14-336/openai)."),
+    scorer: str = typer.Option("auto", help="CLIP scorer: auto (toy for the toy world, else ViT-L-14-336/openai), toy, or open_clip name/pretrained."),
     executor: str = typer.Option("local", help="local (in-process) or ray (pip install 'diffloc[ray]')."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one."),
     workers: int = typer.Option(2, help="Ray workers, one model each (executor ray)."),
@@ -80,7 +80,10 @@ def trace(
     if ray_kw is not None:
         from .executors import import_ray
 
-        import_ray()  # one-line error before any model loads when Ray is missing
+        try:
+            import_ray()  # one-line error before any model loads when Ray is missing
+        except ImportError as err:
+            raise UsageError(str(err)) from None
     table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), ray_kw=ray_kw)
     say(f"{len(table)} rows -> {out / 'trace.parquet'}")
     say(f"causal sites -> {out / 'causal_sites.json'}")

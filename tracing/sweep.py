@@ -108,6 +108,13 @@ def run_unit(unit: Unit, model, prompt: MarkedPrompt, cfg: TraceConfig, scfg: Sa
     return df, strip
 
 
+def default_scorer(spec: str, model) -> str:
+    """``auto`` resolves to the toy world's scorer for toy models, the paper's CLIP otherwise."""
+    if spec != "auto":
+        return spec
+    return "toy" if model.arch == "toy" else "ViT-L-14-336/openai"
+
+
 def _role(tok: int, positions: tuple[int, ...], n_tokens: int) -> str:
     if tok < 0:
         return ""
@@ -154,7 +161,7 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
         p.positions(model.tokenizer)  # every marked word must tokenise
     units = plan_units(cfg, model, prompts, scfg.num_inference_steps)
     resolve_sites(model, units)
-    scorer = scorer or load_scorer(cfg.scorer, device=cfg.device)
+    scorer = scorer or load_scorer(default_scorer(cfg.scorer, model), device=cfg.device)
     meta = {"model": model.name, "arch": model.arch, "source": model.source, "config": cfg.to_dict(),
             "sampler": {"num_inference_steps": scfg.num_inference_steps, "guidance_scale": scfg.guidance_scale,
                         "scheduler": type(model.scheduler).__name__},

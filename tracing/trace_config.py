@@ -38,7 +38,7 @@ class TraceConfig:
     layer_window: int = 1                   # text encoder: restore this many adjacent layers (ROME uses 10)
     step_windows: tuple[tuple[int, int], ...] | None = None  # UNet: None = all steps only
     batch_size: int = 64                    # restored rows per sampler call
-    scorer: str = "toy"
+    scorer: str = "auto"                    # auto: the toy scorer for the toy world, else ViT-L-14-336/openai
     executor: str = "local"
     threshold: float = 0.5                  # mean indirect effect a causal site must reach
     dtype: str = "float32"
