@@ -131,3 +131,18 @@ def test_figures_from_table_alone(full_run):
     names = {p.name for p in paths}
     assert {"text_encoder_heatmap.png", "unet_effects.png", "image_strip.png", "text_encoder_heatmap_roles.png"} <= names
     assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_stability_is_spearman_between_seed_halves(full_run):
+    from tracing.causal import site_effects, stability
+
+    out, table = full_run
+    st = json.loads((out / "causal_sites.json").read_text())["clip"]["stability_spearman"]
+    assert st["seeds_a"] == [0] and st["seeds_b"] == [1]
+    a = site_effects(table[table.seed == 0]).set_index(["site", "token_role"]).effect
+    b = site_effects(table[table.seed == 1]).set_index(["site", "token_role"]).effect
+    unet = [i for i in a.index if i[0].startswith("unet:")]
+    assert st["unet"] == pytest.approx(round(a[unet].rank().corr(b[unet].rank()), 4))
+    # a table whose second seed copies the first is perfectly stable
+    twin = pd.concat([table[table.seed == 0], table[table.seed == 0].assign(seed=1)])
+    assert stability(twin)["unet"] == pytest.approx(1.0)

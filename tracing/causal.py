@@ -35,6 +35,27 @@ def site_effects(table: pd.DataFrame, metric: str = "clip") -> pd.DataFrame:
     return out
 
 
+def stability(table: pd.DataFrame, metric: str = "clip") -> dict:
+    """Spearman rank correlation of site effects between two disjoint halves of the seeds.
+
+    Per component: UNet sites, and text-encoder (site, token role) pairs. None where fewer
+    than two seeds or fewer than three sites.
+    """
+    seeds = sorted(table.seed.unique())
+    if len(seeds) < 2:
+        return {}
+    half = len(seeds) // 2
+    a = site_effects(table[table.seed.isin(seeds[:half])], metric)
+    b = site_effects(table[table.seed.isin(seeds[half:])], metric)
+    keys = ["component", "site", "token_role", "window_start", "window_end"]
+    both = a.merge(b, on=keys, suffixes=("_a", "_b"))
+    out = {"seeds_a": [int(s) for s in seeds[:half]], "seeds_b": [int(s) for s in seeds[half:]]}
+    for comp, g in both.groupby("component"):
+        g = g.dropna(subset=["effect_a", "effect_b"])
+        out[comp] = round(float(g.effect_a.rank().corr(g.effect_b.rank())), 4) if len(g) >= 3 else None
+    return out
+
+
 def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5) -> dict:
     metrics = ["clip"] + (["gt"] if table["gt_score"].notna().any() else [])
     result: dict = {"threshold": threshold, "rule": RULE, "metrics": metrics,
@@ -52,7 +73,7 @@ def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float =
             if r.window_start >= 0:
                 e["window"] = [int(r.window_start), int(r.window_end)]
             entries.append(e)
-        result[metric] = {"causal": entries, "n_sites_scored": int(len(eff))}
+        result[metric] = {"causal": entries, "n_sites_scored": int(len(eff)), "stability_spearman": stability(table, metric)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     from .sweep import atomic_json
 
