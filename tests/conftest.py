@@ -1,50 +1,19 @@
-"""Shared fixtures: small random models with Stable Diffusion's module names."""
+"""Shared fixtures: small random models with Stable Diffusion's module names.
+
+The builders live in ``tracing.testing`` so that other processes (Ray workers) can import them
+and rebuild the same weights.
+"""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tracing.models import Model
-from tracing.tokenizer import clip_tokenizer
-
-
-def tiny_pixel_model(seed: int = 0) -> Model:
-    """A random pixel-space model shaped like the toy world's (3 text layers, 32 px UNet)."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                        num_attention_heads=4, max_position_embeddings=77))
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-    )
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
-    return Model(name="tiny-pixel", arch="toy", tokenizer=clip_tokenizer(), text_encoder=text, unet=unet,
-                 scheduler=sched, defaults={"num_inference_steps": 5, "guidance_scale": 2.0})
+from tracing.testing import tiny_pixel_model, tiny_scorer  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")
-def pixel_model() -> Model:
+def pixel_model():
     return tiny_pixel_model()
-
-
-def tiny_scorer(seed: int = 0):
-    """A random open_clip CLIP at 32 px: a stand-in scorer with the real scorer's API."""
-    import open_clip
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-
-    from tracing.scoring import from_open_clip
-
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(
-        embed_dim=32,
-        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
-    )
-    return from_open_clip(model, open_clip.get_tokenizer("ViT-B-32"), "test-random-openclip")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,10 @@ at a time. When a worker dies, its unfinished unit goes back to the queue and th
 on; when all have died the sweep stops with an error, and re-running the same command resumes
 from the shards already written. ``out`` must be a folder every worker can write (one
 machine, or a shared file system).
+
+Numerics: a CPU worker runs torch with ``threads`` threads (default 1, its one Ray CPU). Its rows
+equal a local run's bit for bit at the same thread count (``OMP_NUM_THREADS=1 diffloc trace``);
+at another thread count CPU reductions differ in the last float32 digits (about 1e-6 relative).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 from .trace_config import TraceConfig, Unit
+
+MODELS_LOADED = {"n": 0}  # per process: how many models this worker process has loaded
 
 
 def import_ray():
@@ -56,17 +62,20 @@ class Worker:
         self.model = model_factory() if model_factory else load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         self.scorer = scorer_factory() if scorer_factory else load_scorer(cfg.scorer, device=cfg.device)
         self.prompts, self.scfg, self.truth = unit_context(cfg, self.model)
+        self.units = 0
+        MODELS_LOADED["n"] += 1
 
     def run(self, unit: Unit) -> str:
         from .sweep import run_and_store
 
         run_and_store(unit, self.model, self.prompts, self.cfg, self.scfg, self.scorer, self.truth, self.shards)
+        self.units += 1
         return unit.key
 
     def info(self) -> dict:
         import torch
 
-        return {"pid": os.getpid(), "threads": torch.get_num_threads()}
+        return {"pid": os.getpid(), "threads": torch.get_num_threads(), "units": self.units, "models_loaded": MODELS_LOADED["n"]}
 
 
 def start_ray(address: str | None = None, num_workers: int = 2):
@@ -96,11 +105,10 @@ def run_ray(cfg: TraceConfig, out: str | Path, todo_units: list[Unit], model: Ca
         return
     ray = start_ray(address, num_workers)
     gpu = str(cfg.device).startswith("cuda")
-    need = {"GPU" if gpu else "CPU": float(num_workers)}
-    have = ray.cluster_resources()
-    for res, n in need.items():
-        if have.get(res, 0.0) < n:
-            raise ValueError(f"{num_workers} Ray workers need {n:g} {res} but the cluster has {have.get(res, 0.0):g}; pass fewer workers")
+    res = "GPU" if gpu else "CPU"  # each worker asks for one, so more workers than that would wait forever
+    have = ray.cluster_resources().get(res, 0.0)
+    if have < num_workers:
+        raise ValueError(f"{num_workers} Ray workers need {num_workers} {res} but the cluster has {have:g}; pass fewer workers")
     actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(Worker)
     workers = [actor_cls.remote(cfg, str(Path(out).resolve()), model, scorer, threads if not gpu else None)
                for _ in range(min(num_workers, len(todo_units)))]
@@ -119,7 +127,12 @@ def run_ray(cfg: TraceConfig, out: str | Path, todo_units: list[Unit], model: Ca
             actor, unit = running.pop(ref)
             try:
                 ray.get(ref)
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayTaskError as err:  # the unit raised: re-raise its own error
+                raise (err.cause if isinstance(err.cause, Exception) else err) from err
+            except ray.exceptions.RayActorError as err:
+                if getattr(err, "_actor_init_failed", False):
+                    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+                    raise RuntimeError(f"a Ray worker could not load the model or scorer: {lines[-1] if lines else err}") from err
                 workers.remove(actor)  # the worker died: its unit goes back to the queue
                 queue.insert(0, unit)
                 continue

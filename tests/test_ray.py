@@ -1,0 +1,137 @@
+"""Ray executor: a real local Ray with 2 workers gives the local table; killed workers lose nothing.
+
+Each worker rebuilds the tiny fixture model and scorer from ``tracing.testing`` with the same
+seed, so its weights equal the driver's and the tables must match exactly.
+"""
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import pandas as pd
+import pytest
+import torch
+
+from tracing.testing import tiny_pixel_model, tiny_scorer
+from tracing.trace_config import TraceConfig
+from tracing.sweep import run_sweep
+
+PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
+FACTORIES = dict(model=partial(tiny_pixel_model, 0), scorer=partial(tiny_scorer, 0))
+
+
+def _cfg(executor):
+    return TraceConfig(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0, 1), num_inference_steps=3,
+                       batch_size=48, executor=executor)
+
+
+@pytest.fixture(scope="module")
+def ray():
+    ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'diffloc[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.set_num_threads(1)
+    return tiny_pixel_model(0), tiny_scorer(0)
+
+
+@pytest.fixture(scope="module")
+def local_table(tmp_path_factory, models):
+    return run_sweep(_cfg("local"), tmp_path_factory.mktemp("local"), model=models[0], scorer=models[1])
+
+
+def _ray_sweep(out, models, **kw):
+    return run_sweep(_cfg("ray"), out, model=models[0], scorer=models[1], ray_kw=dict(FACTORIES, num_workers=2, **kw))
+
+
+def _stamps(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
+
+
+def test_ray_table_equals_local(ray, tmp_path, models, local_table):
+    import os
+
+    seen = {}
+
+    def look(n_done, workers):
+        for w in workers:
+            info = ray.get(w.info.remote())
+            seen[info["pid"]] = info
+
+    table = _ray_sweep(tmp_path / "ray", models, on_done=look)
+    pd.testing.assert_frame_equal(table, local_table, check_exact=True)  # same numerics in other processes
+    assert pd.read_parquet(tmp_path / "ray" / "trace.parquet").equals(table)
+    assert len(seen) == 2 and os.getpid() not in seen, "two worker processes, not the driver"
+    assert sum(i["units"] for i in seen.values()) == local_table.unit.nunique()
+    assert all(i["models_loaded"] == 1 for i in seen.values()), "one model per worker, loaded once"
+    assert all(i["threads"] == 1 for i in seen.values())
+
+
+def test_killed_worker_loses_no_rows(ray, tmp_path, models, local_table):
+    """ray.kill one of two workers mid-sweep: its unit is re-queued, the other worker finishes."""
+    out = tmp_path / "kill1"
+    before = {}
+
+    def kill_one(n_done, workers):
+        if n_done == 2:
+            before.update(_stamps(out))
+            ray.kill(workers[0])
+
+    table = _ray_sweep(out, models, on_done=kill_one)
+    pd.testing.assert_frame_equal(table, local_table, check_exact=True)
+    assert len(before) >= 2
+    after = _stamps(out)
+    assert all(after[k] == v for k, v in before.items()), "a finished shard was rewritten"
+
+
+def test_all_workers_killed_then_rerun_resumes(ray, tmp_path, models, local_table):
+    """A sweep started locally, continued on Ray, all workers killed, re-run: same table."""
+    out = tmp_path / "killall"
+    assert run_sweep(_cfg("local"), out, model=models[0], scorer=models[1], stop_after=1) is None  # executors share shards
+    before = {}
+
+    def kill_all(n_done, workers):
+        if n_done == 2:
+            for w in workers:
+                ray.kill(w)
+            before.update(_stamps(out))
+
+    with pytest.raises(RuntimeError, match="all Ray workers died.*re-run"):
+        _ray_sweep(out, models, on_done=kill_all)
+    assert _stamps(out) == before and len(before) >= 3, "finished shards survive the kill"
+    assert not (out / "trace.parquet").exists()
+    table = _ray_sweep(out, models)
+    pd.testing.assert_frame_equal(table, local_table, check_exact=True)
+    after = _stamps(out)
+    assert all(after[k] == v for k, v in before.items()), "a finished unit was recomputed"
+
+
+def test_more_workers_than_cpus_is_one_line_error(ray, tmp_path, models):
+    with pytest.raises(ValueError, match="need 5 CPU but the cluster has 2") as err:
+        run_sweep(_cfg("ray"), tmp_path / "big", model=models[0], scorer=models[1], ray_kw=dict(FACTORIES, num_workers=5))
+    assert "\n" not in str(err.value)
+
+
+def test_worker_that_cannot_load_is_one_line_error(ray, tmp_path, models):
+    bad = dict(FACTORIES, model=partial(tiny_pixel_model, "not-a-seed"))  # raises in the worker's constructor
+    with pytest.raises(RuntimeError, match="could not load the model or scorer: .*Error") as err:
+        run_sweep(_cfg("ray"), tmp_path / "bad", model=models[0], scorer=models[1], ray_kw=bad)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_ray_is_one_line_error(monkeypatch, tmp_path, capsys):
+    from tracing.cli import main
+    from tracing.executors import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'diffloc\[ray\]'") as err:
+        import_ray()
+    assert "\n" not in str(err.value)
+    with pytest.raises(SystemExit) as code:
+        main(["trace", "--attribute", "colour", "--executor", "ray", "--out", str(tmp_path / "x")])
+    assert code.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --executor ray needs Ray: pip install 'diffloc[ray]' (or pip install ray)"
