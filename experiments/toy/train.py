@@ -1,0 +1,431 @@
+"""Train the toy world's model and scorer, reproducibly, on CPU.
+
+Three stages, each resumable and skipped when its output exists:
+
+a. ``clip``   a tiny transformers ``CLIPModel`` trained contrastively on renders + captions;
+              its text tower (a ``CLIPTextModel``) is then frozen and becomes the diffusion
+              model's text encoder, the way Stable Diffusion freezes OpenAI's CLIP.
+b. ``scorer`` a separately trained tiny open_clip ``CLIP`` (own configs, another seed), saved
+              as a folder ``open_clip.create_model_and_transforms('local-dir:PATH')`` loads.
+c. ``unet``   a pixel-space diffusers ``UNet2DConditionModel`` trained with DDPM (epsilon),
+              10 % caption dropout, EMA, conditioned on the frozen encoder's
+              ``last_hidden_state`` of the 77-token padded caption, exactly as SD.
+
+Usage::
+
+    python -m experiments.toy.train --out experiments/toy/weights
+    python -m experiments.toy.train --out /tmp/toy --unet-steps 200 --clip-steps 50 --scorer-steps 50   # smoke
+
+Outputs under ``OUT``: ``model/`` (text_encoder, tokenizer, unet, scheduler, diffloc.json),
+``scorer/`` (open_clip_config.json + open_clip_model.safetensors), and, outside the shipped
+folders, ``train_log.jsonl`` and ``ckpt/`` (resume state).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import world
+
+SCHEDULER_KW = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                    prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    seed: int = 0
+    n_images: int = 60_000            # render pool; captions are drawn afresh per step
+    threads: int = 1                  # measured: 1 thread beats 2 on the shared 2-core box (0.8 vs 1.4-5 s per CLIP step)
+    # (a) tiny CLIP: text tower = the diffusion model's text encoder
+    text_hidden: int = 64
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 256
+    vision_hidden: int = 64
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_patch: int = 4
+    projection_dim: int = 64
+    clip_train_length: int = 24       # longest caption is 17 tokens; positions >= 24 stay as initialised (as in SD, padding never trained)
+    clip_steps: int = 600
+    clip_batch: int = 256
+    clip_lr: float = 1e-3
+    # (b) scorer: open_clip, its own seed
+    scorer_seed: int = 1234
+    scorer_width: int = 64
+    scorer_layers: int = 4
+    scorer_heads: int = 4
+    scorer_context: int = 32
+    scorer_steps: int = 1000
+    scorer_hard_negatives: int = 64   # images per step that also rank captions differing in one attribute only
+    scorer_batch: int = 256
+    scorer_lr: float = 1e-3
+    # (c) UNet
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_head_dim: int = 4       # diffusers' name; = number of heads here
+    norm_num_groups: int = 8
+    unet_steps: int = 2200
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    unet_warmup: int = 100
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    ckpt_every: int = 200
+    export_every: int = 500
+    guidance_scale: float = 2.0       # default written to diffloc.json; evaluate.py measures it
+    num_inference_steps: int = 20
+
+
+def _log(out: Path, **row) -> None:
+    row["time"] = round(time.time(), 2)
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Data:
+    """A fixed pool of renders; each step draws images and a fresh caption template."""
+
+    def __init__(self, cfg: ToyTrainConfig):
+        t0 = time.time()
+        self.images, attrs, _ = world.random_dataset(cfg.n_images, seed=cfg.seed)
+        combos = world.all_attrs()
+        self.combo_index = {tuple(sorted(a.items())): i for i, a in enumerate(combos)}
+        self.combo = torch.tensor([self.combo_index[tuple(sorted(a.items()))] for a in attrs])
+        self.combos = combos
+        self.n_templates = len(world.TEMPLATES)
+        # caption id = combo * n_templates + template
+        self.captions = [world.caption(a, t) for a in combos for t in range(self.n_templates)]
+        print(f"rendered {cfg.n_images} images in {time.time() - t0:.1f}s", flush=True)
+
+    def batch(self, g: torch.Generator, n: int, noise_aug: bool = False):
+        idx = torch.randint(len(self.images), (n,), generator=g)
+        x = self.images[idx].float() / 127.5 - 1.0
+        flip = torch.rand(n, generator=g) < 0.5  # a horizontal flip keeps every attribute
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if noise_aug:
+            x = x + torch.randn(x.shape, generator=g) * torch.rand(n, 1, 1, 1, generator=g) * 0.1
+        tpl = torch.randint(self.n_templates, (n,), generator=g)
+        combo = self.combo[idx]
+        return x, combo, combo * self.n_templates + tpl
+
+
+def _multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, combo: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair with the same attributes counts as a positive."""
+    img = F.normalize(img, dim=-1)
+    txt = F.normalize(txt, dim=-1)
+    logits = scale.exp().clamp(max=100) * img @ txt.T
+    pos = (combo[:, None] == combo[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.log_softmax(0).T, 1).mean())
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+# ----------------------------------------------------------------------------- (a) tiny CLIP
+def clip_config(cfg: ToyTrainConfig):
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=49408, hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+                num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
+                projection_dim=cfg.projection_dim, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    vision = dict(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 4, num_hidden_layers=cfg.vision_layers,
+                  num_attention_heads=cfg.vision_heads, image_size=world.SIZE, patch_size=cfg.vision_patch,
+                  num_channels=3, projection_dim=cfg.projection_dim)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
+
+
+def train_clip(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
+    from transformers import CLIPModel
+
+    dest = out / "model" / "text_encoder"
+    if (dest / "config.json").exists():
+        print("stage clip: done already", flush=True)
+        return
+    _seed_all(cfg.seed)
+    model = CLIPModel(clip_config(cfg))
+    ids = tokenizer(data.captions, padding="max_length", max_length=cfg.clip_train_length, truncation=True, return_tensors="pt").input_ids
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.05)
+    g = torch.Generator().manual_seed(cfg.seed + 11)
+    t0 = time.time()
+    for step in range(cfg.clip_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = _lr(step, cfg.clip_steps, cfg.clip_lr, 100)
+        x, combo, cap = data.batch(g, cfg.clip_batch, noise_aug=True)
+        img = model.get_image_features(pixel_values=x)
+        txt = model.get_text_features(input_ids=ids[cap])
+        img = getattr(img, "pooler_output", img)
+        txt = getattr(txt, "pooler_output", txt)
+        loss = _multi_positive_loss(img, txt, model.logit_scale, combo)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == cfg.clip_steps - 1:
+            _log(out, stage="clip", step=step, loss=round(loss.item(), 4), elapsed=round(time.time() - t0, 1))
+    model.eval()
+    text_encoder = _text_tower(model, cfg)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    text_encoder.save_pretrained(dest)
+    _log(out, stage="clip", event="saved", path=str(dest), elapsed=round(time.time() - t0, 1))
+
+
+def _text_tower(model, cfg: ToyTrainConfig):
+    """The CLIPModel's text tower as a standalone CLIPTextModel (same weights)."""
+    from transformers import CLIPTextModel
+
+    te = CLIPTextModel(model.config.text_config)
+    src = model.text_model.state_dict()
+    missing, unexpected = te.load_state_dict(src, strict=False)
+    if missing or unexpected:  # transformers 5 dropped the .text_model wrapper; names must still line up
+        raise RuntimeError(f"text tower does not match CLIPTextModel: missing {missing}, unexpected {unexpected}")
+    return te.eval()
+
+
+# ----------------------------------------------------------------------------- (b) scorer
+def scorer_config(cfg: ToyTrainConfig) -> dict:
+    return {
+        "model_cfg": {
+            "embed_dim": cfg.projection_dim,
+            "vision_cfg": {"image_size": world.SIZE, "layers": cfg.scorer_layers, "width": cfg.scorer_width,
+                           "head_width": cfg.scorer_width // cfg.scorer_heads, "mlp_ratio": 4.0, "patch_size": 4},
+            "text_cfg": {"context_length": cfg.scorer_context, "vocab_size": 49408, "width": cfg.scorer_width,
+                         "heads": cfg.scorer_heads, "layers": cfg.scorer_layers},
+        },
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                           "resize_mode": "shortest", "size": world.SIZE},
+    }
+
+
+def _hard_negative_loss(model, img: torch.Tensor, cap: torch.Tensor, ids: torch.Tensor, data: Data, g: torch.Generator) -> torch.Tensor:
+    """Each image ranks its caption against the captions (same template) that differ from it
+    in one random attribute only: the zero-shot task the scorer is evaluated on."""
+    keys = list(world.ATTRIBUTES)
+    img = F.normalize(img, dim=-1)
+    texts, groups, targets = [], [], []
+    for i, c in enumerate(cap.tolist()):
+        combo, tpl = divmod(c, data.n_templates)
+        a = data.combos[combo]
+        k = keys[int(torch.randint(len(keys), (1,), generator=g))]
+        vals = world.ATTRIBUTES[k]
+        start = len(texts)
+        for v in vals:
+            texts.append(data.combo_index[tuple(sorted({**a, k: v}.items()))] * data.n_templates + tpl)
+        groups.append((start, len(vals)))
+        targets.append(vals.index(a[k]))
+    txt = F.normalize(model.encode_text(ids[torch.tensor(texts)]), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100)
+    loss = 0.0
+    for i, ((start, n), t) in enumerate(zip(groups, targets)):
+        logits = scale * txt[start:start + n] @ img[i]
+        loss = loss + F.cross_entropy(logits[None], torch.tensor([t]))
+    return loss / len(groups)
+
+
+def train_scorer(out: Path, cfg: ToyTrainConfig, data: Data) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    dest = out / "scorer"
+    if (dest / "open_clip_model.safetensors").exists():
+        print("stage scorer: done already", flush=True)
+        return
+    _seed_all(cfg.scorer_seed)
+    oc = scorer_config(cfg)
+    model = open_clip.CLIP(**oc["model_cfg"])
+    tok = open_clip.SimpleTokenizer(context_length=cfg.scorer_context)
+    ids = tok(data.captions)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.scorer_lr, weight_decay=0.05)
+    g = torch.Generator().manual_seed(cfg.scorer_seed + 11)
+    t0 = time.time()
+    for step in range(cfg.scorer_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = _lr(step, cfg.scorer_steps, cfg.scorer_lr, 100)
+        x, combo, cap = data.batch(g, cfg.scorer_batch, noise_aug=True)
+        img = model.encode_image(x)  # preprocess_cfg maps [0, 1] to [-1, 1]: x already is
+        txt = model.encode_text(ids[cap])
+        loss = _multi_positive_loss(img, txt, model.logit_scale, combo)
+        if cfg.scorer_hard_negatives:
+            loss = loss + _hard_negative_loss(model, img[:cfg.scorer_hard_negatives], cap[:cfg.scorer_hard_negatives], ids, data, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == cfg.scorer_steps - 1:
+            _log(out, stage="scorer", step=step, loss=round(loss.item(), 4), elapsed=round(time.time() - t0, 1))
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / "open_clip_config.json", "w") as f:
+        json.dump(oc, f, indent=2)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dest / "open_clip_model.safetensors"))
+    _log(out, stage="scorer", event="saved", path=str(dest), elapsed=round(time.time() - t0, 1))
+
+
+# ----------------------------------------------------------------------------- (c) UNet
+def unet_config(cfg: ToyTrainConfig) -> dict:
+    return dict(sample_size=world.SIZE, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
+                block_out_channels=tuple(cfg.block_out_channels),
+                down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=cfg.text_hidden,
+                attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups)
+
+
+@torch.no_grad()
+def encode_captions(text_encoder, tokenizer, captions: list[str], batch: int = 256) -> torch.Tensor:
+    """SD conditioning: last_hidden_state (after final_layer_norm) of the 77-token padded caption."""
+    out = []
+    for i in range(0, len(captions), batch):
+        ids = tokenizer(captions[i:i + batch], padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        out.append(text_encoder(ids).last_hidden_state)
+    return torch.cat(out)
+
+
+def _export(out: Path, cfg: ToyTrainConfig, ema, step: int, tokenizer) -> None:
+    from diffusers import DDIMScheduler
+
+    model_dir = out / "model"
+    tmp = model_dir / "unet.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ema.save_pretrained(tmp)
+    if (model_dir / "unet").exists():
+        shutil.rmtree(model_dir / "unet")
+    tmp.rename(model_dir / "unet")
+    DDIMScheduler(**SCHEDULER_KW, set_alpha_to_one=False, steps_offset=1).save_pretrained(model_dir / "scheduler")
+    tokenizer.save_pretrained(model_dir / "tokenizer")
+    meta_path = model_dir / "diffloc.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update({"arch": "toy", "pixel_space": True, "sample_size": world.SIZE,
+                 "guidance_scale": meta.get("guidance_scale", cfg.guidance_scale),
+                 "num_inference_steps": cfg.num_inference_steps, "seed": cfg.seed, "unet_steps_trained": step,
+                 "train_config": dataclasses.asdict(cfg), "attributes": {k: list(v) for k, v in world.ATTRIBUTES.items()},
+                 "templates": list(world.TEMPLATES)})
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+
+def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    ck = out / "ckpt" / "unet.pt"
+    _seed_all(cfg.seed + 2)
+    text_encoder = CLIPTextModel.from_pretrained(out / "model" / "text_encoder", dtype=torch.float32).eval().requires_grad_(False)
+    t0 = time.time()
+    cond = encode_captions(text_encoder, tokenizer, data.captions)          # [n_captions, 77, 64], frozen encoder
+    uncond = encode_captions(text_encoder, tokenizer, [""])[0]
+    print(f"encoded {len(data.captions)} captions in {time.time() - t0:.1f}s", flush=True)
+    unet = UNet2DConditionModel(**unet_config(cfg))
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
+    sched = DDPMScheduler(**SCHEDULER_KW)
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    start = 0
+    if ck.exists():
+        state = torch.load(ck, weights_only=False)
+        unet.load_state_dict(state["unet"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
+        g.set_state(state["gen"]); start = state["step"]
+        print(f"resumed UNet at step {start}", flush=True)
+    if start >= cfg.unet_steps and (out / "model" / "unet").exists():
+        print("stage unet: done already", flush=True)
+        return
+    n_params = sum(p.numel() for p in unet.parameters())
+    _log(out, stage="unet", event="start", step=start, params=n_params)
+    ac = sched.alphas_cumprod
+    t0 = time.time()
+    run = 0.0
+    for step in range(start, cfg.unet_steps):
+        for pg in opt.param_groups:
+            pg["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr, cfg.unet_warmup)
+        x, _, cap = data.batch(g, cfg.unet_batch)
+        c = cond[cap]
+        drop = torch.rand(len(x), generator=g) < cfg.caption_dropout
+        c = torch.where(drop[:, None, None], uncond.expand_as(c), c)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=g)
+        noise = torch.randn(x.shape, generator=g)
+        a = ac[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x + (1 - a).sqrt() * noise
+        pred = unet(xt, t, encoder_hidden_states=c).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - d)
+        run = loss.item() if step == start else 0.98 * run + 0.02 * loss.item()
+        if step % 50 == 0 or step == cfg.unet_steps - 1:
+            _log(out, stage="unet", step=step, loss=round(loss.item(), 4), loss_avg=round(run, 4),
+                 lr=round(opt.param_groups[0]["lr"], 6), elapsed=round(time.time() - t0, 1))
+        done = step + 1
+        if done % cfg.ckpt_every == 0 or done == cfg.unet_steps:
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "gen": g.get_state(), "step": done}, str(ck) + ".tmp")
+            os.replace(str(ck) + ".tmp", ck)
+        if done % cfg.export_every == 0 or done == cfg.unet_steps:
+            _export(out, cfg, ema, done, tokenizer)
+            _log(out, stage="unet", event="exported", step=done)
+
+
+# ----------------------------------------------------------------------------- entry points
+def train(out_dir: str | Path, config: ToyTrainConfig | None = None, stages: tuple[str, ...] = ("clip", "scorer", "unet")) -> Path:
+    """Run the stages into ``out_dir`` (resumable); returns ``out_dir/model``."""
+    from tracing.tokenizer import clip_tokenizer
+
+    cfg = config or ToyTrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    tokenizer = clip_tokenizer()
+    data = Data(cfg)
+    if "clip" in stages:
+        train_clip(out, cfg, data, tokenizer)
+    if "scorer" in stages:
+        train_scorer(out, cfg, data)
+    if "unet" in stages:
+        train_unet(out, cfg, data, tokenizer)
+    return out / "model"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--stages", default="clip,scorer,unet")
+    for f in dataclasses.fields(ToyTrainConfig):
+        if f.type in ("int", "float", int, float):
+            p.add_argument("--" + f.name.replace("_", "-"), type=int if f.type in ("int", int) else float, default=None)
+    args = p.parse_args(argv)
+    over = {f.name: getattr(args, f.name) for f in dataclasses.fields(ToyTrainConfig) if getattr(args, f.name, None) is not None}
+    train(args.out, ToyTrainConfig(**over), stages=tuple(args.stages.split(",")))
+
+
+if __name__ == "__main__":
+    main()
