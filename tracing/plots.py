@@ -56,19 +56,25 @@ def text_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip", component
     ]:
         fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * max(4, len(xlabels)) + 1.2), sharey=True)
         for ax, kind in zip(axes, ["hidden", "mlp", "attn"]):
-            piv = data[data.kind == kind].pivot_table(index=xcol, columns="layer", values=f"{metric}_score", aggfunc="mean")
+            part = data[data.kind == kind]
+            # average within each (prompt, seed) first, so prompts with more tokens of a role do not weigh more
+            part = part.groupby(["prompt_index", "seed", xcol, "layer"], as_index=False)[f"{metric}_score"].mean()
+            piv = part.pivot_table(index=xcol, columns="layer", values=f"{metric}_score", aggfunc="mean")
             if xcol == "token_role":
                 piv = piv.reindex([r for r in ROLES if r in piv.index])
                 ylabels = [r + ("*" if "subject" in r else "") for r in piv.index]
             else:
                 ylabels = xlabels
-            sns.heatmap(piv, ax=ax, cmap=CMAPS[kind], vmin=floor, vmax=max(clean, piv.values.max()),
-                        cbar_kws={"label": f"{metric} score"}, yticklabels=ylabels)
+            hm = sns.heatmap(piv, ax=ax, cmap=CMAPS[kind], vmin=floor, vmax=max(clean, piv.values.max()),
+                             cbar_kws={"label": f"{metric} score"}, yticklabels=ylabels)
+            hm.collections[0].colorbar.formatter.set_useOffset(False)
+            hm.collections[0].colorbar.update_ticks()
             ax.set_title(f"restore {TITLES[kind]}")
             ax.set_xlabel("layer")
             ax.set_ylabel("token" if xcol == "token" else "token role (mean over prompts)")
         title = prompt if mode == "prompt" else f"{rows.attribute.iloc[0]}: {rows.prompt_index.nunique()} prompts"
-        fig.suptitle(f"{component} trace — {title}\nfloor = corrupted {floor:.1f}, clean {clean:.1f}; * = attribute tokens", fontsize=10)
+        fig.suptitle(f"{component} trace — {title}\nfloor = corrupted {floor:.1f}, clean {clean:.1f}; * = attribute tokens", fontsize=10, y=1.0)
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
         paths += _save(fig, out / name)
     return paths
 
@@ -80,7 +86,7 @@ def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip") -> list[Pat
     if eff.empty:
         return []
     windows = eff[["window_start", "window_end"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(len(windows), 1, figsize=(max(10, 0.22 * eff.site.nunique() + 3), 3.2 * len(windows)), squeeze=False)
+    fig, axes = plt.subplots(len(windows), 1, figsize=(max(10, 0.22 * eff.site.nunique() + 3), 4.8 * len(windows)), squeeze=False)
     for ax, (ws, we) in zip(axes[:, 0], windows):
         e = eff[(eff.window_start == ws) & (eff.window_end == we)].reset_index(drop=True)
         names = [s.split(":", 1)[1] for s in e.site]
@@ -97,11 +103,26 @@ def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip") -> list[Pat
         ax.axhline(0, color="k", lw=0.5)
         ax.set_ylabel(f"indirect effect ({metric})")
         win = "all steps" if ws < 0 else f"steps [{ws}, {we})"
-        ax.set_title(f"UNet components restored at {win}", fontsize=9, pad=28)
+        ax.set_title(f"UNet components restored at {win}", fontsize=9, pad=34, loc="left")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in UNET_COLOURS.values()]
     axes[0, 0].legend(handles, list(UNET_COLOURS), fontsize=7, loc="upper right")
-    fig.suptitle(f"{table.attribute.iloc[0]}: UNet trace ({table.prompt_index.nunique()} prompts × {table.seed.nunique()} seeds)", fontsize=10, y=1.02)
+    fig.suptitle(f"{table.attribute.iloc[0]}: UNet trace ({table.prompt_index.nunique()} prompts × {table.seed.nunique()} seeds)", fontsize=10, y=1.0)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, out / "unet_effects")
+
+
+def _short(site: str) -> str:
+    """Compact label for a site: 'L0 attn' for text layers, 'up1.at0.attn2' for UNet blocks."""
+    comp, path = site.split(":", 1)
+    path = path.replace("text_model.", "")
+    if path.startswith("encoder.layers."):
+        parts = path.split(".")
+        kind = {"self_attn": "attn", "mlp": "mlp"}.get(parts[3], "") if len(parts) > 3 else "hidden"
+        return f"L{parts[2]} {kind}"
+    for a, b in (("down_blocks.", "down"), ("up_blocks.", "up"), ("mid_block", "mid"), ("attentions.", "at"),
+                 ("resnets.", "res"), ("transformer_blocks.", "tb")):
+        path = path.replace(a, b)
+    return path
 
 
 def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 4) -> list[Path]:
@@ -109,7 +130,7 @@ def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 
     shards = sorted((run_dir / "shards").glob("*.npz"))[:max_units]
     if not shards:
         return []
-    fig, axes = plt.subplots(len(shards), 5, figsize=(9, 2.1 * len(shards)), squeeze=False)
+    fig, axes = plt.subplots(len(shards), 5, figsize=(10, 2.3 * len(shards)), squeeze=False)
     for r, path in enumerate(shards):
         data = np.load(path)
         unit = path.stem
@@ -122,9 +143,9 @@ def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 
             row = int(data["rows"][c])
             ax.imshow(np.transpose(data["images"][c], (1, 2, 0)), interpolation="nearest")
             info = sub.loc[row]
-            name = info.kind if info.kind in ("clean", "corrupted") else f"{info.site.split(':', 1)[1]}"
+            name = info.kind if info.kind in ("clean", "corrupted") else _short(info.site)
             tok = f" @{info.token_str}" if info.token >= 0 else ""
-            ax.set_title(f"{name[-28:]}{tok}\nclip {info['clip_score']:.1f}", fontsize=6)
+            ax.set_title(f"{name}{tok}\nclip {info['clip_score']:.1f}", fontsize=6, wrap=True)
         axes[r, 0].text(-0.1, 0.5, unit, transform=axes[r, 0].transAxes, rotation=90, fontsize=6, va="center", ha="right")
     fig.suptitle("clean | corrupted | best restored", fontsize=9)
     return _save(fig, out / "image_strip")
