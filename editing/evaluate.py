@@ -114,7 +114,8 @@ def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
 
 def evaluate_methods(model, cases: list[dict], methods: Iterable[str] = ("quickfix",), seeds: Sequence[int] = range(10),
                      scorer=None, truth: Callable | None = None, cfg: SamplerConfig | None = None, batch: int = 256,
-                     options: dict | None = None, baselines: bool = True, progress: Callable | None = None) -> pd.DataFrame:
+                     options: dict | None = None, baselines: Sequence[str] = ("unedited", "oracle"),
+                     progress: Callable | None = None) -> pd.DataFrame:
     """Rows for every case × method (plus unedited and oracle) × prompt × seed."""
     cfg = cfg or SamplerConfig.for_model(model)
     seeds = list(seeds)
@@ -123,8 +124,9 @@ def evaluate_methods(model, cases: list[dict], methods: Iterable[str] = ("quickf
     for case in cases:
         prompts = _prompts(case)
         texts = [p["prompt"] for _, p in prompts]
-        if baselines:
+        if "unedited" in baselines:
             rows += _rows(case, "unedited", prompts, _generate(model, texts, seeds, cfg, batch), seeds, scorer, truth)
+        if "oracle" in baselines:
             oracle_texts = [p["new"] if s != "negative" else p["prompt"] for s, p in prompts]
             rows += _rows(case, "oracle", prompts, _generate(model, oracle_texts, seeds, cfg, batch), seeds, scorer, truth)
         for method in methods:

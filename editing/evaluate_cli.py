@@ -61,8 +61,8 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
         table = evaluate_methods(model, cases, methods=(), seeds=range(seeds), scorer=scorer, truth=truth, progress=bar)
         for rec in records:
             redo_edit(model, rec)
-        edited = evaluate_methods(model, cases, methods=(), seeds=range(seeds), scorer=scorer, truth=truth, baselines=True)
-        edited = edited[edited.method == "unedited"].assign(method="edited")
+        edited = evaluate_methods(model, cases, methods=(), seeds=range(seeds), scorer=scorer, truth=truth, baselines=("unedited",))
+        edited = edited.assign(method="edited")  # the edited model on the original prompts
         import pandas as pd
 
         table = pd.concat([table, edited], ignore_index=True)
