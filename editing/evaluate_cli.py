@@ -53,8 +53,9 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     folder = Path(model_spec)
     out.mkdir(parents=True, exist_ok=True)
     bar = progress_bar("evaluate")
+    state: dict = {}
     if (folder / "edit.json").exists():
-        cases, state = _edited_mode(model, folder, cases)
+        cases, state = _edited_mode(model, folder, cases)  # noqa: F841 (state read again for the grid)
         records = state["records"]
         for rec in reversed(records):  # back to the unedited model for the baselines
             undo_edit(model, rec)
@@ -77,7 +78,8 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     if truth is not None:
         result["per_attribute_gt"] = {f"{m}/{a}": row for (m, a), row in per_attribute(table).to_dict("index").items()}
     atomic_json(result, out / "summary.json")
-    grid = draw_grid(model, cases[0], methods if not (folder / "edit.json").exists() else [], out / "grid.png")
+    edited_records = state["records"] if (folder / "edit.json").exists() else None
+    grid = draw_grid(model, cases[0], methods if edited_records is None else [], out / "grid.png", edited_records=edited_records)
     for m, s in summary.items():
         say(f"{m:>10}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
     say(f"-> {out / 'eval.parquet'}, {out / 'summary.json'}, {grid}")
@@ -85,8 +87,12 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
 
 
 @torch.no_grad()
-def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0) -> Path:
-    """Before/after grid for one case: rows = prompts, columns = unedited, oracle, each method."""
+def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, edited_records: list | None = None) -> Path:
+    """Before/after grid for one case: rows = prompts, columns = unedited, oracle, each method.
+
+    With ``edited_records`` (the model holds those edits), the edits are undone for the
+    unedited and oracle columns and redone for an ``edited`` column.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,6 +107,10 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0) 
     prompts = _prompts(case)[:1] + _prompts(case)[1:3] + _prompts(case)[6:8]
     cfg = SamplerConfig.for_model(model)
     lat = initial_latents(model, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
+    from .records import redo_edit
+
+    for r in reversed(edited_records or []):
+        undo_edit(model, r)
     columns = {"unedited": generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat),
                "oracle": generate(model, [p["new"] if s != "negative" else p["prompt"] for s, p in prompts], cfg=cfg, latents=lat)}
     corpus, contrastive = read_corpus(None, model) if "refact" in methods else ([], [])
@@ -111,6 +121,10 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0) 
         finally:
             for r in reversed(records):
                 undo_edit(model, r)
+    for r in edited_records or []:
+        redo_edit(model, r)
+    if edited_records:
+        columns["edited"] = generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat)
     fig, axes = plt.subplots(len(prompts), len(columns), figsize=(1.9 * len(columns) + 2.5, 1.9 * len(prompts)), squeeze=False)
     for c, (name, imgs) in enumerate(columns.items()):
         axes[0, c].set_title(name, fontsize=9)

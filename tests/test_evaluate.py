@@ -1,0 +1,77 @@
+"""Edit evaluation: ReFACT's three rates, baselines, ground truth, the CLI's outputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from editing.evaluate import evaluate_methods, load_cases, summarise
+from editing.records import EditError, save_edited
+from experiments.toy import world
+from tracing.sampler import SamplerConfig
+
+CASES = "experiments/cases/toy_edits.jsonl"
+
+
+def test_shipped_edit_set_is_well_formed():
+    cases = load_cases(CASES)
+    assert len(cases) >= 20
+    assert {c["attribute"] for c in cases} >= {"colour", "object", "style", "count"}
+    for c in cases:
+        assert len(c["positives"]) == 5 and len(c["negatives"]) == 5
+        for p in [c["edit"], *c["positives"]]:
+            assert world.parse_caption(p["prompt"])[c["attribute"]] == c["old_value"]
+            assert world.parse_caption(p["new"])[c["attribute"]] == c["new_value"]
+        for p in c["negatives"]:
+            assert world.parse_caption(p["prompt"])[c["attribute"]] not in (c["old_value"], c["new_value"])
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    bad = json.loads(open(CASES).readline())
+    bad["source"] = "purple"
+    (tmp_path / "c.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(EditError, match="'purple' is not in the prompt"):
+        load_cases(tmp_path / "c.jsonl")
+
+
+def test_rates_baselines_and_ground_truth(pixel_model, scorer):
+    cases = load_cases(CASES)[:1]
+    table = evaluate_methods(pixel_model, cases, methods=("quickfix",), seeds=range(2), scorer=scorer, truth=world.read,
+                             cfg=SamplerConfig(2, 2.0))
+    assert set(table.method) == {"unedited", "oracle", "quickfix"}
+    assert len(table) == 3 * 11 * 2
+    # success is recomputed independently from the stored probabilities and readings
+    pos = table[table.split != "negative"]
+    assert ((pos.p_new > pos.p_old).astype(float) == pos.clip_success).all()
+    neg = table[table.split == "negative"]
+    assert ((neg.p_old > neg.p_new).astype(float) == neg.clip_success).all()
+    want = pos.gt_value == cases[0]["new_value"]
+    assert (want.astype(float) == pos.gt_success).all()
+    s = summarise(table)
+    assert set(s["quickfix"]) >= {"efficacy", "generalization", "specificity", "gt_efficacy"}
+    e = table[(table.method == "quickfix") & (table.split == "edit")].clip_success.mean()
+    assert s["quickfix"]["efficacy"] == pytest.approx(e)
+    # the model is left unedited after evaluation (every edit undone)
+    again = evaluate_methods(pixel_model, cases, methods=(), seeds=range(2), scorer=scorer, truth=world.read,
+                             cfg=SamplerConfig(2, 2.0), baselines=("unedited",))
+    pd.testing.assert_frame_equal(again.reset_index(drop=True),
+                                  table[table.method == "unedited"].reset_index(drop=True))
+
+
+def test_cli_evaluate_writes_parquet_summary_and_grid(tmp_path, pixel_model):
+    src = save_edited(pixel_model, [], tmp_path / "model", source="nowhere")
+    (src / "edit.json").unlink()  # a plain model folder: evaluate the methods themselves
+    r = subprocess.run([sys.executable, "-m", "tracing.cli", "--quiet", "evaluate", "--model", str(src), "--cases", CASES,
+                        "--max-cases", "1", "--seeds", "1", "--method", "quickfix", "--out", str(tmp_path / "eval")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"unedited", "oracle", "quickfix"}
+    for m in summary["methods"].values():
+        assert {"efficacy", "generalization", "specificity"} <= set(m)
+    assert len(pd.read_parquet(tmp_path / "eval" / "eval.parquet")) == 3 * 11
+    assert (tmp_path / "eval" / "grid.png").stat().st_size > 3000
