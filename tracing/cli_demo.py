@@ -18,14 +18,16 @@ import typer
 
 from .cli import app, say
 
-DEMO = {"attributes": ("colour", "object"), "max_prompts": 3, "seeds": (0, 1), "eval_seeds": 6,
-        "edit": ("red", "blue"), "cases": "experiments/cases/toy_edits.jsonl"}
+DEMO = {"attributes": ("colour", "object"), "edit": ("red", "blue"), "cases": "experiments/cases/toy_edits.jsonl"}
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="Output folder (resumes traces if it exists)."),
     model: str = typer.Option("toy", "--model", "-m", help="Model spec (the toy world by default)."),
+    prompts: int = typer.Option(2, help="Prompts traced per attribute (the shipped sets have 12)."),
+    seeds: int = typer.Option(1, help="Seeds per prompt."),
+    eval_seeds: int = typer.Option(6, help="Seeds per prompt when evaluating the edit."),
 ) -> None:
     """Trace two attributes, edit from the trace, evaluate the edit, write the report.
 
@@ -46,7 +48,7 @@ def demo(
         say(f"note: {m.name} is not the toy world; ground-truth scores are off and the toy scorer may not fit it")
     runs = []
     for attribute in DEMO["attributes"]:
-        cfg = TraceConfig(model=model, attribute=attribute, component="all", max_prompts=DEMO["max_prompts"], seeds=DEMO["seeds"])
+        cfg = TraceConfig(model=model, attribute=attribute, component="all", max_prompts=prompts, seeds=tuple(range(seeds)), batch_size=128)
         run = out / f"trace_{attribute}"
         run_sweep(cfg, run, model=m, progress=progress_bar(f"trace {attribute}"))
         plot_run(run)
@@ -62,7 +64,7 @@ def demo(
         records = edit_with("quickfix", m, {"source": source, "target": target}, {"quickfix": opts})
         save_edited(m, records, edited, source=m.source)
     say(f"[{time.perf_counter() - t0:5.0f}s] edited {source} -> {target} at {opts.get('site', 'layer-0 out_proj')} -> {edited}")
-    run_evaluate(str(edited), Path(DEMO["cases"]), out / "eval_quickfix", [], DEMO["eval_seeds"], None, "toy")
+    run_evaluate(str(edited), Path(DEMO["cases"]), out / "eval_quickfix", [], eval_seeds, None, "toy")
     say(f"[{time.perf_counter() - t0:5.0f}s] evaluated -> {out / 'eval_quickfix'}")
     report = out / "report.html"
     try:
