@@ -2,10 +2,11 @@
 
 Usage::
 
-    python -m experiments.findings --out results/findings --prompts 4 --seeds 4
+    python -m experiments.findings --out results/findings --attributes colour,object
     python -m experiments.findings --out results/findings --summarise-only
 
-For each attribute: a sweep over both components (``results/findings/<attribute>``), then
+For each attribute: a text-encoder sweep (``<attribute>_text``: fewer prompts and seeds, it has
+~190 rows per prompt) and a UNet sweep (``<attribute>_unet``: 23 rows per prompt), then
 one summary row: clean and corrupted scores (CLIP and ground truth), the strongest
 text-encoder state (site and token role), the UNet sites past the threshold, and the
 stability of site effects between two disjoint seed halves (Spearman). Writes
@@ -27,47 +28,55 @@ from tracing.trace_config import TraceConfig
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 
 
-def summarise(run: Path, attribute: str) -> dict:
-    table = pd.read_parquet(run / "trace.parquet")
-    causal = json.loads((run / "causal_sites.json").read_text())
-    row = {"attribute": attribute, "prompts": int(table.prompt_index.nunique()), "seeds": int(table.seed.nunique())}
-    for metric in causal["metrics"]:
-        row[f"{metric}_clean"] = round(causal["clean"][metric], 3)
-        row[f"{metric}_corrupted"] = round(causal["corrupted"][metric], 3)
-    eff = site_effects(table, "clip")
-    text = eff[eff.component == "text_encoder"].sort_values("effect", ascending=False)
-    best = text.iloc[0]
-    row["text_best"] = f"{best.site.split(':', 1)[1]} @ {best.token_role}"
-    row["text_best_effect"] = round(float(best.effect), 3)
-    strong = text[text.effect >= causal["threshold"]]
-    row["text_causal_states"] = [f"{r.site.split(':', 1)[1]} @ {r.token_role}" for r in strong.itertuples()]
-    unet = eff[eff.component == "unet"].sort_values("effect", ascending=False)
-    row["unet_causal"] = [f"{r.site.split(':', 1)[1]} ({r.effect:.2f})" for r in unet.itertuples() if r.effect >= causal["threshold"]]
-    row["unet_top3"] = [f"{r.site.split(':', 1)[1]} ({r.effect:.2f})" for r in unet.head(3).itertuples()]
-    row["stability_spearman"] = causal["clip"].get("stability_spearman", {})
+def summarise(text_run: Path, unet_run: Path, attribute: str) -> dict:
+    """One row of findings from an attribute's text-encoder run and its UNet run."""
+    text_table = pd.read_parquet(text_run / "trace.parquet")
+    unet_table = pd.read_parquet(unet_run / "trace.parquet")
+    tc = json.loads((text_run / "causal_sites.json").read_text())
+    uc = json.loads((unet_run / "causal_sites.json").read_text())
+    row = {"attribute": attribute, "text_prompts_x_seeds": f"{text_table.prompt_index.nunique()}x{text_table.seed.nunique()}",
+           "unet_prompts_x_seeds": f"{unet_table.prompt_index.nunique()}x{unet_table.seed.nunique()}"}
+    for metric in tc["metrics"]:
+        row[f"{metric}_clean"] = round(uc["clean"][metric], 3)
+        row[f"{metric}_corrupted"] = round(uc["corrupted"][metric], 3)
+    for metric in tc["metrics"]:
+        eff = site_effects(text_table, metric).sort_values("effect", ascending=False)
+        best = eff.iloc[0]
+        row[f"text_best_{metric}"] = f"{best.site.split(':', 1)[1]} @ {best.token_role}"
+        row[f"text_best_effect_{metric}"] = round(float(best.effect), 3)
+        row[f"text_causal_{metric}"] = [f"{r.site.split(':', 1)[1]} @ {r.token_role} ({r.effect:.2f})"
+                                       for r in eff.itertuples() if r.effect >= tc["threshold"]]
+        ueff = site_effects(unet_table, metric).sort_values("effect", ascending=False)
+        row[f"unet_causal_{metric}"] = [f"{r.site.split(':', 1)[1]} ({r.effect:.2f})" for r in ueff.itertuples() if r.effect >= uc["threshold"]]
+        row[f"unet_top3_{metric}"] = [f"{r.site.split(':', 1)[1]} ({r.effect:.2f})" for r in ueff.head(3).itertuples()]
+    row["stability_text"] = tc["clip"].get("stability_spearman", {}).get("text_encoder")
+    row["stability_unet"] = uc["clip"].get("stability_spearman", {}).get("unet")
+    row["stability_unet_gt"] = uc.get("gt", {}).get("stability_spearman", {}).get("unet")
     return row
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| attribute | CLIP clean → corrupted | GT clean → corrupted | strongest text-encoder state (effect) | text states ≥ threshold | UNet sites ≥ threshold | stability (text / UNet) |",
+def markdown(rows: list[dict], metric: str = "gt") -> str:
+    lines = [f"| attribute | CLIP clean → corrupted | GT clean → corrupted | strongest text state ({metric}) | text states ≥ 0.5 ({metric}) | UNet sites ≥ 0.5 ({metric}) | Spearman text / UNet (CLIP) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        st = r["stability_spearman"]
+        m = metric if f"text_best_{metric}" in r else "clip"
+        unet = r[f"unet_causal_{m}"]
         lines.append(
             f"| {r['attribute']} | {r['clip_clean']:.1f} → {r['clip_corrupted']:.1f} | "
             f"{r.get('gt_clean', float('nan')):.2f} → {r.get('gt_corrupted', float('nan')):.2f} | "
-            f"`{r['text_best']}` ({r['text_best_effect']:.2f}) | {len(r['text_causal_states'])} | "
-            f"{len(r['unet_causal'])}: {', '.join(r['unet_causal'][:4])}{' …' if len(r['unet_causal']) > 4 else ''} | "
-            f"{st.get('text_encoder', 'n/a')} / {st.get('unet', 'n/a')} |")
+            f"`{r[f'text_best_{m}']}` ({r[f'text_best_effect_{m}']:.2f}) | {len(r[f'text_causal_{m}'])} | "
+            f"{len(unet)}: {', '.join(unet[:3])}{' …' if len(unet) > 3 else ''} | "
+            f"{r['stability_text']} / {r['stability_unet']} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/findings")
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--text-prompts", type=int, default=2)
+    p.add_argument("--text-seeds", type=int, default=2)
+    p.add_argument("--unet-prompts", type=int, default=4)
+    p.add_argument("--unet-seeds", type=int, default=4)
     p.add_argument("--attributes", default=",".join(ATTRIBUTES))
     p.add_argument("--summarise-only", action="store_true")
     args = p.parse_args(argv)
@@ -75,21 +84,23 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     model = None
     for attribute in args.attributes.split(","):
-        run = out / attribute
+        runs = {"text_encoder": (out / f"{attribute}_text", args.text_prompts, args.text_seeds),
+                "unet": (out / f"{attribute}_unet", args.unet_prompts, args.unet_seeds)}
         if not args.summarise_only:
             from tracing.models import load_model
 
             model = model or load_model("toy")
-            cfg = TraceConfig(model="toy", attribute=attribute, max_prompts=args.prompts, seeds=tuple(range(args.seeds)),
-                              num_inference_steps=args.steps, batch_size=128)
-            run_sweep(cfg, run, model=model)
-            plot_run(run)
-        if (run / "trace.parquet").exists():
-            rows.append(summarise(run, attribute))
+            for comp, (run, n_prompts, n_seeds) in runs.items():
+                cfg = TraceConfig(model="toy", attribute=attribute, component=comp, max_prompts=n_prompts,
+                                  seeds=tuple(range(n_seeds)), batch_size=128)
+                run_sweep(cfg, run, model=model)
+                plot_run(run)
+        if all((r / "trace.parquet").exists() for r, _, _ in runs.values()):
+            rows.append(summarise(runs["text_encoder"][0], runs["unet"][0], attribute))
             print(json.dumps(rows[-1]))
-    (out / "findings.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "findings.md").write_text(markdown(rows))
-    print((out / "findings.md").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"findings_{'_'.join(args.attributes.split(','))}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
