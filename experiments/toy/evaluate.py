@@ -191,8 +191,11 @@ def evaluate(out_dir: str | Path, model_dir: str | Path | None = None, n_per_val
     return result
 
 
-def sweep_guidance(out_dir: str | Path, scales: Sequence[float], model_dir: str | Path | None = None, n_per_value: int = 25, seed: int = 100) -> dict:
-    """fidelity at several guidance scales (seeds disjoint from evaluate's default)."""
+def sweep_guidance(out_dir: str | Path, scales: Sequence[float], model_dir: str | Path | None = None, n_per_value: int = 25,
+                   seed: int = 100, write_default: bool = False) -> dict:
+    """fidelity at several guidance scales (seeds disjoint from evaluate's default). With
+    ``write_default``, the scale with the best all-attributes fidelity becomes the model's
+    default ``guidance_scale`` in its diffloc.json (the sweep is recorded there too)."""
     model = load(model_dir)
     attrs = balanced_attrs(n_per_value, seed)
     prompts = [world.caption(a, i % len(world.TEMPLATES)) for i, a in enumerate(attrs)]
@@ -203,7 +206,16 @@ def sweep_guidance(out_dir: str | Path, scales: Sequence[float], model_dir: str 
         print(gs, json.dumps(res[str(gs)]), flush=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "guidance_sweep.json").write_text(json.dumps({"n_samples": len(attrs), "seed": seed, "fidelity": res}, indent=2))
+    record = {"n_samples": len(attrs), "seed": seed, "num_inference_steps": int(model.defaults.get("num_inference_steps", 20)), "fidelity": res}
+    (out / "guidance_sweep.json").write_text(json.dumps(record, indent=2))
+    if write_default:
+        best = max(res, key=lambda k: res[k]["all"])
+        meta_path = Path(model.source) / "diffloc.json"
+        meta = json.loads(meta_path.read_text())
+        meta["guidance_scale"] = float(best)
+        meta["guidance_sweep"] = record
+        meta_path.write_text(json.dumps(meta, indent=2))
+        print(f"default guidance_scale -> {best} in {meta_path}", flush=True)
     return res
 
 
@@ -216,10 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--scorer", default=None, help="open_clip scorer folder (default: the shipped toy scorer)")
     p.add_argument("--sweep", default=None, help="comma-separated guidance scales to compare instead")
+    p.add_argument("--write-default", action="store_true", help="with --sweep: store the best scale in the model's diffloc.json")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.sweep:
-        sweep_guidance(a.out, [float(s) for s in a.sweep.split(",")], a.model)
+        sweep_guidance(a.out, [float(s) for s in a.sweep.split(",")], a.model, write_default=a.write_default)
     else:
         print(json.dumps(evaluate(a.out, a.model, a.n_per_value, a.seed, a.guidance, scorer_dir=a.scorer), indent=2))
 

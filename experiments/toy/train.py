@@ -69,8 +69,9 @@ class ToyTrainConfig:
     scorer_layers: int = 4
     scorer_heads: int = 4
     scorer_context: int = 32
-    scorer_steps: int = 1000
-    scorer_hard_negatives: int = 64   # images per step that also rank captions differing in one attribute only
+    scorer_steps: int = 1800
+    scorer_hard_negatives: int = 128  # images per step that also rank captions differing in one attribute only
+    scorer_hard_object_share: float = 0.5  # share of those where the varied attribute is the object (the hardest)
     scorer_batch: int = 256
     scorer_lr: float = 1e-3
     # (c) UNet
@@ -221,7 +222,8 @@ def scorer_config(cfg: ToyTrainConfig) -> dict:
     }
 
 
-def _hard_negative_loss(model, img: torch.Tensor, cap: torch.Tensor, ids: torch.Tensor, data: Data, g: torch.Generator) -> torch.Tensor:
+def _hard_negative_loss(model, img: torch.Tensor, cap: torch.Tensor, ids: torch.Tensor, data: Data, g: torch.Generator,
+                        object_share: float = 0.0) -> torch.Tensor:
     """Each image ranks its caption against the captions (same template) that differ from it
     in one random attribute only: the zero-shot task the scorer is evaluated on."""
     keys = list(world.ATTRIBUTES)
@@ -230,7 +232,10 @@ def _hard_negative_loss(model, img: torch.Tensor, cap: torch.Tensor, ids: torch.
     for i, c in enumerate(cap.tolist()):
         combo, tpl = divmod(c, data.n_templates)
         a = data.combos[combo]
-        k = keys[int(torch.randint(len(keys), (1,), generator=g))]
+        if object_share > 0 and float(torch.rand(1, generator=g)) < object_share:
+            k = "object"
+        else:
+            k = keys[int(torch.randint(len(keys), (1,), generator=g))]
         vals = world.ATTRIBUTES[k]
         start = len(texts)
         for v in vals:
@@ -270,7 +275,8 @@ def train_scorer(out: Path, cfg: ToyTrainConfig, data: Data) -> None:
         txt = model.encode_text(ids[cap])
         loss = _multi_positive_loss(img, txt, model.logit_scale, combo)
         if cfg.scorer_hard_negatives:
-            loss = loss + _hard_negative_loss(model, img[:cfg.scorer_hard_negatives], cap[:cfg.scorer_hard_negatives], ids, data, g)
+            loss = loss + _hard_negative_loss(model, img[:cfg.scorer_hard_negatives], cap[:cfg.scorer_hard_negatives], ids, data, g,
+                                              cfg.scorer_hard_object_share)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
