@@ -7,7 +7,6 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 
 from editing.evaluate import evaluate_methods, load_cases, summarise
 from editing.records import EditError, save_edited

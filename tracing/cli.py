@@ -14,7 +14,6 @@ the bad value and what is allowed, and exits with code 2, without a traceback.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
