@@ -55,17 +55,17 @@ def summarise(text_run: Path, unet_run: Path, attribute: str) -> dict:
     return row
 
 
-def markdown(rows: list[dict], metric: str = "gt") -> str:
-    lines = [f"| attribute | CLIP clean → corrupted | GT clean → corrupted | strongest text state ({metric}) | text states ≥ 0.5 ({metric}) | UNet sites ≥ 0.5 ({metric}) | Spearman text / UNet (CLIP) |",
-             "|---|---|---|---|---|---|---|"]
+def markdown(rows: list[dict]) -> str:
+    """Text-encoder columns by CLIP effect (the paper's metric), UNet columns by CLIP and ground truth."""
+    lines = ["| attribute | CLIP clean → corrupted | GT clean → corrupted | strongest text state (CLIP effect) | text states ≥ 0.5 | UNet sites ≥ 0.5, CLIP / GT | top UNet sites (GT effect) | Spearman text / UNet |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        m = metric if f"text_best_{metric}" in r else "clip"
-        unet = r[f"unet_causal_{m}"]
+        gt_top = r.get("unet_top3_gt", [])
         lines.append(
             f"| {r['attribute']} | {r['clip_clean']:.1f} → {r['clip_corrupted']:.1f} | "
             f"{r.get('gt_clean', float('nan')):.2f} → {r.get('gt_corrupted', float('nan')):.2f} | "
-            f"`{r[f'text_best_{m}']}` ({r[f'text_best_effect_{m}']:.2f}) | {len(r[f'text_causal_{m}'])} | "
-            f"{len(unet)}: {', '.join(unet[:3])}{' …' if len(unet) > 3 else ''} | "
+            f"`{r['text_best_clip']}` ({r['text_best_effect_clip']:.2f}) | {len(r['text_causal_clip'])} | "
+            f"{len(r['unet_causal_clip'])} / {len(r.get('unet_causal_gt', []))} | {', '.join(gt_top)} | "
             f"{r['stability_text']} / {r['stability_unet']} |")
     return "\n".join(lines) + "\n"
 
