@@ -31,7 +31,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +69,9 @@ class ToyTrainConfig:
     scorer_layers: int = 4
     scorer_heads: int = 4
     scorer_context: int = 32
-    scorer_steps: int = 1800
-    scorer_hard_negatives: int = 128  # images per step that also rank captions differing in one attribute only
-    scorer_hard_object_share: float = 0.5  # share of those where the varied attribute is the object (the hardest)
+    scorer_steps: int = 1000
+    scorer_hard_negatives: int = 64   # images per step that also rank captions differing in one attribute only
+    scorer_hard_object_share: float = 0.0  # share of those where the varied attribute is the object (the hardest)
     scorer_batch: int = 256
     scorer_lr: float = 1e-3
     # (c) UNet
