@@ -54,6 +54,8 @@ def text_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip", component
         ("prompt", first, "token", labels, f"{component}_heatmap"),
         ("roles", rows, "token_role", [r + ("*" if "subject" in r else "") for r in ROLES], f"{component}_heatmap_roles"),
     ]:
+        own = table[table.prompt_index == first.prompt_index.iloc[0]] if mode == "prompt" else table
+        floor, clean = own[f"{metric}_corrupted"].mean(), own[f"{metric}_clean"].mean()  # this prompt's own range
         fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * max(4, len(xlabels)) + 1.2), sharey=True)
         for ax, kind in zip(axes, ["hidden", "mlp", "attn"]):
             part = data[data.kind == kind]
