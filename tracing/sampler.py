@@ -113,10 +113,9 @@ def _encode(model: Model, ids: torch.Tensor, text_hooks: dict) -> tuple[torch.Te
 
 
 def _uncond(model: Model, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    embeds, pooled = _encode(model, model.tokenize([""]), {})  # [1, 77, D]
     if model.text_encoder_2 is not None and model.defaults.get("force_zeros_for_empty_prompt", True):
-        embeds, pooled = _encode(model, model.tokenize([""]), {})
-        return torch.zeros_like(embeds).expand(batch, -1, -1), torch.zeros_like(pooled).expand(batch, -1)
-    embeds, pooled = _encode(model, model.tokenize([""]), {})
+        embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)  # SDXL's zeroed negative prompt
     return embeds.expand(batch, -1, -1), None if pooled is None else pooled.expand(batch, -1)
 
 
