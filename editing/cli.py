@@ -95,6 +95,8 @@ def edit(
     layer: Optional[int] = typer.Option(None, help="refact: text-encoder layer of the fc2 to edit."),
     lam: Optional[float] = typer.Option(None, help="Regulariser λ (quickfix 0.01, crossattn 0.1)."),
     corpus: Optional[Path] = typer.Option(None, help="refact: caption file for the covariance (default: toy captions / shipped SD captions)."),
+    templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
+    preserve: Optional[Path] = typer.Option(None, help="crossattn: file of captions whose cross-attention keys must keep their values (UCE)."),
 ) -> None:
     """Edit a model in closed form and save it beside an edit.json record.
 
@@ -112,11 +114,35 @@ def edit(
     _check_in_vocab(m, source)
     previous = load_records(model) if (Path(model) / "edit.json").exists() else []
     opts = method_options(method, m, site, layer, lam, corpus, from_trace)
+    if templates is not None:
+        opts["templates"] = read_templates(templates)
+    if preserve is not None:
+        if method != "crossattn":
+            raise UsageError("--preserve applies to --method crossattn (UCE's preserved concepts)")
+        opts["preserve"] = _lines(preserve, "preserve")
     records = edit_with(method, m, {"source": source, "target": target}, {method: opts})
     save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
     for r in records:
         say(f"{r.method} {r.site}: {json.dumps({k: v for k, v in r.info.items() if k in ('n_pairs', 'seconds', 'final_p', 'layer', 'lambda')})}")
     say(f"edited model -> {out} (edit.json lists {len(previous) + len(records)} weight edits)")
+
+
+def _lines(path: Path, what: str) -> list[str]:
+    if not path.exists():
+        raise UsageError(f"{what} file {path} does not exist")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not lines:
+        raise UsageError(f"{what} file {path} has no lines")
+    return lines
+
+
+def read_templates(path: Path) -> list[str]:
+    """Edit templates from a file: one per line, each with exactly one '{}' slot."""
+    lines = _lines(path, "templates")
+    bad = [t for t in lines if t.count("{}") != 1]
+    if bad:
+        raise UsageError(f"template {bad[0]!r} in {path} needs exactly one '{{}}' where the concept goes")
+    return lines
 
 
 def _check_in_vocab(model, source: str) -> None:

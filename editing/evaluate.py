@@ -50,6 +50,12 @@ def load_cases(path: str | Path) -> list[dict]:
         absent = [p["prompt"] for p in [c["edit"], *c["positives"]] if c["source"] not in p["prompt"]]
         if absent:
             raise EditError(f"{path}:{n}: source {c['source']!r} is not in the prompt {absent[0]!r}")
+        slotless = [t for t in c.get("templates", []) if t.count("{}") != 1]
+        if slotless:
+            raise EditError(f"{path}:{n}: template {slotless[0]!r} needs exactly one '{{}}' slot for the concept")
+        leaked = {t.replace("{}", c["source"]) for t in c.get("templates", [])} & {p["prompt"] for _, p in _prompts(c)}
+        if leaked:
+            raise EditError(f"{path}:{n}: edit template gives the evaluation prompt {sorted(leaked)[0]!r}; keep them disjoint")
         cases.append(c)
     return cases
 
@@ -58,20 +64,33 @@ def _prompts(case: dict) -> list[tuple[str, dict]]:
     return [("edit", case["edit"])] + [("positive", p) for p in case["positives"]] + [("negative", p) for p in case["negatives"]]
 
 
+def case_options(method: str, case: dict, options: dict) -> dict:
+    """``options[method]`` plus what the case itself carries: ``templates`` (edit prompts with a
+    ``{}`` slot for the concept; every method) and ``preserve`` (captions whose cross-attention
+    keys keep their values; crossattn, as in UCE). Explicit options win over the case's."""
+    opts = dict(options.get(method, {}))
+    if case.get("templates") and "templates" not in opts:
+        opts["templates"] = list(case["templates"])
+    if method == "crossattn" and case.get("preserve") and "preserve" not in opts:
+        opts["preserve"] = list(case["preserve"])
+    return opts
+
+
 def edit_with(method: str, model, case: dict, options: dict) -> list:
     """Apply ``method`` for ``case`` in place; returns its records."""
+    opts = case_options(method, case, options)
     if method == "quickfix":
         from .quickfix import quickfix
 
-        return quickfix(model, case["source"], case["target"], **options.get("quickfix", {}))
+        return quickfix(model, case["source"], case["target"], **opts)
     if method == "refact":
         from .refact import refact
 
-        return refact(model, case["source"], case["target"], **options.get("refact", {}))
+        return refact(model, case["source"], case["target"], **opts)
     if method == "crossattn":
         from .crossattn import crossattn
 
-        return crossattn(model, case["source"], case["target"], **options.get("crossattn", {}))
+        return crossattn(model, case["source"], case["target"], **opts)
     raise EditError(f"unknown method {method!r}; allowed: quickfix, refact, crossattn")
 
 

@@ -105,6 +105,17 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "tracing.cli", *args], capture_output=True, text=True)
 
 
+def test_cli_edit_reads_templates_and_preserve_files(tmp_path, model):
+    src = save_edited(model, [], tmp_path / "base", source="nowhere")
+    (tmp_path / "tpl.txt").write_text("# edit prompts\none {} circle at the top\ntwo {} squares in the middle\n")
+    (tmp_path / "keep.txt").write_text("one green circle at the top\ntwo yellow squares in the middle\n")
+    r = _cli("edit", "--method", "crossattn", "--source", "red", "--target", "blue", "--model", str(src), "--out", str(tmp_path / "e"),
+             "--templates", str(tmp_path / "tpl.txt"), "--preserve", str(tmp_path / "keep.txt"))
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "e" / "edit.json").read_text())["edits"][0]["info"]
+    assert info["templates"] == ["one {} circle at the top", "two {} squares in the middle"] and info["n_preserve"] == 2
+
+
 def test_cli_edit_then_undo_bit_exact(tmp_path, model):
     src = save_edited(model, [], tmp_path / "base", source="nowhere")
     r = _cli("edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", str(src), "--out", str(tmp_path / "e1"))
@@ -126,11 +137,14 @@ def test_cli_edit_then_undo_bit_exact(tmp_path, model):
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--site", "unet:conv_out"], "self_attn.out_proj"),
     (["edit", "--method", "quickfix", "--source", "   ", "--target", "blue", "--model", "SRC", "--out", "X"], "tokenises to nothing"),
     (["undo", "--model", "SRC", "--out", "X"], "edit.json"),
+    (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--templates", "TPL"], "exactly one '{}'"),
+    (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--preserve", "TPL"], "applies to --method crossattn"),
 ])
 def test_cli_bad_edit_input(tmp_path, model, args, msg):
     src = save_edited(model, [], tmp_path / "SRC", source="nowhere")
     (src / "edit.json").unlink() if "undo" in args else None
-    args = [a.replace("SRC", str(src)).replace("X", str(tmp_path / "X")) for a in args]
+    (tmp_path / "tpl.txt").write_text("a photo of {}\nno slot here\n")
+    args = [a.replace("SRC", str(src)).replace("X", str(tmp_path / "X")).replace("TPL", str(tmp_path / "tpl.txt")) for a in args]
     r = _cli(*args)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert msg in r.stderr and "Traceback" not in r.stderr

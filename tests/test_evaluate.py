@@ -29,6 +29,39 @@ def test_shipped_edit_set_is_well_formed():
             assert world.parse_caption(p["prompt"])[c["attribute"]] not in (c["old_value"], c["new_value"])
 
 
+def test_cases_carry_disjoint_edit_templates_and_preserve_set():
+    for c in load_cases(CASES):
+        evaluated = {p["prompt"] for p in [c["edit"], *c["positives"], *c["negatives"]]}
+        filled = [t.format(c["source"]) for t in c["templates"]]
+        assert len(set(filled)) == len(filled) >= 8 and not set(filled) & evaluated
+        for text in filled:
+            assert world.parse_caption(text)[c["attribute"]] == c["old_value"]
+        kept = {world.parse_caption(t)[c["attribute"]] for t in c["preserve"]}
+        assert kept and not kept & {c["old_value"], c["new_value"]}
+
+
+def test_case_templates_reach_the_editor_and_explicit_options_win():
+    from editing.evaluate import case_options
+
+    case = {"templates": ["one {} square"], "preserve": ["one green square"]}
+    assert case_options("crossattn", case, {}) == {"templates": ["one {} square"], "preserve": ["one green square"]}
+    assert case_options("quickfix", case, {}) == {"templates": ["one {} square"]}
+    assert case_options("quickfix", case, {"quickfix": {"templates": ["{}"]}})["templates"] == ["{}"]
+    assert case_options("refact", {}, {"refact": {"layer": 1}}) == {"layer": 1}
+
+
+@pytest.mark.parametrize("field, value, msg", [
+    ("templates", ["a photo of {} and {}"], "exactly one"),
+    ("templates", ["a photo of three {} triangles in the middle on a striped background"], "evaluation prompt"),
+])
+def test_bad_case_templates_are_clear_errors(tmp_path, field, value, msg):
+    bad = json.loads(open(CASES).readline())
+    bad[field] = value
+    (tmp_path / "c.jsonl").write_text(json.dumps(bad) + "\n")
+    with pytest.raises(EditError, match=msg):
+        load_cases(tmp_path / "c.jsonl")
+
+
 def test_missing_source_is_a_clear_error(tmp_path):
     bad = json.loads(open(CASES).readline())
     bad["source"] = "purple"

@@ -45,6 +45,8 @@ def _root(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (for scripts)."),
 ) -> None:
     QUIET["on"] = quiet
+    if quiet:  # read by code outside the CLI (toy training bars)
+        os.environ["DIFFLOC_QUIET"] = "1"
 
 
 def say(msg: str) -> None:

@@ -14,6 +14,12 @@ is what CLIP compares against (ReFACT: P(new) > P(old)) and what the oracle base
   word (generalisation).
 - ``negatives``: 5 captions whose same attribute has another value (neither source nor
   target): specificity asks that they keep their own value.
+- ``templates``: 12 edit prompts in the world's own caption grammar with a ``{}`` slot where
+  the source word goes (seeded random captions containing it, never an evaluation prompt).
+  The editors gather their keys and values from these instead of the SD-style
+  ``"A photo of {}"`` templates, whose context the toy text encoder never saw.
+- ``preserve``: the attribute's other values (neither source nor target) in the same
+  templates; crossattn keeps their cross-attention keys fixed, as UCE preserves concepts.
 """
 from __future__ import annotations
 
@@ -55,6 +61,23 @@ def _entry(attrs: dict, attribute: str, target: str, template: int) -> dict:
     return {"prompt": world.caption(attrs, template), "new": world.caption(new, template)}
 
 
+def edit_templates(attribute: str, value: str, word: str, counts, exclude: set[str], n: int = 12, seed: int = 0) -> list[str]:
+    """``n`` distinct captions with ``attribute = value`` whose word ``word`` is replaced by ``{}``."""
+    rng = np.random.default_rng(10_000 + seed)
+    out: list[str] = []
+    for _ in range(10_000):
+        a = _attrs(rng, attribute, value, counts)
+        cap = world.caption(a, int(rng.integers(len(world.TEMPLATES))))
+        if cap in exclude or f" {word} " not in f" {cap} ":
+            continue
+        tpl = f" {cap} ".replace(f" {word} ", " {} ", 1).strip()
+        if tpl not in out:
+            out.append(tpl)
+        if len(out) == n:
+            return out
+    raise RuntimeError(f"could not draw {n} templates for {attribute}={value}")
+
+
 def make_case(attribute: str, source: str, target: str, counts, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     word = world.attribute_words(_attrs(rng, attribute, source, counts), attribute)
@@ -64,9 +87,13 @@ def make_case(attribute: str, source: str, target: str, counts, seed: int) -> di
     others = [v for v in world.ATTRIBUTES[attribute] if v not in (source, target)]
     negatives = [_entry(_attrs(rng, attribute, others[i % len(others)], counts), attribute, target, (i + 2) % len(world.TEMPLATES))
                  for i in range(5)]
+    evaluated = {p["prompt"] for p in [edit, *positives, *negatives]}
+    templates = edit_templates(attribute, source, word, counts, evaluated, seed=seed)
+    other_words = [world.attribute_words(_attrs(rng, attribute, v, counts), attribute) for v in others]
+    preserve = [t.format(w) for w in other_words for t in templates]
     return {"id": f"{attribute}-{source}-{target}" + ("-plural" if counts and "one" not in counts else ""),
             "attribute": attribute, "source": word, "target": target_word, "old_value": source, "new_value": target,
-            "edit": edit, "positives": positives, "negatives": negatives}
+            "edit": edit, "positives": positives, "negatives": negatives, "templates": templates, "preserve": preserve}
 
 
 def main() -> None:

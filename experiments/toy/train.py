@@ -77,6 +77,7 @@ class ToyTrainConfig:
     # (c) UNet
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
+    attention_levels: int = 1         # cross-attention in the lowest N resolutions (1: 8x8 only; 2: 8x8 and 16x16)
     attention_head_dim: int = 4       # diffusers' name; = number of heads here
     norm_num_groups: int = 8
     unet_steps: int = 2200
@@ -84,18 +85,32 @@ class ToyTrainConfig:
     unet_lr: float = 1e-3
     unet_warmup: int = 100
     caption_dropout: float = 0.1
+    snr_gamma: float = 0.0            # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain epsilon MSE
     ema_decay: float = 0.999
     ckpt_every: int = 200
     export_every: int = 500
     guidance_scale: float = 2.0       # default written to diffloc.json; evaluate.py measures it
     num_inference_steps: int = 20
 
+    def __post_init__(self):
+        n = len(self.block_out_channels)
+        if not 1 <= self.attention_levels <= n:
+            raise ValueError(f"attention_levels must be in 1..{n} (levels of block_out_channels), got {self.attention_levels}")
+        if self.snr_gamma < 0:
+            raise ValueError(f"snr_gamma must be >= 0 (0 = off), got {self.snr_gamma}")
+        for name in ("clip_steps", "scorer_steps", "unet_steps", "unet_batch", "clip_batch", "scorer_batch", "n_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 def _log(out: Path, **row) -> None:
     row["time"] = round(time.time(), 2)
     with open(out / "train_log.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    if os.environ.get("DIFFLOC_QUIET") != "1" and "event" in row:   # per-step rows live in the log and the bar
+        from tqdm import tqdm
+
+        tqdm.write(json.dumps(row))
 
 
 def _seed_all(seed: int) -> None:
@@ -173,6 +188,7 @@ def train_clip(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.05)
     g = torch.Generator().manual_seed(cfg.seed + 11)
     t0 = time.time()
+    bar = _bar(cfg.clip_steps, 0, "toy clip")
     for step in range(cfg.clip_steps):
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, cfg.clip_steps, cfg.clip_lr, 100)
@@ -188,11 +204,13 @@ def train_clip(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
         opt.step()
         if step % 50 == 0 or step == cfg.clip_steps - 1:
             _log(out, stage="clip", step=step, loss=round(loss.item(), 4), elapsed=round(time.time() - t0, 1))
+        bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
     model.eval()
     text_encoder = _text_tower(model, cfg)
     dest.parent.mkdir(parents=True, exist_ok=True)
     text_encoder.save_pretrained(dest)
-    _log(out, stage="clip", event="saved", path=str(dest), elapsed=round(time.time() - t0, 1))
+    _log(out, stage="clip", event="saved", path=str(dest), elapsed=round(time.time() - t0, 1), sha=state_hash(text_encoder))
 
 
 def _text_tower(model, cfg: ToyTrainConfig):
@@ -267,6 +285,7 @@ def train_scorer(out: Path, cfg: ToyTrainConfig, data: Data) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.scorer_lr, weight_decay=0.05)
     g = torch.Generator().manual_seed(cfg.scorer_seed + 11)
     t0 = time.time()
+    bar = _bar(cfg.scorer_steps, 0, "toy scorer")
     for step in range(cfg.scorer_steps):
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, cfg.scorer_steps, cfg.scorer_lr, 100)
@@ -283,19 +302,22 @@ def train_scorer(out: Path, cfg: ToyTrainConfig, data: Data) -> None:
         opt.step()
         if step % 50 == 0 or step == cfg.scorer_steps - 1:
             _log(out, stage="scorer", step=step, loss=round(loss.item(), 4), elapsed=round(time.time() - t0, 1))
+        bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
     dest.mkdir(parents=True, exist_ok=True)
     with open(dest / "open_clip_config.json", "w") as f:
         json.dump(oc, f, indent=2)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dest / "open_clip_model.safetensors"))
-    _log(out, stage="scorer", event="saved", path=str(dest), elapsed=round(time.time() - t0, 1))
+    _log(out, stage="scorer", event="saved", path=str(dest), elapsed=round(time.time() - t0, 1), sha=state_hash(model))
 
 
 # ----------------------------------------------------------------------------- (c) UNet
 def unet_config(cfg: ToyTrainConfig) -> dict:
+    n, k = len(cfg.block_out_channels), cfg.attention_levels
+    down = tuple("CrossAttnDownBlock2D" if i >= n - k else "DownBlock2D" for i in range(n))
     return dict(sample_size=world.SIZE, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
                 block_out_channels=tuple(cfg.block_out_channels),
-                down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                down_block_types=down, up_block_types=tuple(b.replace("Down", "Up") for b in reversed(down)),
                 mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=cfg.text_hidden,
                 attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups)
 
@@ -334,6 +356,35 @@ def _export(out: Path, cfg: ToyTrainConfig, ema, step: int, tokenizer) -> None:
     meta_path.write_text(json.dumps(meta, indent=2))
 
 
+def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """Epsilon MSE, optionally Min-SNR-gamma weighted: w(t) = min(SNR, gamma) / SNR, SNR = abar / (1 - abar).
+
+    Usage: ``diffusion_loss(pred, noise, alphas_cumprod[t], 5.0)``; ``snr_gamma=0`` is the plain mean MSE."""
+    per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))   # [B]
+    if snr_gamma <= 0:
+        return per.mean()
+    snr = alpha_bar / (1 - alpha_bar)
+    return (per * torch.clamp(snr, max=snr_gamma) / snr).mean()
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """sha256 (first 16 hex) of a module's parameters in name order: retrains compare against the log."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode()); h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _bar(total: int, initial: int, desc: str):
+    """Progress bar with steps done, rate and time left (stderr); silent under ``diffloc --quiet``."""
+    from tqdm import tqdm
+
+    quiet = os.environ.get("DIFFLOC_QUIET") == "1"
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=quiet, dynamic_ncols=True)
+
+
 def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -364,6 +415,7 @@ def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
     ac = sched.alphas_cumprod
     t0 = time.time()
     run = 0.0
+    bar = _bar(cfg.unet_steps, start, "toy unet")
     for step in range(start, cfg.unet_steps):
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr, cfg.unet_warmup)
@@ -376,7 +428,7 @@ def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=c).sample
-        loss = F.mse_loss(pred, noise)
+        loss = diffusion_loss(pred, noise, a.view(-1), cfg.snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -389,15 +441,18 @@ def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
         if step % 50 == 0 or step == cfg.unet_steps - 1:
             _log(out, stage="unet", step=step, loss=round(loss.item(), 4), loss_avg=round(run, 4),
                  lr=round(opt.param_groups[0]["lr"], 6), elapsed=round(time.time() - t0, 1))
+        bar.update(1); bar.set_postfix(loss=f"{run:.4f}", refresh=False)
         done = step + 1
         if done % cfg.ckpt_every == 0 or done == cfg.unet_steps:
             ck.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "gen": g.get_state(), "step": done}, str(ck) + ".tmp")
             os.replace(str(ck) + ".tmp", ck)
+            _log(out, stage="unet", event="ckpt", step=done, sha_ema=state_hash(ema))
         if done % cfg.export_every == 0 or done == cfg.unet_steps:
             _export(out, cfg, ema, done, tokenizer)
             _log(out, stage="unet", event="exported", step=done)
+    bar.close()
 
 
 # ----------------------------------------------------------------------------- entry points
