@@ -11,16 +11,19 @@ Usage::
   do (each re-running the clean and corrupted passes it needs: here one call per row), over
   the batched sweep.
 - ``peak_mem_ratio``: peak memory of the sweep call over plain generation at equal batch
-  (CUDA: max allocated; CPU: peak of traced Python/torch allocations via tracemalloc is not
-  reliable for torch, so RSS high-water growth is measured in a child process).
+  (CUDA: max allocated above the model; CPU: growth of the resident-set high-water mark,
+  reset before each call, median of ``repeats``).
 - ``ms_per_image``: sweep wall time per image.
 - ``linearity``: time per row for ``rows`` and ``2*rows`` restorations (cost grows linearly).
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,26 +40,37 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
 def _peak_bytes(fn) -> int:
+    """Peak memory growth while ``fn`` runs. CUDA: max allocated. CPU (Linux): the process's
+    resident-set high-water mark, reset just before (``/proc/self/clear_refs`` = 5) after
+    returning freed heap to the OS (``malloc_trim``), minus the resident set at the start."""
     if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         fn()
-        return torch.cuda.max_memory_allocated()
-    import resource
-    import multiprocessing as mp
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    base = _proc_status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+    fn()
+    return (_proc_status_kib("VmHWM") - base) * 1024
 
-    def child(q):
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        q.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=child, args=(q,))
-    p.start()
-    value = q.get()
-    p.join()
-    return value
+def _median_peak(fn, repeats: int) -> int:
+    return int(statistics.median(_peak_bytes(fn) for _ in range(repeats)))
 
 
 def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None) -> dict:
@@ -87,12 +101,13 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None)
     t_naive = _time(naive, max(1, repeats // 3))
     restores2 = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(2 * rows)]
     t_sweep2 = _time(lambda: sweep(restores2), max(1, repeats // 2))
-    mem_sweep = _peak_bytes(sweep)
-    mem_plain = _peak_bytes(plain)
+    mem_sweep = _median_peak(sweep, repeats)
+    mem_plain = _median_peak(plain, repeats)
     return {
         "sweep_over_plain": round(t_sweep / t_plain, 3),
         "naive_over_sweep": round(t_naive / t_sweep, 2),
         "peak_mem_ratio": round(mem_sweep / max(mem_plain, 1), 3),
+        "peak_mem_mb": {"sweep": round(mem_sweep / 2**20, 1), "plain": round(mem_plain / 2**20, 1)},
         "ms_per_image": round(1000 * t_sweep / n_images, 2),
         "linearity_ms_per_row": {"rows": rows, "at_rows": round(1000 * t_sweep / n_images, 2),
                                  "at_2x_rows": round(1000 * t_sweep2 / (2 + 2 * rows), 2)},
