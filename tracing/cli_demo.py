@@ -5,7 +5,8 @@ Usage::
     diffloc demo --out results/demo          # what `make demo` runs (< 10 min on 2 CPU cores)
 
 1. trace two attributes (colour, object) over the text encoder and the UNet,
-2. edit from the colour trace (Diff-QuickFix at its text-encoder causal state: red -> blue),
+2. edit from the colour trace (Diff-QuickFix at its text-encoder causal state: red -> blue,
+   keys and values from the edit case's in-grammar templates),
 3. evaluate the edited model (efficacy, generalization, specificity; CLIP and ground truth),
 4. write one HTML report with every figure, and print its path.
 """
@@ -18,7 +19,7 @@ import typer
 
 from .cli import app, say
 
-DEMO = {"attributes": ("colour", "object"), "edit": ("red", "blue"), "cases": "experiments/cases/toy_edits.jsonl"}
+DEMO = {"attributes": ("colour", "object"), "edit": "colour-red-blue", "cases": "experiments/cases/toy_edits.jsonl"}
 
 
 @app.command()
@@ -54,14 +55,15 @@ def demo(
         plot_run(run)
         runs.append(run)
         say(f"[{time.perf_counter() - t0:5.0f}s] traced {attribute} -> {run}")
-    source, target = DEMO["edit"]
     from editing.cli import method_options
-    from editing.evaluate import edit_with
+    from editing.evaluate import edit_with, load_cases
 
+    case = next(c for c in load_cases(DEMO["cases"]) if c["id"] == DEMO["edit"])  # its in-grammar edit templates
+    source, target = case["source"], case["target"]
     opts = method_options("quickfix", m, None, None, None, None, runs[0])
     edited = out / "edited_quickfix"
     if not (edited / "edit.json").exists():
-        records = edit_with("quickfix", m, {"source": source, "target": target}, {"quickfix": opts})
+        records = edit_with("quickfix", m, case, {"quickfix": opts})
         save_edited(m, records, edited, source=m.source)
     say(f"[{time.perf_counter() - t0:5.0f}s] edited {source} -> {target} at {opts.get('site', 'layer-0 out_proj')} -> {edited}")
     run_evaluate(str(edited), Path(DEMO["cases"]), out / "eval_quickfix", [], eval_seeds, None, "toy")
