@@ -186,6 +186,7 @@ def evaluate(
     seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
     max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
     scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),
+    refact_layer: Optional[int] = typer.Option(None, help="ReFACT's text-encoder layer (default: the paper's layer 7 of 12, scaled)."),
 ) -> None:
     """Efficacy, generalization and specificity (CLIP, and ground truth on the toy world).
 
@@ -193,7 +194,7 @@ def evaluate(
     """
     from .evaluate_cli import run_evaluate
 
-    run_evaluate(model, cases, out, method, seeds, max_cases, scorer)
+    run_evaluate(model, cases, out, method, seeds, max_cases, scorer, refact_layer=refact_layer)
 
 
 @bench_app.command("edit")

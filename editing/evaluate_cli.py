@@ -31,7 +31,8 @@ def _edited_mode(model, folder: Path, cases: list[dict]) -> tuple[list[dict], di
     return chosen, {"records": records}
 
 
-def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str], seeds: int, max_cases: int | None, scorer_spec: str) -> dict:
+def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str], seeds: int, max_cases: int | None, scorer_spec: str,
+                 refact_layer: int | None = None) -> dict:
     from tracing.cli_trace import progress_bar
     from tracing.models import load_model
     from tracing.scoring import load_scorer
@@ -50,10 +51,15 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     model = load_model(model_spec)
     scorer = load_scorer(scorer_spec)
     truth = _truth(model)
+    if refact_layer is not None:
+        from .refact import fc2_site
+
+        fc2_site(model, refact_layer)  # a clear error for a layer the encoder does not have
     folder = Path(model_spec)
     out.mkdir(parents=True, exist_ok=True)
     bar = progress_bar("evaluate")
     state: dict = {}
+    options: dict | None = None
     if (folder / "edit.json").exists():
         cases, state = _edited_mode(model, folder, cases)  # noqa: F841 (state read again for the grid)
         records = state["records"]
@@ -70,16 +76,20 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     else:
         corpus, contrastive = read_corpus(None, model)
         options = {"refact": {"corpus": corpus, "contrastive": contrastive}}
+        if refact_layer is not None:
+            options["refact"]["layer"] = refact_layer
         table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options, progress=bar)
     atomic_parquet(table, out / "eval.parquet")
     summary = summarise(table)
     result = {"model": model_spec, "cases": str(cases_path), "n_cases": len(cases), "seeds": seeds, "scorer": scorer.model_id,
+              "refact_layer": refact_layer,
               "ground_truth": truth is not None, "methods": summary}
     if truth is not None:
         result["per_attribute_gt"] = {f"{m}/{a}": row for (m, a), row in per_attribute(table).to_dict("index").items()}
     atomic_json(result, out / "summary.json")
     edited_records = state["records"] if (folder / "edit.json").exists() else None
-    grid = draw_grid(model, cases[0], methods if edited_records is None else [], out / "grid.png", edited_records=edited_records)
+    grid = draw_grid(model, cases[0], methods if edited_records is None else [], out / "grid.png", edited_records=edited_records,
+                     options=options)
     for m, s in summary.items():
         say(f"{m:>10}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
     say(f"-> {out / 'eval.parquet'}, {out / 'summary.json'}, {grid}")
@@ -87,7 +97,8 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
 
 
 @torch.no_grad()
-def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, edited_records: list | None = None) -> Path:
+def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, edited_records: list | None = None,
+              options: dict | None = None) -> Path:
     """Before/after grid for one case: rows = prompts, columns = unedited, oracle, each method.
 
     With ``edited_records`` (the model holds those edits), the edits are undone for the
@@ -113,9 +124,11 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, 
         undo_edit(model, r)
     columns = {"unedited": generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat),
                "oracle": generate(model, [p["new"] if s != "negative" else p["prompt"] for s, p in prompts], cfg=cfg, latents=lat)}
-    corpus, contrastive = read_corpus(None, model) if "refact" in methods else ([], [])
+    if options is None:
+        corpus, contrastive = read_corpus(None, model) if "refact" in methods else ([], [])
+        options = {"refact": {"corpus": corpus, "contrastive": contrastive}}
     for m in methods:
-        records = edit_with(m, model, case, {"refact": {"corpus": corpus, "contrastive": contrastive}})
+        records = edit_with(m, model, case, options)
         try:
             columns[m] = generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat)
         finally:

@@ -137,6 +137,7 @@ def test_cli_edit_then_undo_bit_exact(tmp_path, model):
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--site", "unet:conv_out"], "self_attn.out_proj"),
     (["edit", "--method", "quickfix", "--source", "   ", "--target", "blue", "--model", "SRC", "--out", "X"], "tokenises to nothing"),
     (["undo", "--model", "SRC", "--out", "X"], "edit.json"),
+    (["evaluate", "--model", "SRC", "--out", "X", "--refact-layer", "99", "--seeds", "1"], "layer 99 out of range"),
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--templates", "TPL"], "exactly one '{}'"),
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--preserve", "TPL"], "applies to --method crossattn"),
 ])
