@@ -13,6 +13,7 @@ the bad value and what is allowed, and exits with code 2, without a traceback.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 

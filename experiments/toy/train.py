@@ -77,15 +77,15 @@ class ToyTrainConfig:
     # (c) UNet
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
-    attention_levels: int = 1         # cross-attention in the lowest N resolutions (1: 8x8 only; 2: 8x8 and 16x16)
+    attention_levels: int = 2         # cross-attention in the lowest N resolutions (1: 8x8 only; 2: 8x8 and 16x16)
     attention_head_dim: int = 4       # diffusers' name; = number of heads here
     norm_num_groups: int = 8
-    unet_steps: int = 2200
+    unet_steps: int = 2000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 100
     caption_dropout: float = 0.1
-    snr_gamma: float = 0.0            # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain epsilon MSE
+    snr_gamma: float = 5.0            # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain epsilon MSE
     ema_decay: float = 0.999
     ckpt_every: int = 200
     export_every: int = 500
