@@ -6,7 +6,7 @@ Usage::
     python -m experiments.findings --out results/findings --summarise-only
 
 For each attribute: a text-encoder sweep (``<attribute>_text``: fewer prompts and seeds, it has
-~190 rows per prompt) and a UNet sweep (``<attribute>_unet``: 23 rows per prompt), then
+~190 rows per prompt) and a UNet sweep (``<attribute>_unet``: one row per UNet site, 32 on the toy model), then
 one summary row: clean and corrupted scores (CLIP and ground truth), the strongest
 text-encoder state (site and token role), the UNet sites past the threshold, and the
 stability of site effects between two disjoint seed halves (Spearman). Writes

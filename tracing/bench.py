@@ -73,10 +73,10 @@ def _median_peak(fn, repeats: int) -> int:
     return int(statistics.median(_peak_bytes(fn) for _ in range(repeats)))
 
 
+@torch.no_grad()
 def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None) -> dict:
     from .models import load_model
 
-    torch.set_grad_enabled(False)
     model = model or load_model(spec)
     cfg = SamplerConfig.for_model(model)
     prompt = "a photo of two red circles at the top on a striped background"

@@ -467,12 +467,13 @@ def train(out_dir: str | Path, config: ToyTrainConfig | None = None, stages: tup
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     tokenizer = clip_tokenizer()
     data = Data(cfg)
-    if "clip" in stages:
-        train_clip(out, cfg, data, tokenizer)
-    if "scorer" in stages:
-        train_scorer(out, cfg, data)
-    if "unet" in stages:
-        train_unet(out, cfg, data, tokenizer)
+    with torch.enable_grad():  # whatever the caller's grad mode
+        if "clip" in stages:
+            train_clip(out, cfg, data, tokenizer)
+        if "scorer" in stages:
+            train_scorer(out, cfg, data)
+        if "unet" in stages:
+            train_unet(out, cfg, data, tokenizer)
     return out / "model"
 
 
