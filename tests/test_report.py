@@ -142,3 +142,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     nonwhite, coloured = shots["report"]
     assert nonwhite > 0.05 and coloured > 0.03, shots
     assert coloured > 3 * shots["no_images"][1] + 0.02, shots  # the figures, not the text, bring the colour
+
+
+def test_demo_traces_its_chosen_prompts_first():
+    from tracing.cli_demo import DEMO_FIRST, _demo_prompts
+    from tracing.prompts import MarkedPrompt, attribute_prompts
+
+    for attribute, first in DEMO_FIRST.items():
+        got = [MarkedPrompt.parse(p) for p in _demo_prompts(attribute, 3)]
+        shipped = attribute_prompts("toy", attribute)
+        assert got[:2] == [shipped[i] for i in first]  # same text and same marked span
+        assert len({p.text for p in got}) == 3
