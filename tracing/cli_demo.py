@@ -33,7 +33,7 @@ def _demo_prompts(attribute: str, n: int) -> tuple[str, ...]:
     ps = attribute_prompts("toy", attribute)
     first = DEMO_FIRST.get(attribute, ())
     order = list(first) + [i for i in range(len(ps)) if i not in first]
-    return tuple(ps[i].text[: ps[i].start] + "[" + ps[i].text[ps[i].start : ps[i].end] + "]" + ps[i].text[ps[i].end :] for i in order[:n])
+    return tuple(ps[i].marked for i in order[:n])
 
 
 @app.command()
