@@ -18,6 +18,8 @@ import typer
 from tracing.cli import UsageError, app, bench_app, say
 
 METHODS = ("quickfix", "refact", "crossattn")
+#: What ``diffloc evaluate`` compares: the methods, plus quickfix with each case's preserve captions.
+EVAL_METHODS = ("quickfix", "quickfix+preserve", "refact", "crossattn")
 
 
 def toy_corpus(n_contrastive: int = 20, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -96,7 +98,7 @@ def edit(
     lam: Optional[float] = typer.Option(None, help="Regulariser λ (quickfix 0.01, crossattn 0.1)."),
     corpus: Optional[Path] = typer.Option(None, help="refact: caption file for the covariance (default: toy captions / shipped SD captions)."),
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
-    preserve: Optional[Path] = typer.Option(None, help="crossattn: file of captions whose cross-attention keys must keep their values (UCE)."),
+    preserve: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of captions whose keys must keep their values (UCE's preservation)."),
 ) -> None:
     """Edit a model in closed form and save it beside an edit.json record.
 
@@ -117,8 +119,8 @@ def edit(
     if templates is not None:
         opts["templates"] = read_templates(templates)
     if preserve is not None:
-        if method != "crossattn":
-            raise UsageError("--preserve applies to --method crossattn (UCE's preserved concepts)")
+        if method not in ("quickfix", "crossattn"):
+            raise UsageError(f"--preserve applies to --method quickfix or crossattn, not {method}")
         opts["preserve"] = _lines(preserve, "preserve")
     records = edit_with(method, m, {"source": source, "target": target}, {method: opts})
     save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
@@ -182,7 +184,7 @@ def evaluate(
     model: str = typer.Option("toy", "--model", "-m", help="A model spec, or an edited folder (its edits are evaluated)."),
     cases: Path = typer.Option(Path("experiments/cases/toy_edits.jsonl"), help="Edit cases (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: eval.parquet, summary.json, grids."),
-    method: List[str] = typer.Option(list(METHODS), "--method", help="Methods to evaluate on a clean model (repeat)."),
+    method: List[str] = typer.Option(list(EVAL_METHODS), "--method", help="Methods to evaluate on a clean model (repeat): quickfix, quickfix+preserve, refact, crossattn."),
     seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
     max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
     scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),

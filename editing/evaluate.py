@@ -66,12 +66,12 @@ def _prompts(case: dict) -> list[tuple[str, dict]]:
 
 def case_options(method: str, case: dict, options: dict) -> dict:
     """``options[method]`` plus what the case itself carries: ``templates`` (edit prompts with a
-    ``{}`` slot for the concept; every method) and ``preserve`` (captions whose cross-attention
-    keys keep their values; crossattn, as in UCE). Explicit options win over the case's."""
+    ``{}`` slot for the concept; every method) and ``preserve`` (captions whose keys keep their
+    values; crossattn, as in UCE, and quickfix+preserve). Explicit options win over the case's."""
     opts = dict(options.get(method, {}))
     if case.get("templates") and "templates" not in opts:
         opts["templates"] = list(case["templates"])
-    if method == "crossattn" and case.get("preserve") and "preserve" not in opts:
+    if method in ("crossattn", "quickfix+preserve") and case.get("preserve") and "preserve" not in opts:
         opts["preserve"] = list(case["preserve"])
     return opts
 
@@ -79,9 +79,11 @@ def case_options(method: str, case: dict, options: dict) -> dict:
 def edit_with(method: str, model, case: dict, options: dict) -> list:
     """Apply ``method`` for ``case`` in place; returns its records."""
     opts = case_options(method, case, options)
-    if method == "quickfix":
+    if method in ("quickfix", "quickfix+preserve"):
         from .quickfix import quickfix
 
+        if method == "quickfix+preserve" and not opts.get("preserve"):
+            raise EditError(f"quickfix+preserve needs preserve captions; case {case.get('id', case['source'])!r} has none")
         return quickfix(model, case["source"], case["target"], **opts)
     if method == "refact":
         from .refact import refact
@@ -91,7 +93,7 @@ def edit_with(method: str, model, case: dict, options: dict) -> list:
         from .crossattn import crossattn
 
         return crossattn(model, case["source"], case["target"], **opts)
-    raise EditError(f"unknown method {method!r}; allowed: quickfix, refact, crossattn")
+    raise EditError(f"unknown method {method!r}; allowed: quickfix, quickfix+preserve, refact, crossattn")
 
 
 @torch.no_grad()

@@ -38,13 +38,13 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     from tracing.scoring import load_scorer
     from tracing.sweep import atomic_json, atomic_parquet
 
-    from .cli import METHODS, read_corpus
+    from .cli import EVAL_METHODS, read_corpus
     from .evaluate import evaluate_methods, load_cases, per_attribute, summarise
     from .records import redo_edit, undo_edit
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in EVAL_METHODS]
     if bad:
-        raise UsageError(f"unknown method {bad[0]!r}; allowed: {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {bad[0]!r}; allowed: {', '.join(EVAL_METHODS)}")
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     cases = load_cases(cases_path)[:max_cases]

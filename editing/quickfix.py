@@ -4,6 +4,7 @@ Usage::
 
     records = quickfix(model, source="Van Gogh", target="a painting")      # edits in place
     records = quickfix(model, "red", "blue", site="text_encoder:encoder.layers.0.self_attn.out_proj")
+    records = quickfix(model, "red", "blue", preserve=["a green square", ...])      # + UCE-style preservation
 
 Keys ``k`` are the inputs of ``self_attn.out_proj`` for the source concept's prompts, taken
 from the last subject token to the end of the 77-token sequence (EOS and padding included);
@@ -12,6 +13,11 @@ relative positions (the target's last subject token onward; both runs are cut to
 span). The new weight is ``W = (λW0 + Σ v kᵀ)(λI + Σ k kᵀ)⁻¹`` with λ = 0.01; the bias is
 untouched, so values have the bias subtracted. Keys and values are gathered through
 :class:`tracing.hooks.Recorder`, the same hooks tracing uses.
+
+``preserve`` (not in the paper; UCE's device applied to this layer) adds, for each preserve
+caption, the keys at every token after BOS with values ``W0 k``: the projection keeps its
+output on them, which stops the edit leaking into prompts that share the source's context
+(the 'three ... triangles' of a 'circle' edit) without changing the closed form.
 """
 from __future__ import annotations
 
@@ -65,6 +71,17 @@ def gather(model, site: Site, prompts: Sequence[MarkedPrompt], want: str) -> lis
     return [acts[i, p.positions(tok)[-1]:] for i, p in enumerate(prompts)]
 
 
+@torch.no_grad()
+def preserve_keys(model, site: Site, captions: Sequence[str]) -> torch.Tensor:
+    """Inputs of ``site`` at every position after BOS of each caption: [len(captions) * 76, in]."""
+    comp = _component(site)
+    ids = model.tokenize(list(captions), comp).to(model.device)
+    with Recorder(model.modules, [site], inputs=True) as rec:
+        model.modules[comp](ids)
+    acts = rec.inputs[site]  # [P, 77, in]
+    return acts[:, 1:].reshape(-1, acts.shape[-1]).float()
+
+
 def keys_values(model, site: Site, source: str, target: str, templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stacked keys K [n, in] (source prompts) and values V [n, out] (target prompts, bias removed)."""
     keys = gather(model, site, concept_prompts(source, templates), "in")
@@ -79,8 +96,9 @@ def keys_values(model, site: Site, source: str, target: str, templates: Sequence
 
 
 def quickfix(model, source: str, target: str, site: str | Site | None = None, lam: float = 0.01,
-             templates: Sequence[str] = PAPER_TEMPLATES) -> list[EditRecord]:
-    """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``."""
+             templates: Sequence[str] = PAPER_TEMPLATES, preserve: Sequence[str] = ()) -> list[EditRecord]:
+    """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``;
+    ``preserve`` captions keep the projection's output (UCE's preservation term)."""
     site = Site.parse(site) if site is not None else Site.parse(default_site())
     if not site.path.endswith("self_attn.out_proj"):
         raise EditError(f"quickfix edits an attention output projection (...self_attn.out_proj); got {site}")
@@ -89,8 +107,11 @@ def quickfix(model, source: str, target: str, site: str | Site | None = None, la
     t0 = time.perf_counter()
     K, V = keys_values(model, site, source, target, templates)
     W0 = model.module(site).weight
-    W = least_squares_update(W0.detach().float(), K, V, lam=lam)
+    Kp = preserve_keys(model, site, preserve) if preserve else None
+    W = least_squares_update(W0.detach().float(), K, V, lam=lam, K_preserve=Kp)
     seconds = time.perf_counter() - t0
     info = {"source": source, "target": target, "templates": list(templates), "lambda": lam, "n_pairs": int(K.shape[0]),
             "seconds": round(seconds, 4)}
+    if preserve:
+        info.update(preserve=list(preserve), n_preserve_keys=int(Kp.shape[0]))
     return apply_edit(model, "quickfix", {str(site): W}, info)

@@ -45,6 +45,35 @@ def test_quickfix_moves_source_outputs_to_target(model):
     assert (src - tgt).norm() / tgt.norm() < 0.5
 
 
+def test_quickfix_preserve_keeps_preserved_outputs(model):
+    """UCE's preservation term on the quickfix layer: preserved captions' outputs move far less,
+    while the edit still maps the source onto the target."""
+    from tracing.prompts import MarkedPrompt
+
+    site = Site.parse("text_encoder:encoder.layers.0.self_attn.out_proj")
+    keep = ["a photo of green", "two green squares in the middle", "a yellow diamond at the top"]
+    ids = model.tokenize(keep, "text_encoder")
+
+    def outputs():
+        from tracing.hooks import Recorder
+
+        with Recorder(model.modules, [site]) as rec:
+            model.text_encoder(ids)
+        return rec.outputs[site][:, 1:].clone()  # [3, 76, D]
+
+    base = outputs()
+    drift = {}
+    for name, kw in (("plain", {}), ("preserve", {"preserve": keep})):
+        recs = quickfix(model, "red", "blue", **kw)
+        drift[name] = float((outputs() - base).norm() / base.norm())
+        src = gather(model, site, [MarkedPrompt.parse("a photo of [red]")], "out")[0]
+        tgt = gather(model, site, [MarkedPrompt.parse("a photo of [blue]")], "out")[0]
+        assert (src - tgt).norm() / tgt.norm() < 0.6, name
+        undo_edit(model, recs[0])
+    assert drift["preserve"] < 0.5 * drift["plain"], drift
+    assert recs[0].info["n_preserve_keys"] == 3 * 76 and recs[0].info["preserve"] == keep
+
+
 def test_undo_is_bit_exact_and_checks_hashes(model):
     site = "text_encoder:encoder.layers.0.self_attn.out_proj"
     w0 = model.module(site).weight.detach().clone()
@@ -139,7 +168,7 @@ def test_cli_edit_then_undo_bit_exact(tmp_path, model):
     (["undo", "--model", "SRC", "--out", "X"], "edit.json"),
     (["evaluate", "--model", "SRC", "--out", "X", "--refact-layer", "99", "--seeds", "1"], "layer 99 out of range"),
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--templates", "TPL"], "exactly one '{}'"),
-    (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--preserve", "TPL"], "applies to --method crossattn"),
+    (["edit", "--method", "refact", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--preserve", "TPL"], "applies to --method quickfix or crossattn"),
 ])
 def test_cli_bad_edit_input(tmp_path, model, args, msg):
     src = save_edited(model, [], tmp_path / "SRC", source="nowhere")

@@ -72,7 +72,7 @@ def test_attention_levels_place_cross_attention_from_the_bottom():
 
 
 @pytest.mark.parametrize("field, value, msg", [("attention_levels", 0, "attention_levels"), ("snr_gamma", -1.0, "snr_gamma"),
-                                               ("unet_steps", 0, "unet_steps")])
+                                               ("unet_steps", 0, "unet_steps"), ("device", "tpu", "device must be")])
 def test_bad_training_config_is_refused(field, value, msg):
     with pytest.raises(ValueError, match=msg):
         ToyTrainConfig(**{field: value})

@@ -22,6 +22,7 @@ def toy_train(
     seed: int = typer.Option(0, help="Training seed (recorded)."),
     unet_steps: Optional[int] = typer.Option(None, help="Override the UNet's training steps."),
     stages: str = typer.Option("clip,scorer,unet", help="Comma-separated stages to run."),
+    device: str = typer.Option("cpu", help="cpu, or cuda[:N] to train on a GPU (same recipe; not bit-identical to CPU)."),
 ) -> None:
     """Train the toy world's CLIP (frozen text tower), open_clip scorer and UNet from scratch.
 
@@ -39,7 +40,10 @@ def toy_train(
     bad = [s for s in wanted if s not in ("clip", "scorer", "unet")]
     if bad:
         raise UsageError(f"unknown stage {bad[0]!r}; allowed: clip, scorer, unet")
-    cfg = ToyTrainConfig(seed=seed)
+    try:
+        cfg = ToyTrainConfig(seed=seed, device=device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if unet_steps is not None:
         cfg = dataclasses.replace(cfg, unet_steps=unet_steps)
     model_dir = train(out, cfg, stages=wanted)

@@ -66,7 +66,7 @@ def generate(model, prompts: Sequence[str], seed: int, num_inference_steps: int,
     out = []
     for c, i in enumerate(range(0, len(prompts), batch)):
         g = torch.Generator().manual_seed(seed + c)
-        out.append(_generate(model, list(prompts[i:i + batch]), generator=g, cfg=cfg))
+        out.append(_generate(model, list(prompts[i:i + batch]), generator=g, cfg=cfg).cpu())
     return torch.cat(out)
 
 

@@ -48,6 +48,7 @@ SCHEDULER_KW = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, 
 class ToyTrainConfig:
     seed: int = 0
     n_images: int = 60_000            # render pool; captions are drawn afresh per step
+    device: str = "cpu"               # "cuda" trains on a GPU (not bit-identical to CPU; the shipped weights are CPU-trained)
     threads: int = 1                  # measured: 1 thread beats 2 on the shared 2-core box (0.8 vs 1.4-5 s per CLIP step)
     # (a) tiny CLIP: text tower = the diffusion model's text encoder
     text_hidden: int = 64
@@ -98,6 +99,8 @@ class ToyTrainConfig:
             raise ValueError(f"attention_levels must be in 1..{n} (levels of block_out_channels), got {self.attention_levels}")
         if self.snr_gamma < 0:
             raise ValueError(f"snr_gamma must be >= 0 (0 = off), got {self.snr_gamma}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         for name in ("clip_steps", "scorer_steps", "unet_steps", "unet_batch", "clip_batch", "scorer_batch", "n_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -183,7 +186,7 @@ def train_clip(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
         print("stage clip: done already", flush=True)
         return
     _seed_all(cfg.seed)
-    model = CLIPModel(clip_config(cfg))
+    model = CLIPModel(clip_config(cfg)).to(cfg.device)
     ids = tokenizer(data.captions, padding="max_length", max_length=cfg.clip_train_length, truncation=True, return_tensors="pt").input_ids
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.05)
     g = torch.Generator().manual_seed(cfg.seed + 11)
@@ -193,8 +196,9 @@ def train_clip(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, cfg.clip_steps, cfg.clip_lr, 100)
         x, combo, cap = data.batch(g, cfg.clip_batch, noise_aug=True)
+        x, combo = x.to(cfg.device), combo.to(cfg.device)
         img = model.get_image_features(pixel_values=x)
-        txt = model.get_text_features(input_ids=ids[cap])
+        txt = model.get_text_features(input_ids=ids[cap].to(cfg.device))
         img = getattr(img, "pooler_output", img)
         txt = getattr(txt, "pooler_output", txt)
         loss = _multi_positive_loss(img, txt, model.logit_scale, combo)
@@ -206,7 +210,7 @@ def train_clip(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
             _log(out, stage="clip", step=step, loss=round(loss.item(), 4), elapsed=round(time.time() - t0, 1))
         bar.update(1); bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    model.eval()
+    model.eval().cpu()
     text_encoder = _text_tower(model, cfg)
     dest.parent.mkdir(parents=True, exist_ok=True)
     text_encoder.save_pretrained(dest)
@@ -260,12 +264,12 @@ def _hard_negative_loss(model, img: torch.Tensor, cap: torch.Tensor, ids: torch.
             texts.append(data.combo_index[tuple(sorted({**a, k: v}.items()))] * data.n_templates + tpl)
         groups.append((start, len(vals)))
         targets.append(vals.index(a[k]))
-    txt = F.normalize(model.encode_text(ids[torch.tensor(texts)]), dim=-1)
+    txt = F.normalize(model.encode_text(ids[torch.tensor(texts)].to(img.device)), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
     loss = 0.0
     for i, ((start, n), t) in enumerate(zip(groups, targets)):
         logits = scale * txt[start:start + n] @ img[i]
-        loss = loss + F.cross_entropy(logits[None], torch.tensor([t]))
+        loss = loss + F.cross_entropy(logits[None], torch.tensor([t], device=img.device))
     return loss / len(groups)
 
 
@@ -279,7 +283,7 @@ def train_scorer(out: Path, cfg: ToyTrainConfig, data: Data) -> None:
         return
     _seed_all(cfg.scorer_seed)
     oc = scorer_config(cfg)
-    model = open_clip.CLIP(**oc["model_cfg"])
+    model = open_clip.CLIP(**oc["model_cfg"]).to(cfg.device)
     tok = open_clip.SimpleTokenizer(context_length=cfg.scorer_context)
     ids = tok(data.captions)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.scorer_lr, weight_decay=0.05)
@@ -290,8 +294,9 @@ def train_scorer(out: Path, cfg: ToyTrainConfig, data: Data) -> None:
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, cfg.scorer_steps, cfg.scorer_lr, 100)
         x, combo, cap = data.batch(g, cfg.scorer_batch, noise_aug=True)
+        x, combo = x.to(cfg.device), combo.to(cfg.device)
         img = model.encode_image(x)  # preprocess_cfg maps [0, 1] to [-1, 1]: x already is
-        txt = model.encode_text(ids[cap])
+        txt = model.encode_text(ids[cap].to(cfg.device))
         loss = _multi_positive_loss(img, txt, model.logit_scale, combo)
         if cfg.scorer_hard_negatives:
             loss = loss + _hard_negative_loss(model, img[:cfg.scorer_hard_negatives], cap[:cfg.scorer_hard_negatives], ids, data, g,
@@ -307,7 +312,7 @@ def train_scorer(out: Path, cfg: ToyTrainConfig, data: Data) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with open(dest / "open_clip_config.json", "w") as f:
         json.dump(oc, f, indent=2)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dest / "open_clip_model.safetensors"))
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(dest / "open_clip_model.safetensors"))
     _log(out, stage="scorer", event="saved", path=str(dest), elapsed=round(time.time() - t0, 1), sha=state_hash(model))
 
 
@@ -393,38 +398,39 @@ def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
     _seed_all(cfg.seed + 2)
     text_encoder = CLIPTextModel.from_pretrained(out / "model" / "text_encoder", dtype=torch.float32).eval().requires_grad_(False)
     t0 = time.time()
-    cond = encode_captions(text_encoder, tokenizer, data.captions)          # [n_captions, 77, 64], frozen encoder
-    uncond = encode_captions(text_encoder, tokenizer, [""])[0]
+    cond = encode_captions(text_encoder, tokenizer, data.captions).to(cfg.device)   # [n_captions, 77, 64], frozen encoder
+    uncond = encode_captions(text_encoder, tokenizer, [""])[0].to(cfg.device)
     print(f"encoded {len(data.captions)} captions in {time.time() - t0:.1f}s", flush=True)
-    unet = UNet2DConditionModel(**unet_config(cfg))
+    unet = UNet2DConditionModel(**unet_config(cfg)).to(cfg.device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     sched = DDPMScheduler(**SCHEDULER_KW)
     g = torch.Generator().manual_seed(cfg.seed + 3)
     start = 0
     if ck.exists():
-        state = torch.load(ck, weights_only=False)
+        state = torch.load(ck, weights_only=False, map_location=cfg.device)
         unet.load_state_dict(state["unet"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
-        g.set_state(state["gen"]); start = state["step"]
+        g.set_state(state["gen"].cpu()); start = state["step"]
         print(f"resumed UNet at step {start}", flush=True)
     if start >= cfg.unet_steps and (out / "model" / "unet").exists():
         print("stage unet: done already", flush=True)
         return
     n_params = sum(p.numel() for p in unet.parameters())
     _log(out, stage="unet", event="start", step=start, params=n_params)
-    ac = sched.alphas_cumprod
+    ac = sched.alphas_cumprod.to(cfg.device)
     t0 = time.time()
     run = 0.0
     bar = _bar(cfg.unet_steps, start, "toy unet")
     for step in range(start, cfg.unet_steps):
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr, cfg.unet_warmup)
-        x, _, cap = data.batch(g, cfg.unet_batch)
-        c = cond[cap]
+        x, _, cap = data.batch(g, cfg.unet_batch)                           # random draws stay on the CPU generator
         drop = torch.rand(len(x), generator=g) < cfg.caption_dropout
-        c = torch.where(drop[:, None, None], uncond.expand_as(c), c)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=g)
         noise = torch.randn(x.shape, generator=g)
+        x, cap, drop, t, noise = (v.to(cfg.device) for v in (x, cap, drop, t, noise))
+        c = cond[cap]                                                         # [B, 77, 64]
+        c = torch.where(drop[:, None, None], uncond.expand_as(c), c)
         a = ac[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=c).sample
@@ -482,8 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--stages", default="clip,scorer,unet")
     for f in dataclasses.fields(ToyTrainConfig):
-        if f.type in ("int", "float", int, float):
-            p.add_argument("--" + f.name.replace("_", "-"), type=int if f.type in ("int", int) else float, default=None)
+        if f.type in ("int", "float", "str", int, float, str):
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
     args = p.parse_args(argv)
     over = {f.name: getattr(args, f.name) for f in dataclasses.fields(ToyTrainConfig) if getattr(args, f.name, None) is not None}
     train(args.out, ToyTrainConfig(**over), stages=tuple(args.stages.split(",")))
