@@ -56,6 +56,9 @@ def load_cases(path: str | Path) -> list[dict]:
         leaked = {t.replace("{}", c["source"]) for t in c.get("templates", [])} & {p["prompt"] for _, p in _prompts(c)}
         if leaked:
             raise EditError(f"{path}:{n}: edit template gives the evaluation prompt {sorted(leaked)[0]!r}; keep them disjoint")
+        kept = set(c.get("preserve", [])) & {p["prompt"] for _, p in _prompts(c)}
+        if kept:
+            raise EditError(f"{path}:{n}: preserve caption {sorted(kept)[0]!r} is an evaluation prompt; keep them disjoint")
         cases.append(c)
     return cases
 

@@ -38,6 +38,7 @@ def test_cases_carry_disjoint_edit_templates_and_preserve_set():
             assert world.parse_caption(text)[c["attribute"]] == c["old_value"]
         kept = {world.parse_caption(t)[c["attribute"]] for t in c["preserve"]}
         assert kept and not kept & {c["old_value"], c["new_value"]}
+        assert not set(c["preserve"]) & evaluated, "a preserve caption is an evaluation prompt"
 
 
 def test_case_templates_reach_the_editor_and_explicit_options_win():
@@ -46,6 +47,7 @@ def test_case_templates_reach_the_editor_and_explicit_options_win():
     case = {"templates": ["one {} square"], "preserve": ["one green square"]}
     assert case_options("crossattn", case, {}) == {"templates": ["one {} square"], "preserve": ["one green square"]}
     assert case_options("quickfix", case, {}) == {"templates": ["one {} square"]}
+    assert case_options("quickfix+preserve", case, {}) == {"templates": ["one {} square"], "preserve": ["one green square"]}
     assert case_options("quickfix", case, {"quickfix": {"templates": ["{}"]}})["templates"] == ["{}"]
     assert case_options("refact", {}, {"refact": {"layer": 1}}) == {"layer": 1}
 
@@ -53,6 +55,7 @@ def test_case_templates_reach_the_editor_and_explicit_options_win():
 @pytest.mark.parametrize("field, value, msg", [
     ("templates", ["a photo of {} and {}"], "exactly one"),
     ("templates", ["a photo of three {} triangles in the middle on a striped background"], "evaluation prompt"),
+    ("preserve", ["a photo of three red triangles in the middle on a striped background"], "preserve caption"),
 ])
 def test_bad_case_templates_are_clear_errors(tmp_path, field, value, msg):
     bad = json.loads(open(CASES).readline())

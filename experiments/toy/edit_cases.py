@@ -90,7 +90,7 @@ def make_case(attribute: str, source: str, target: str, counts, seed: int) -> di
     evaluated = {p["prompt"] for p in [edit, *positives, *negatives]}
     templates = edit_templates(attribute, source, word, counts, evaluated, seed=seed)
     other_words = [world.attribute_words(_attrs(rng, attribute, v, counts), attribute) for v in others]
-    preserve = [t.format(w) for w in other_words for t in templates]
+    preserve = [c for w in other_words for t in templates if (c := t.format(w)) not in evaluated]  # never an evaluation prompt
     return {"id": f"{attribute}-{source}-{target}" + ("-plural" if counts and "one" not in counts else ""),
             "attribute": attribute, "source": word, "target": target_word, "old_value": source, "new_value": target,
             "edit": edit, "positives": positives, "negatives": negatives, "templates": templates, "preserve": preserve}
