@@ -60,25 +60,25 @@ def _component(site: Site) -> str:
 
 
 @torch.no_grad()
-def gather(model, site: Site, prompts: Sequence[MarkedPrompt], want: str) -> list[torch.Tensor]:
-    """Per prompt, the site's inputs (``want='in'``) or outputs from the last subject token on: [n_i, D]."""
+def _record(model, site: Site, texts: Sequence[str], want: str) -> torch.Tensor:
+    """The site's inputs (``want='in'``) or outputs for each text: [B, 77, D]."""
     comp = _component(site)
-    tok = model.tokenizer_2 if comp == "text_encoder_2" else model.tokenizer
-    ids = model.tokenize([p.text for p in prompts], comp).to(model.device)
+    ids = model.tokenize(list(texts), comp).to(model.device)
     with Recorder(model.modules, [site], inputs=True) as rec:
         model.modules[comp](ids)
-    acts = rec.inputs[site] if want == "in" else rec.outputs[site]  # [B, 77, D]
+    return rec.inputs[site] if want == "in" else rec.outputs[site]
+
+
+def gather(model, site: Site, prompts: Sequence[MarkedPrompt], want: str) -> list[torch.Tensor]:
+    """Per prompt, the site's inputs (``want='in'``) or outputs from the last subject token on: [n_i, D]."""
+    tok = model.tokenizer_2 if _component(site) == "text_encoder_2" else model.tokenizer
+    acts = _record(model, site, [p.text for p in prompts], want)  # [B, 77, D]
     return [acts[i, p.positions(tok)[-1]:] for i, p in enumerate(prompts)]
 
 
-@torch.no_grad()
 def preserve_keys(model, site: Site, captions: Sequence[str]) -> torch.Tensor:
     """Inputs of ``site`` at every position after BOS of each caption: [len(captions) * 76, in]."""
-    comp = _component(site)
-    ids = model.tokenize(list(captions), comp).to(model.device)
-    with Recorder(model.modules, [site], inputs=True) as rec:
-        model.modules[comp](ids)
-    acts = rec.inputs[site]  # [P, 77, in]
+    acts = _record(model, site, captions, "in")  # [P, 77, in]
     return acts[:, 1:].reshape(-1, acts.shape[-1]).float()
 
 
