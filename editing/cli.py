@@ -99,6 +99,7 @@ def edit(
     corpus: Optional[Path] = typer.Option(None, help="refact: caption file for the covariance (default: toy captions / shipped SD captions)."),
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
     preserve: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of captions whose keys must keep their values (UCE's preservation)."),
+    targets: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of target prompts, one per template line, target words in [brackets] ('one red [triangles]'); default: the templates filled with --target."),
 ) -> None:
     """Edit a model in closed form and save it beside an edit.json record.
 
@@ -122,6 +123,12 @@ def edit(
         if method not in ("quickfix", "crossattn"):
             raise UsageError(f"--preserve applies to --method quickfix or crossattn, not {method}")
         opts["preserve"] = _lines(preserve, "preserve")
+    if targets is not None:
+        if method not in ("quickfix", "crossattn"):
+            raise UsageError(f"--targets applies to --method quickfix or crossattn, not {method}")
+        if templates is None:
+            raise UsageError("--targets pairs one target prompt with each line of --templates; give --templates too")
+        opts["targets"] = _lines(targets, "targets")
     records = edit_with(method, m, {"source": source, "target": target}, {method: opts})
     save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
     for r in records:

@@ -7,7 +7,8 @@ Usage::
 
 For each chosen cross-attention block, keys are the text encoder's output embeddings of the
 source prompts (last subject token to the end) and values are the *unedited* projection of
-the target prompts' embeddings at the same relative positions, ``v = W0 e_target``. Preserve
+the target prompts' embeddings at the paired positions, ``v = W0 e_target`` (pairs and
+``targets`` as in :mod:`editing.quickfix`). Preserve
 captions add keys whose values stay ``W0 k`` (UCE). Both ``to_k`` and ``to_v`` get
 ``W = (λW0 + Σ v kᵀ + Σ W0 k_p k_pᵀ)(λI + Σ k kᵀ + Σ k_p k_pᵀ)⁻¹``.
 """
@@ -22,7 +23,7 @@ from tracing.sampler import _encode
 from tracing.sites import Site
 
 from .closed_form import least_squares_update
-from .quickfix import PAPER_TEMPLATES, concept_prompts
+from .quickfix import PAPER_TEMPLATES, aligned_positions, prompt_pairs
 from .records import EditError, EditRecord, apply_edit
 
 
@@ -46,19 +47,20 @@ def _attn2_sites(model, sites: Sequence[str | Site] | None) -> list[Site]:
 
 
 def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | None = None, lam: float = 0.1,
-              preserve: Sequence[str] = (), templates: Sequence[str] = PAPER_TEMPLATES) -> list[EditRecord]:
+              preserve: Sequence[str] = (), templates: Sequence[str] = PAPER_TEMPLATES,
+              targets: Sequence[str] | None = None) -> list[EditRecord]:
     """Edit ``to_k``/``to_v`` of the given (default: all) attn2 sites so ``source`` attends like ``target``."""
     t0 = time.perf_counter()
-    src = concept_prompts(source, templates)
-    tgt = concept_prompts(target, templates)
-    e_src = _embeddings(model, [p.text for p in src])
+    src, tgt = prompt_pairs(source, target, templates, targets)
+    e_src = _embeddings(model, [p.text for p in src])  # [B, 77, D]
     e_tgt = _embeddings(model, [p.text for p in tgt])
+    ids_s = model.tokenize([p.text for p in src]).tolist()
+    ids_t = model.tokenize([p.text for p in tgt]).tolist()
     K, T = [], []
     for i, (ps, pt) in enumerate(zip(src, tgt)):
-        a, b = ps.positions(model.tokenizer)[-1], pt.positions(model.tokenizer)[-1]
-        n = min(e_src.shape[1] - a, e_tgt.shape[1] - b)
-        K.append(e_src[i, a : a + n])
-        T.append(e_tgt[i, b : b + n])
+        i_s, i_t = aligned_positions(ids_s[i], ids_t[i], ps.positions(model.tokenizer)[-1], pt.positions(model.tokenizer)[-1])
+        K.append(e_src[i, i_s])
+        T.append(e_tgt[i, i_t])
     K, T = torch.cat(K), torch.cat(T)  # [n, D] source keys, target embeddings
     Kp = _embeddings(model, list(preserve)).reshape(-1, K.shape[1]) if preserve else None
     new = {}
@@ -69,4 +71,6 @@ def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | Non
             new[f"{site}.{proj}"] = least_squares_update(W0, K, T @ W0.T, lam=lam, K_preserve=Kp)
     info = {"source": source, "target": target, "lambda": lam, "templates": list(templates), "n_pairs": int(K.shape[0]),
             "n_preserve": len(preserve), "seconds": round(time.perf_counter() - t0, 4)}
+    if targets is not None:
+        info["targets"] = list(targets)
     return apply_edit(model, "crossattn", new, info)

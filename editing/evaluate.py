@@ -56,6 +56,15 @@ def load_cases(path: str | Path) -> list[dict]:
         leaked = {t.replace("{}", c["source"]) for t in c.get("templates", [])} & {p["prompt"] for _, p in _prompts(c)}
         if leaked:
             raise EditError(f"{path}:{n}: edit template gives the evaluation prompt {sorted(leaked)[0]!r}; keep them disjoint")
+        targets = c.get("targets")
+        if targets is not None and len(targets) != len(c.get("templates", [])):
+            raise EditError(f"{path}:{n}: {len(targets)} targets for {len(c.get('templates', []))} templates; give one per template")
+        for t in targets or []:
+            if t.count("[") != 1 or t.count("]") != 1:
+                raise EditError(f"{path}:{n}: target {t!r} must mark the target words once, e.g. 'a photo of [two] red circles'")
+        told = {t.replace("[", "").replace("]", "") for t in targets or []} & {p["prompt"] for _, p in _prompts(c)}
+        if told:
+            raise EditError(f"{path}:{n}: target {sorted(told)[0]!r} is an evaluation prompt; keep them disjoint")
         kept = set(c.get("preserve", [])) & {p["prompt"] for _, p in _prompts(c)}
         if kept:
             raise EditError(f"{path}:{n}: preserve caption {sorted(kept)[0]!r} is an evaluation prompt; keep them disjoint")
@@ -69,11 +78,16 @@ def _prompts(case: dict) -> list[tuple[str, dict]]:
 
 def case_options(method: str, case: dict, options: dict) -> dict:
     """``options[method]`` plus what the case itself carries: ``templates`` (edit prompts with a
-    ``{}`` slot for the concept; every method) and ``preserve`` (captions whose keys keep their
-    values; crossattn, as in UCE, and quickfix+preserve). Explicit options win over the case's."""
+    ``{}`` slot for the concept; every method), ``targets`` (the marked target prompt for each
+    template; the methods that take values from target prompts: quickfix, quickfix+preserve,
+    crossattn) and ``preserve`` (captions whose keys keep their values; crossattn, as in UCE, and
+    quickfix+preserve). Explicit options win over the case's; explicit templates drop the case's
+    targets, which belong to the case's templates."""
     opts = dict(options.get(method, {}))
     if case.get("templates") and "templates" not in opts:
         opts["templates"] = list(case["templates"])
+        if case.get("targets") and method in ("quickfix", "quickfix+preserve", "crossattn") and "targets" not in opts:
+            opts["targets"] = list(case["targets"])
     if method in ("crossattn", "quickfix+preserve") and case.get("preserve") and "preserve" not in opts:
         opts["preserve"] = list(case["preserve"])
     return opts

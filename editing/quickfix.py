@@ -5,12 +5,17 @@ Usage::
     records = quickfix(model, source="Van Gogh", target="a painting")      # edits in place
     records = quickfix(model, "red", "blue", site="text_encoder:encoder.layers.0.self_attn.out_proj")
     records = quickfix(model, "red", "blue", preserve=["a green square", ...])      # + UCE-style preservation
+    records = quickfix(model, "one", "two", templates=["{} red circle"], targets=["[two] red circles"])
 
 Keys ``k`` are the inputs of ``self_attn.out_proj`` for the source concept's prompts, taken
 from the last subject token to the end of the 77-token sequence (EOS and padding included);
 values ``v`` are the same layer's outputs for the target concept's prompts at the same
-relative positions (the target's last subject token onward; both runs are cut to the shorter
-span). The new weight is ``W = (λW0 + Σ v kᵀ)(λI + Σ k kᵀ)⁻¹`` with λ = 0.01; the bias is
+positions: the two last subject tokens are paired, and the tokens after them are paired where
+the two prompts agree (:func:`aligned_positions`). With word substitution into templates the
+context after the subject is the same, so this is position by position. ``targets`` gives the
+target prompts explicitly instead (marked, one per template), for targets that change more than
+one word: 'one blue [triangle]' → 'two blue [triangles]', where a substituted 'two blue
+triangle' is a caption the encoder never saw. The new weight is ``W = (λW0 + Σ v kᵀ)(λI + Σ k kᵀ)⁻¹`` with λ = 0.01; the bias is
 untouched, so values have the bias subtracted. Keys and values are gathered through
 :class:`tracing.hooks.Recorder`, the same hooks tracing uses.
 
@@ -21,13 +26,14 @@ output on them, which stops the edit leaking into prompts that share the source'
 """
 from __future__ import annotations
 
+import difflib
 import time
 from typing import Sequence
 
 import torch
 
 from tracing.hooks import Recorder
-from tracing.prompts import MarkedPrompt
+from tracing.prompts import MarkedPrompt, PromptError
 from tracing.sites import Site
 
 from .closed_form import least_squares_update
@@ -71,9 +77,12 @@ def _record(model, site: Site, texts: Sequence[str], want: str) -> torch.Tensor:
 
 def gather(model, site: Site, prompts: Sequence[MarkedPrompt], want: str) -> list[torch.Tensor]:
     """Per prompt, the site's inputs (``want='in'``) or outputs from the last subject token on: [n_i, D]."""
-    tok = model.tokenizer_2 if _component(site) == "text_encoder_2" else model.tokenizer
     acts = _record(model, site, [p.text for p in prompts], want)  # [B, 77, D]
-    return [acts[i, p.positions(tok)[-1]:] for i, p in enumerate(prompts)]
+    return [acts[i, p.positions(_tokenizer(model, site))[-1]:] for i, p in enumerate(prompts)]
+
+
+def _tokenizer(model, site: Site):
+    return model.tokenizer_2 if _component(site) == "text_encoder_2" else model.tokenizer
 
 
 def preserve_keys(model, site: Site, captions: Sequence[str]) -> torch.Tensor:
@@ -82,21 +91,60 @@ def preserve_keys(model, site: Site, captions: Sequence[str]) -> torch.Tensor:
     return acts[:, 1:].reshape(-1, acts.shape[-1]).float()
 
 
-def keys_values(model, site: Site, source: str, target: str, templates: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_pairs(source: str, target: str, templates: Sequence[str],
+                 targets: Sequence[str] | None = None) -> tuple[list[MarkedPrompt], list[MarkedPrompt]]:
+    """(source prompts, target prompts): ``templates`` filled with each concept, or, with
+    ``targets`` (marked prompts, one per template), those as the target prompts."""
+    src = concept_prompts(source, templates)
+    if targets is None:
+        return src, concept_prompts(target, templates)
+    if len(targets) != len(templates):
+        raise EditError(f"{len(targets)} target prompts for {len(templates)} templates; give one target prompt per template")
+    try:
+        return src, [MarkedPrompt.parse(t) for t in targets]
+    except PromptError as e:
+        raise EditError(f"target prompt: {e}") from None
+
+
+def aligned_positions(src_ids: Sequence[int], tgt_ids: Sequence[int], a: int, b: int) -> tuple[list[int], list[int]]:
+    """Paired token positions from the last subject tokens ``a`` (source) and ``b`` (target) on.
+
+    ``a`` pairs with ``b``; after them, runs of equal tokens pair one to one and a replaced run
+    pairs its last tokens (right-aligned, where a word's meaning gathers under causal
+    attention); inserted or deleted tokens have no partner. With equal contexts this is
+    position by position: ``(a, b), (a+1, b+1), ...`` to the shorter end.
+    """
+    src, tgt = list(src_ids[a + 1 :]), list(tgt_ids[b + 1 :])
+    ps, pt = [a], [b]
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, src, tgt, autojunk=False).get_opcodes():
+        n = min(i2 - i1, j2 - j1)
+        if op in ("equal", "replace") and n:
+            ps += range(a + 1 + i2 - n, a + 1 + i2)
+            pt += range(b + 1 + j2 - n, b + 1 + j2)
+    return ps, pt
+
+
+def keys_values(model, site: Site, source: str, target: str, templates: Sequence[str],
+                targets: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stacked keys K [n, in] (source prompts) and values V [n, out] (target prompts, bias removed)."""
-    keys = gather(model, site, concept_prompts(source, templates), "in")
-    vals = gather(model, site, concept_prompts(target, templates), "out")
+    src, tgt = prompt_pairs(source, target, templates, targets)
+    tok, comp = _tokenizer(model, site), _component(site)
+    ids_s = model.tokenize([p.text for p in src], comp).tolist()  # [B, 77]
+    ids_t = model.tokenize([p.text for p in tgt], comp).tolist()
+    keys = _record(model, site, [p.text for p in src], "in")  # [B, 77, in]
+    vals = _record(model, site, [p.text for p in tgt], "out")  # [B, 77, out]
     bias = getattr(model.module(site), "bias", None)
     K, V = [], []
-    for k, v in zip(keys, vals):
-        n = min(len(k), len(v))
-        K.append(k[:n])
-        V.append(v[:n] - (bias if bias is not None else 0))
+    for i, (ps, pt) in enumerate(zip(src, tgt)):
+        i_s, i_t = aligned_positions(ids_s[i], ids_t[i], ps.positions(tok)[-1], pt.positions(tok)[-1])
+        K.append(keys[i, i_s])
+        V.append(vals[i, i_t] - (bias if bias is not None else 0))
     return torch.cat(K).float(), torch.cat(V).float()
 
 
 def quickfix(model, source: str, target: str, site: str | Site | None = None, lam: float = 0.01,
-             templates: Sequence[str] = PAPER_TEMPLATES, preserve: Sequence[str] = ()) -> list[EditRecord]:
+             templates: Sequence[str] = PAPER_TEMPLATES, preserve: Sequence[str] = (),
+             targets: Sequence[str] | None = None) -> list[EditRecord]:
     """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``;
     ``preserve`` captions keep the projection's output (UCE's preservation term)."""
     site = Site.parse(site) if site is not None else Site.parse(default_site())
@@ -105,13 +153,15 @@ def quickfix(model, source: str, target: str, site: str | Site | None = None, la
     if lam <= 0:
         raise EditError(f"lambda must be > 0, got {lam}")
     t0 = time.perf_counter()
-    K, V = keys_values(model, site, source, target, templates)
+    K, V = keys_values(model, site, source, target, templates, targets)
     W0 = model.module(site).weight
     Kp = preserve_keys(model, site, preserve) if preserve else None
     W = least_squares_update(W0.detach().float(), K, V, lam=lam, K_preserve=Kp)
     seconds = time.perf_counter() - t0
     info = {"source": source, "target": target, "templates": list(templates), "lambda": lam, "n_pairs": int(K.shape[0]),
             "seconds": round(seconds, 4)}
+    if targets is not None:
+        info["targets"] = list(targets)
     if preserve:
         info.update(preserve=list(preserve), n_preserve_keys=int(Kp.shape[0]))
     return apply_edit(model, "quickfix", {str(site): W}, info)

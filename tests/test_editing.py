@@ -45,6 +45,34 @@ def test_quickfix_moves_source_outputs_to_target(model):
     assert (src - tgt).norm() / tgt.norm() < 0.5
 
 
+def test_aligned_positions_pair_equal_contexts_one_to_one_and_skip_inserted_tokens():
+    from editing.quickfix import aligned_positions
+
+    pad = [9] * 4
+    # word substitution: the same context after the subject -> position by position
+    assert aligned_positions([0, 1, 2, 3, 4, *pad], [0, 1, 5, 3, 4, *pad], 2, 2) == ([2, 3, 4, 5, 6, 7, 8],) * 2
+    # a two-token word in the target ('tri angles'): its last token pairs with the source word,
+    # and EOS/padding pair with EOS/padding (shifted by one), never with the extra token
+    ps, pt = aligned_positions([0, 1, 2, 7, 4, *pad], [0, 1, 5, 8, 6, 4, *pad], 2, 2)
+    assert ps == [2, 3, 4, 5, 6, 7, 8] and pt == [2, 4, 5, 6, 7, 8, 9]
+
+
+def test_quickfix_target_prompts_equal_substitution_when_they_say_the_same(model):
+    site = Site.parse("text_encoder:encoder.layers.0.self_attn.out_proj")
+    templates = ["a photo of {} circles", "two {} squares at the top"]
+    K, V = keys_values(model, site, "red", "blue", templates)
+    K2, V2 = keys_values(model, site, "red", "blue", templates, targets=["a photo of [blue] circles", "two [blue] squares at the top"])
+    assert torch.equal(K, K2) and torch.equal(V, V2)
+    # a grammatical target with a longer tail pairs fewer positions, each with a real partner
+    K3, V3 = keys_values(model, site, "one", "two", ["{} red triangle"], targets=["[two] red triangles"])
+    extra = len(model.tokenizer("two red triangles").input_ids) - len(model.tokenizer("one red triangle").input_ids)
+    assert K3.shape[0] == V3.shape[0] == 76 - extra  # 'one' (position 1) to the end, less the unpaired extra tokens
+    with pytest.raises(EditError, match="one target prompt per template"):
+        keys_values(model, site, "red", "blue", templates, targets=["[blue] circles"])
+    with pytest.raises(EditError, match="target prompt"):
+        keys_values(model, site, "red", "blue", ["{} circles"], targets=["blue circles"])
+
+
 def test_quickfix_preserve_keeps_preserved_outputs(model):
     """UCE's preservation term on the quickfix layer: preserved captions' outputs move far less,
     while the edit still maps the source onto the target."""
@@ -143,6 +171,12 @@ def test_cli_edit_reads_templates_and_preserve_files(tmp_path, model):
     assert r.returncode == 0, r.stderr
     info = json.loads((tmp_path / "e" / "edit.json").read_text())["edits"][0]["info"]
     assert info["templates"] == ["one {} circle at the top", "two {} squares in the middle"] and info["n_preserve"] == 2
+    (tmp_path / "tgt.txt").write_text("two [blue] circles at the top\ntwo [blue] squares in the middle\n")
+    r = _cli("edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", str(src), "--out", str(tmp_path / "q"),
+             "--templates", str(tmp_path / "tpl.txt"), "--targets", str(tmp_path / "tgt.txt"))
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "q" / "edit.json").read_text())["edits"][0]["info"]
+    assert info["targets"] == ["two [blue] circles at the top", "two [blue] squares in the middle"]
 
 
 def test_cli_edit_then_undo_bit_exact(tmp_path, model):
@@ -169,12 +203,17 @@ def test_cli_edit_then_undo_bit_exact(tmp_path, model):
     (["evaluate", "--model", "SRC", "--out", "X", "--refact-layer", "99", "--seeds", "1"], "layer 99 out of range"),
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--templates", "TPL"], "exactly one '{}'"),
     (["edit", "--method", "refact", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--preserve", "TPL"], "applies to --method quickfix or crossattn"),
+    (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--targets", "TPL"], "give --templates too"),
+    (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--templates", "ONE",
+      "--targets", "TPL"], "one target prompt per template"),
 ])
 def test_cli_bad_edit_input(tmp_path, model, args, msg):
     src = save_edited(model, [], tmp_path / "SRC", source="nowhere")
     (src / "edit.json").unlink() if "undo" in args else None
     (tmp_path / "tpl.txt").write_text("a photo of {}\nno slot here\n")
-    args = [a.replace("SRC", str(src)).replace("X", str(tmp_path / "X")).replace("TPL", str(tmp_path / "tpl.txt")) for a in args]
+    (tmp_path / "one.txt").write_text("a photo of {}\n")
+    args = [a.replace("SRC", str(src)).replace("X", str(tmp_path / "X")).replace("TPL", str(tmp_path / "tpl.txt"))
+            .replace("ONE", str(tmp_path / "one.txt")) for a in args]
     r = _cli(*args)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert msg in r.stderr and "Traceback" not in r.stderr

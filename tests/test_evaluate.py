@@ -36,6 +36,11 @@ def test_cases_carry_disjoint_edit_templates_and_preserve_set():
         assert len(set(filled)) == len(filled) >= 8 and not set(filled) & evaluated
         for text in filled:
             assert world.parse_caption(text)[c["attribute"]] == c["old_value"]
+        assert len(c["targets"]) == len(c["templates"])
+        for tpl, tgt in zip(c["templates"], c["targets"]):
+            a, b = world.parse_caption(tpl.format(c["source"])), world.parse_caption(tgt.replace("[", "").replace("]", ""))
+            assert b == dict(a, **{c["attribute"]: c["new_value"]}), "a target is its template's caption with the new value"
+            assert f"[{c['target']}]" in tgt
         kept = {world.parse_caption(t)[c["attribute"]] for t in c["preserve"]}
         assert kept and not kept & {c["old_value"], c["new_value"]}
         assert not set(c["preserve"]) & evaluated, "a preserve caption is an evaluation prompt"
@@ -44,11 +49,14 @@ def test_cases_carry_disjoint_edit_templates_and_preserve_set():
 def test_case_templates_reach_the_editor_and_explicit_options_win():
     from editing.evaluate import case_options
 
-    case = {"templates": ["one {} square"], "preserve": ["one green square"]}
-    assert case_options("crossattn", case, {}) == {"templates": ["one {} square"], "preserve": ["one green square"]}
-    assert case_options("quickfix", case, {}) == {"templates": ["one {} square"]}
-    assert case_options("quickfix+preserve", case, {}) == {"templates": ["one {} square"], "preserve": ["one green square"]}
-    assert case_options("quickfix", case, {"quickfix": {"templates": ["{}"]}})["templates"] == ["{}"]
+    case = {"templates": ["one {} square"], "targets": ["one [blue] square"], "preserve": ["one green square"]}
+    both = {"templates": ["one {} square"], "targets": ["one [blue] square"]}
+    assert case_options("crossattn", case, {}) == dict(both, preserve=["one green square"])
+    assert case_options("quickfix", case, {}) == both
+    assert case_options("quickfix+preserve", case, {}) == dict(both, preserve=["one green square"])
+    assert case_options("refact", case, {}) == {"templates": ["one {} square"]}, "ReFACT takes no target prompts"
+    assert case_options("quickfix", case, {"quickfix": {"templates": ["{}"]}}) == {"templates": ["{}"]}, \
+        "the case's targets belong to its templates"
     assert case_options("refact", {}, {"refact": {"layer": 1}}) == {"layer": 1}
 
 
@@ -56,6 +64,8 @@ def test_case_templates_reach_the_editor_and_explicit_options_win():
     ("templates", ["a photo of {} and {}"], "exactly one"),
     ("templates", ["a photo of three {} triangles in the middle on a striped background"], "evaluation prompt"),
     ("preserve", ["a photo of three red triangles in the middle on a striped background"], "preserve caption"),
+    ("targets", ["one [blue] square"], "one per template"),
+    ("targets", ["one blue square"] * 12, "mark the target words once"),
 ])
 def test_bad_case_templates_are_clear_errors(tmp_path, field, value, msg):
     bad = json.loads(open(CASES).readline())
