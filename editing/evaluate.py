@@ -16,7 +16,9 @@ Success per image, CLIP: P(new) > P(old) with softmax(100·cos) over the prompt'
 (edit and positives); P(old) > P(new) for negatives. Ground truth (toy world): the reader's
 value of the case's attribute equals the new value (edit, positives) or the prompt's own
 value (negatives). efficacy / generalization / specificity are the success rates on the edit
-prompt / positives / negatives.
+prompt / positives / negatives. ``gt_others`` (toy world, not in ReFACT) is the share of the
+*other* four attributes read as the prompt says, over all images: an edit that turns 'one
+triangle' into two diamonds succeeds on count and shows up here; compare with ``unedited``.
 """
 from __future__ import annotations
 
@@ -131,12 +133,15 @@ def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
     for j, (split, p) in enumerate(prompts):
         imgs = images[j * n : (j + 1) * n]
         probs = scorer.probs(imgs, [p["prompt"], p["new"]]) if scorer is not None else None
-        got = [truth(img).get(case["attribute"]) for img in imgs] if truth is not None else [None] * n
-        own = None
+        readings = [truth(img) for img in imgs] if truth is not None else [{}] * n
+        got = [r.get(case["attribute"]) for r in readings]
+        own, others = None, {}
         if truth is not None:
             from experiments.toy.world import parse_caption
 
-            own = parse_caption(p["prompt"]).get(case["attribute"])
+            attrs = parse_caption(p["prompt"])
+            own = attrs.get(case["attribute"])
+            others = {k: v for k, v in attrs.items() if k != case["attribute"]}
         for i, seed in enumerate(seeds):
             r = {"case": case["id"], "attribute": case["attribute"], "method": method, "split": split, "prompt": p["prompt"],
                  "new": p["new"], "seed": int(seed)}
@@ -145,7 +150,8 @@ def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
                 r.update(p_old=p_old, p_new=p_new, clip_success=float(p_new > p_old) if split != "negative" else float(p_old > p_new))
             if truth is not None:
                 want = case["new_value"] if split != "negative" else own
-                r.update(gt_value=got[i], gt_success=float(got[i] == want))
+                r.update(gt_value=got[i], gt_success=float(got[i] == want),
+                         gt_others=sum(readings[i].get(k) == v for k, v in others.items()) / len(others))
             rows.append(r)
     return rows
 
@@ -193,6 +199,8 @@ def summarise(table: pd.DataFrame) -> dict:
                 s[name] = round(float(part.clip_success.mean()), 4)
             if "gt_success" in g:
                 s[f"gt_{name}"] = round(float(part.gt_success.mean()), 4)
+        if "gt_others" in g:
+            s["gt_others"] = round(float(g.gt_others.mean()), 4)
         s["n_images"] = int(len(g))
         out[method] = s
     return out

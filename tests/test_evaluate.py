@@ -120,3 +120,19 @@ def test_cli_evaluate_writes_parquet_summary_and_grid(tmp_path, pixel_model):
         assert {"efficacy", "generalization", "specificity"} <= set(m)
     assert len(pd.read_parquet(tmp_path / "eval" / "eval.parquet")) == 3 * 11
     assert (tmp_path / "eval" / "grid.png").stat().st_size > 3000
+
+
+def test_gt_others_is_the_share_of_the_other_attributes_read_as_prompted():
+    import torch
+
+    from editing.evaluate import _rows
+
+    case = load_cases(CASES)[0]  # colour red -> blue
+    prompt = case["positives"][0]
+    attrs = world.parse_caption(prompt["prompt"])
+    wrong_object = next(o for o in world.ATTRIBUTES["object"] if o != attrs["object"])
+    readings = [dict(attrs, colour=case["new_value"]), dict(attrs, colour=case["new_value"], object=wrong_object)]
+    rows = _rows(case, "m", [("positive", prompt)], torch.zeros(2, 3, 4, 4), [0, 1], None, lambda img, it=iter(readings): next(it))
+    assert [r["gt_success"] for r in rows] == [1.0, 1.0], "the colour edit succeeds in both"
+    assert [r["gt_others"] for r in rows] == [1.0, 0.75], "one of the four other attributes is wrong in the second"
+    assert summarise(pd.DataFrame(rows))["m"]["gt_others"] == 0.875

@@ -5,8 +5,9 @@ Usage::
     diffloc demo --out results/demo          # what `make demo` runs (< 10 min on 2 CPU cores)
 
 1. trace two attributes (colour, object) over the text encoder and the UNet,
-2. edit from the colour trace (Diff-QuickFix at its text-encoder causal state: red -> blue,
-   keys and values from the edit case's in-grammar templates),
+2. edit from the colour trace (Diff-QuickFix with UCE's preserve term, at the trace's
+   text-encoder causal state: red -> blue; keys, values and preserved captions from the edit
+   case: its in-grammar templates, target prompts and preserve set),
 3. evaluate the edited model (efficacy, generalization, specificity; CLIP and ground truth),
 4. write one HTML report with every figure, and print its path.
 """
@@ -79,9 +80,9 @@ def demo(
     opts = method_options("quickfix", m, None, None, None, None, runs[0])
     edited = out / "edited_quickfix"
     if not (edited / "edit.json").exists():
-        records = edit_with("quickfix", m, case, {"quickfix": opts})
+        records = edit_with("quickfix+preserve", m, case, {"quickfix+preserve": opts})
         save_edited(m, records, edited, source=m.source)
-    say(f"[{time.perf_counter() - t0:5.0f}s] edited {source} -> {target} at {opts.get('site', 'layer-0 out_proj')} -> {edited}")
+    say(f"[{time.perf_counter() - t0:5.0f}s] edited {source} -> {target} (quickfix+preserve) at {opts.get('site', 'layer-0 out_proj')} -> {edited}")
     run_evaluate(str(edited), Path(DEMO["cases"]), out / "eval_quickfix", [], eval_seeds, None, "toy")
     say(f"[{time.perf_counter() - t0:5.0f}s] evaluated -> {out / 'eval_quickfix'}")
     report = out / "report.html"
