@@ -99,7 +99,7 @@ def edit(
     corpus: Optional[Path] = typer.Option(None, help="refact: caption file for the covariance (default: toy captions / shipped SD captions)."),
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
     preserve: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of captions whose keys must keep their values (UCE's preservation)."),
-    targets: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of target prompts, one per template line, target words in [brackets] ('one red [triangles]'); default: the templates filled with --target."),
+    targets: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of target prompts, one per template line, target words in [brackets] ('[two] red triangles at the top'); default: the templates filled with --target."),
 ) -> None:
     """Edit a model in closed form and save it beside an edit.json record.
 

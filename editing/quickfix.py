@@ -14,9 +14,10 @@ positions: the two last subject tokens are paired, and the tokens after them are
 the two prompts agree (:func:`aligned_positions`). With word substitution into templates the
 context after the subject is the same, so this is position by position. ``targets`` gives the
 target prompts explicitly instead (marked, one per template), for targets that change more than
-one word: 'one blue [triangle]' → 'two blue [triangles]', where a substituted 'two blue
-triangle' is a caption the encoder never saw. The new weight is ``W = (λW0 + Σ v kᵀ)(λI + Σ k kᵀ)⁻¹`` with λ = 0.01; the bias is
-untouched, so values have the bias subtracted. Keys and values are gathered through
+one word: '[one] blue triangle' → '[two] blue triangles', where a substituted 'two blue
+triangle' is a caption the encoder never saw. The new weight is
+``W = (λW0 + Σ v kᵀ)(λI + Σ k kᵀ)⁻¹`` with λ = 0.01; the bias is untouched, so values have the
+bias subtracted. Keys and values are gathered through
 :class:`tracing.hooks.Recorder`, the same hooks tracing uses.
 
 ``preserve`` (not in the paper; UCE's device applied to this layer) adds, for each preserve
