@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tracing.errors import DifflocInputError, InputFileError, OutputExistsError
+from tracing.io import read_json_format, write_json_format
 from tracing.sites import Site
 
 
-class EditError(ValueError):
+class EditError(DifflocInputError):
     """An edit that cannot be applied, undone or saved as asked."""
 
 
@@ -116,7 +118,7 @@ def check_out_path(out: str | Path, source: str | None) -> Path:
             if out == src or src in out.parents:
                 raise EditError(f"output path {out} is the source model or inside it; choose a folder outside {src}")
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output folder {out} exists and is not empty; choose a new --out")
+        raise OutputExistsError(f"output folder {out} exists and is not empty; choose a new --out")
     return out
 
 
@@ -153,7 +155,7 @@ def save_edited(model, records: list[EditRecord], out: str | Path, source: str |
             save_file(tensors, str(tmp / "edits" / f"{i:03d}.safetensors"))
             entries.append(dict(rec.to_json(), file=f"edits/{i:03d}.safetensors"))
         meta = {"base_model": model.source or model.name, "arch": model.arch, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "edits": entries}
-        (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        write_json_format("edit", meta, tmp / "edit.json")
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -168,9 +170,9 @@ def load_records(folder: str | Path) -> list[EditRecord]:
     folder = Path(folder)
     path = folder / "edit.json"
     if not path.exists():
-        raise FileNotFoundError(f"{folder} has no edit.json; it is not an edited model folder")
+        raise InputFileError(f"{folder} has no edit.json; it is not an edited model folder")
     records = []
-    for e in json.loads(path.read_text())["edits"]:
+    for e in read_json_format("edit", path)["edits"]:
         tensors = load_file(str(folder / e["file"]))
         records.append(EditRecord(e["method"], e["site"], e["hash_before"], e["hash_after"], e.get("info", {}),
                                   tensors["delta"], tensors.get("before")))

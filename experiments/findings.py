@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from tracing.causal import site_effects
-from tracing.plots import plot_run
+from diffloc.plots import plot_run
 from tracing.sweep import run_sweep
 from tracing.trace_config import TraceConfig
 

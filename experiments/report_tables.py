@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from editing.evaluate import summarise
+from diffloc.evaluate import summarise
 
 METHOD_ORDER = ["unedited", "oracle", "quickfix", "refact", "crossattn", "edited"]
 

@@ -1,7 +1,7 @@
 """The benchmarks run and report every figure (no timing assertions: speed lives in `diffloc bench`)."""
 from __future__ import annotations
 
-from tracing.bench import bench_trace
+from diffloc.bench_trace import bench_trace
 
 
 def test_bench_trace_reports_the_four_figures(pixel_model):
@@ -13,7 +13,7 @@ def test_bench_trace_reports_the_four_figures(pixel_model):
 
 
 def test_bench_edit_closed_form_reports_sd_sized_numbers():
-    from editing.bench import bench_edit_closed_form
+    from diffloc.bench_edit import bench_edit_closed_form
 
     result = bench_edit_closed_form(repeats=1, n_pairs=32)
     assert result["quickfix_ms_sd_sized"] > 0 and result["rank_one_ms_sd_sized"] > 0

@@ -159,7 +159,7 @@ def test_output_inside_source_is_refused(tmp_path, model):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "tracing.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "diffloc", *args], capture_output=True, text=True)
 
 
 def test_cli_edit_reads_templates_and_preserve_files(tmp_path, model):

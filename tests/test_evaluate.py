@@ -8,9 +8,11 @@ import sys
 import pandas as pd
 import pytest
 
-from editing.evaluate import evaluate_methods, load_cases, summarise
+from diffloc.evaluate import evaluate_methods, summarise
+from editing.cases import load_cases
 from editing.records import EditError, save_edited
 from experiments.toy import world
+from tracing.worlds import get_world
 from tracing.sampler import SamplerConfig
 
 CASES = "experiments/cases/toy_edits.jsonl"
@@ -47,14 +49,14 @@ def test_cases_carry_disjoint_edit_templates_and_preserve_set():
 
 
 def test_case_templates_reach_the_editor_and_explicit_options_win():
-    from editing.evaluate import case_options
+    from editing.editors import case_options
 
     case = {"templates": ["one {} square"], "targets": ["one [blue] square"], "preserve": ["one green square"]}
     both = {"templates": ["one {} square"], "targets": ["one [blue] square"]}
     assert case_options("crossattn", case, {}) == dict(both, preserve=["one green square"])
     assert case_options("quickfix", case, {}) == both
     assert case_options("quickfix+preserve", case, {}) == dict(both, preserve=["one green square"])
-    assert case_options("refact", case, {}) == {"templates": ["one {} square"]}, "ReFACT takes no target prompts"
+    assert case_options("refact", case, {}) == both, "ReFACT gets the cases' grammatical targets too"
     assert case_options("quickfix", case, {"quickfix": {"templates": ["{}"]}}) == {"templates": ["{}"]}, \
         "the case's targets belong to its templates"
     assert case_options("refact", {}, {"refact": {"layer": 1}}) == {"layer": 1}
@@ -85,7 +87,7 @@ def test_missing_source_is_a_clear_error(tmp_path):
 
 def test_rates_baselines_and_ground_truth(pixel_model, scorer):
     cases = load_cases(CASES)[:1]
-    table = evaluate_methods(pixel_model, cases, methods=("quickfix",), seeds=range(2), scorer=scorer, truth=world.read,
+    table = evaluate_methods(pixel_model, cases, methods=("quickfix",), seeds=range(2), scorer=scorer, truth=get_world("toy"),
                              cfg=SamplerConfig(2, 2.0))
     assert set(table.method) == {"unedited", "oracle", "quickfix"}
     assert len(table) == 3 * 11 * 2
@@ -101,7 +103,7 @@ def test_rates_baselines_and_ground_truth(pixel_model, scorer):
     e = table[(table.method == "quickfix") & (table.split == "edit")].clip_success.mean()
     assert s["quickfix"]["efficacy"] == pytest.approx(e)
     # the model is left unedited after evaluation (every edit undone)
-    again = evaluate_methods(pixel_model, cases, methods=(), seeds=range(2), scorer=scorer, truth=world.read,
+    again = evaluate_methods(pixel_model, cases, methods=(), seeds=range(2), scorer=scorer, truth=get_world("toy"),
                              cfg=SamplerConfig(2, 2.0), baselines=("unedited",))
     pd.testing.assert_frame_equal(again.reset_index(drop=True),
                                   table[table.method == "unedited"].reset_index(drop=True))
@@ -110,7 +112,7 @@ def test_rates_baselines_and_ground_truth(pixel_model, scorer):
 def test_cli_evaluate_writes_parquet_summary_and_grid(tmp_path, pixel_model):
     src = save_edited(pixel_model, [], tmp_path / "model", source="nowhere")
     (src / "edit.json").unlink()  # a plain model folder: evaluate the methods themselves
-    r = subprocess.run([sys.executable, "-m", "tracing.cli", "--quiet", "evaluate", "--model", str(src), "--cases", CASES,
+    r = subprocess.run([sys.executable, "-m", "diffloc", "--quiet", "evaluate", "--model", str(src), "--cases", CASES,
                         "--max-cases", "1", "--seeds", "1", "--method", "quickfix", "--out", str(tmp_path / "eval")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -125,14 +127,19 @@ def test_cli_evaluate_writes_parquet_summary_and_grid(tmp_path, pixel_model):
 def test_gt_others_is_the_share_of_the_other_attributes_read_as_prompted():
     import torch
 
-    from editing.evaluate import _rows
+    from diffloc.evaluate import _rows
 
     case = load_cases(CASES)[0]  # colour red -> blue
     prompt = case["positives"][0]
     attrs = world.parse_caption(prompt["prompt"])
     wrong_object = next(o for o in world.ATTRIBUTES["object"] if o != attrs["object"])
     readings = [dict(attrs, colour=case["new_value"]), dict(attrs, colour=case["new_value"], object=wrong_object)]
-    rows = _rows(case, "m", [("positive", prompt)], torch.zeros(2, 3, 4, 4), [0, 1], None, lambda img, it=iter(readings): next(it))
+    class StubWorld:  # reads the prepared values in turn; parses captions as the toy world does
+        it = iter(readings)
+        read = staticmethod(lambda img: next(StubWorld.it))
+        parse_caption = staticmethod(world.parse_caption)
+
+    rows = _rows(case, "m", [("positive", prompt)], torch.zeros(2, 3, 4, 4), [0, 1], None, StubWorld)
     assert [r["gt_success"] for r in rows] == [1.0, 1.0], "the colour edit succeeds in both"
     assert [r["gt_others"] for r in rows] == [1.0, 0.75], "one of the four other attributes is wrong in the second"
     assert summarise(pd.DataFrame(rows))["m"]["gt_others"] == 0.875

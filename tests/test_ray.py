@@ -45,7 +45,7 @@ def local_table(tmp_path_factory, models):
 
 
 def _ray_sweep(out, models, **kw):
-    return run_sweep(_cfg("ray"), out, model=models[0], scorer=models[1], ray_kw=dict(FACTORIES, num_workers=2, **kw))
+    return run_sweep(_cfg("ray"), out, model=models[0], scorer=models[1], executor_kw=dict(FACTORIES, num_workers=2, **kw))
 
 
 def _stamps(out):
@@ -112,26 +112,41 @@ def test_all_workers_killed_then_rerun_resumes(ray, tmp_path, models, local_tabl
 
 def test_more_workers_than_cpus_is_one_line_error(ray, tmp_path, models):
     with pytest.raises(ValueError, match="need 5 CPU but the cluster has 2") as err:
-        run_sweep(_cfg("ray"), tmp_path / "big", model=models[0], scorer=models[1], ray_kw=dict(FACTORIES, num_workers=5))
+        run_sweep(_cfg("ray"), tmp_path / "big", model=models[0], scorer=models[1], executor_kw=dict(FACTORIES, num_workers=5))
     assert "\n" not in str(err.value)
 
 
-def test_worker_that_cannot_load_is_one_line_error(ray, tmp_path, models):
-    bad = dict(FACTORIES, model=partial(tiny_pixel_model, "not-a-seed"))  # raises in the worker's constructor
-    with pytest.raises(RuntimeError, match="could not load the model or scorer: .*Error") as err:
-        run_sweep(_cfg("ray"), tmp_path / "bad", model=models[0], scorer=models[1], ray_kw=bad)
+def test_worker_that_cannot_load_reraises_its_own_error(ray, tmp_path, models):
+    bad = dict(FACTORIES, model=partial(tiny_pixel_model, "not-a-seed"))  # raises when the worker loads its model
+    with pytest.raises(ValueError, match="invalid literal.*not-a-seed") as err:
+        run_sweep(_cfg("ray"), tmp_path / "bad", model=models[0], scorer=models[1], executor_kw=bad)
     assert "\n" not in str(err.value)
 
 
 def test_missing_ray_is_one_line_error(monkeypatch, tmp_path, capsys):
-    from tracing.cli import main
+    from diffloc.cli.app import main
+    from tracing.errors import DifflocInputError
     from tracing.executors import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(ImportError, match=r"pip install 'diffloc\[ray\]'") as err:
+    with pytest.raises(DifflocInputError, match=r"pip install 'diffloc\[ray\]'") as err:
         import_ray()
     assert "\n" not in str(err.value)
     with pytest.raises(SystemExit) as code:
         main(["trace", "--attribute", "colour", "--executor", "ray", "--out", str(tmp_path / "x")])
     assert code.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --executor ray needs Ray: pip install 'diffloc[ray]' (or pip install ray)"
+
+
+def test_cli_ray_with_default_model_and_scorer(ray, tmp_path):
+    """No factories: workers load `toy` and resolve the default scorer ('auto') themselves."""
+    from diffloc.cli.app import main
+    from tracing.io import read_trace, read_meta
+
+    out = tmp_path / "toy_ray"
+    main(["--quiet", "trace", "--attribute", "colour", "--executor", "ray", "--workers", "2", "--component", "unet",
+          "--max-prompts", "1", "--seed", "0", "--steps", "2", "--batch-size", "12", "--no-plot", "--out", str(out)])
+    table = read_trace(out / "trace.parquet")
+    assert read_meta(out / "meta.json")["scorer"]["id"] == "diffloc-toy-openclip"
+    assert set(table.scorer) == {"diffloc-toy-openclip"} and table.unit.nunique() >= 3
+    assert table.gt_score.notna().all(), "the toy world's readers scored every row in the workers"

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracing.plots import plot_run
-from tracing.report import write_report
+from diffloc.plots import plot_run
+from diffloc.report import write_report
 from tracing.sweep import run_sweep
 from tracing.trace_config import TraceConfig
 
@@ -83,7 +83,7 @@ def test_report_is_self_contained_and_has_every_figure(report):
 
 
 def test_cli_report_and_one_line_errors(report, tmp_path, capsys):
-    from tracing.cli import main
+    from diffloc.cli.app import main
 
     _, run, ev = report
     out = tmp_path / "r.html"
@@ -145,7 +145,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_demo_traces_its_chosen_prompts_first():
-    from tracing.cli_demo import DEMO_FIRST, _demo_prompts
+    from diffloc.demo import DEMO_FIRST, demo_prompts as _demo_prompts
     from tracing.prompts import MarkedPrompt, attribute_prompts
 
     for attribute, first in DEMO_FIRST.items():

@@ -124,7 +124,7 @@ def test_bad_config_one_line_errors(kw, msg):
 
 
 def test_figures_from_table_alone(full_run):
-    from tracing.plots import plot_run
+    from diffloc.plots import plot_run
 
     out, _ = full_run
     paths = plot_run(out)

@@ -15,4 +15,4 @@ def load_model(spec, dtype="float32", device="cpu"):
     return _load(spec, dtype=dtype, device=device)
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

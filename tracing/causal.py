@@ -14,11 +14,13 @@ when its aggregate effect reaches the threshold: the binarised-CLIP-score idea o
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .errors import DifflocInputError
+from .io import read_json_format, write_json_format
 
 RULE = "effect = (mean restored - mean corrupted) / (mean clean - mean corrupted) over prompts, seeds and noise samples; causal if effect >= threshold"
 
@@ -56,8 +58,14 @@ def stability(table: pd.DataFrame, metric: str = "clip") -> dict:
     return out
 
 
+def metric_names(table: pd.DataFrame) -> list[str]:
+    """Metrics a table holds scores for (``<name>_score`` columns with any value), clip first."""
+    names = [c[: -len("_score")] for c in table.columns if c.endswith("_score") and table[c].notna().any()]
+    return sorted(names, key=lambda n: (n != "clip", n != "gt", n))
+
+
 def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5) -> dict:
-    metrics = ["clip"] + (["gt"] if table["gt_score"].notna().any() else [])
+    metrics = metric_names(table)
     result: dict = {"threshold": threshold, "rule": RULE, "metrics": metrics,
                     "clean": {m: float(table[f"{m}_clean"].mean()) for m in metrics},
                     "corrupted": {m: float(table[f"{m}_corrupted"].mean()) for m in metrics}}
@@ -74,10 +82,7 @@ def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float =
                 e["window"] = [int(r.window_start), int(r.window_end)]
             entries.append(e)
         result[metric] = {"causal": entries, "n_sites_scored": int(len(eff)), "stability_spearman": stability(table, metric)}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    from .sweep import atomic_json
-
-    atomic_json(result, Path(path))
+    write_json_format("causal_sites", result, path)
     return result
 
 
@@ -85,8 +90,8 @@ def read_causal_sites(trace_dir: str | Path, component: str = "text_encoder", ki
     """Causal entries of one component (and kind), strongest first."""
     path = Path(trace_dir) / "causal_sites.json"
     if not path.exists():
-        raise FileNotFoundError(f"no causal_sites.json in {trace_dir}; run `diffloc trace ... --out {trace_dir}` first")
-    data = json.loads(path.read_text())
+        raise DifflocInputError(f"no causal_sites.json in {trace_dir}; run `diffloc trace ... --out {trace_dir}` first")
+    data = read_json_format("causal_sites", path)
     if metric not in data:
-        raise ValueError(f"metric {metric!r} not in {path}; it has {', '.join(data['metrics'])}")
+        raise DifflocInputError(f"metric {metric!r} not in {path}; it has {', '.join(data['metrics'])}")
     return [e for e in data[metric]["causal"] if e["component"] == component and (kind is None or e["kind"] == kind)]

@@ -24,18 +24,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import DifflocInputError, InputFileError
 from .sites import Site, SiteTable, build_site_table, resolve
+from .worlds import WORLDS
 
 REPLICAS = ("tiny-sd1", "tiny-sd2", "tiny-sdxl")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(DifflocInputError):
     """A model spec that names nothing loadable."""
 
 
-def toy_model_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "experiments" / "toy" / "weights" / "model"
+def check_device(device: str | torch.device) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``; anything else is one clear error."""
+    text = str(device)
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ModelSpecError(f"unknown device {text!r}; allowed: cpu, cuda, cuda:N, mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelSpecError(f"device {text!r} asked for but torch sees no CUDA GPU here; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelSpecError("device 'mps' asked for but torch sees no Apple GPU here; use --device cpu")
+    return torch.device(text)
 
 
 @dataclass
@@ -54,6 +65,7 @@ class Model:
     defaults: dict = field(default_factory=dict)
     source: str | None = None
     corpus: list[str] | None = None  # captions whose tokens define σ for corruption (None: whole vocab)
+    world: str = "sd"                # the World its prompts, corpus and readers come from
 
     def __post_init__(self) -> None:
         texts = {"text_encoder": self.text_encoder.config}
@@ -90,9 +102,13 @@ class Model:
     def module(self, site: Site | str) -> nn.Module:
         return resolve(site, self.modules)
 
+    def tokenizer_for(self, component: str = "text_encoder"):
+        """The tokenizer that feeds ``component`` (SDXL's text_encoder_2 has its own)."""
+        return self.tokenizer_2 if component == "text_encoder_2" else self.tokenizer
+
     def tokenize(self, texts: list[str], component: str = "text_encoder") -> torch.Tensor:
         """Token ids [B, 77] padded as the model's pipeline pads them."""
-        tok = self.tokenizer_2 if component == "text_encoder_2" else self.tokenizer
+        tok = self.tokenizer_for(component)
         return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
 
     def embed_std(self, component: str = "text_encoder", texts: list[str] | None = None) -> float:
@@ -106,7 +122,7 @@ class Model:
         if key not in self._embed_std:
             weight = self.modules[component].get_input_embeddings().weight.detach().float()
             if texts is not None:
-                tok = self.tokenizer_2 if component == "text_encoder_2" else self.tokenizer
+                tok = self.tokenizer_for(component)
                 ids = sorted({i for t in texts for i in tok(t).input_ids} - set(tok.all_special_ids))
                 weight = weight[torch.tensor(ids)]
             self._embed_std[key] = float(weight.std())
@@ -123,11 +139,11 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     defaults = _read_defaults(folder)
+    world_name = defaults.get("world", defaults.get("arch", "toy"))
     corpus = None
-    if defaults.get("arch", "toy") == "toy":
-        from experiments.toy import world
-
-        corpus = [world.caption(a) for a in world.all_attrs()]  # σ over the world's own words
+    if world_name in WORLDS:
+        world = WORLDS.get(world_name)
+        corpus = world.sigma_corpus() if hasattr(world, "sigma_corpus") else world.corpus()  # σ over the world's own words
     return Model(
         name=name,
         arch=defaults.get("arch", "toy"),
@@ -138,6 +154,7 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
         defaults=defaults,
         source=str(folder),
         corpus=corpus,
+        world=world_name if world_name in WORLDS else "sd",
     )
 
 
@@ -167,6 +184,7 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
         if dtype not in DTYPES:
             raise ModelSpecError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
+    device = check_device(device)
     model = _load(spec, dtype)
     for m in [model.text_encoder, model.text_encoder_2, model.unet, model.vae]:
         if m is not None and (m.dtype != dtype or m.device != torch.device(device)):
@@ -177,11 +195,11 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
 
 
 def _load(spec: str, dtype: torch.dtype) -> Model:
-    if spec == "toy":
-        folder = toy_model_dir()
+    if spec in WORLDS and WORLDS.get(spec).model_dir() is not None:
+        folder = WORLDS.get(spec).model_dir()
         if not (folder / "unet").exists():
-            raise ModelSpecError(f"toy weights missing at {folder}; run `diffloc toy train` to make them")
-        return _load_toy_folder(folder, dtype, "toy")
+            raise ModelSpecError(f"{spec} weights missing at {folder}; run `diffloc {spec} train` to make them")
+        return _load_toy_folder(folder, dtype, spec)
     if spec in REPLICAS:
         from .replicas import build_replica
 

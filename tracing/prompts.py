@@ -7,6 +7,7 @@ Usage::
     p.subject                   # 'Van Gogh'
     p.positions(tokenizer)      # (7, 8): token indices of the marked words (BOS is index 0)
     prompts = load_prompt_file("experiments/prompts/toy/colour.txt")
+    prompts = attribute_prompts("toy", "colour")   # a world's shipped set (tracing.worlds)
 
 A prompt file has one marked prompt per line; blank lines and ``#`` comments are skipped.
 Exactly one ``[...]`` span per prompt. The last marked token is the *last subject token*,
@@ -18,10 +19,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import DifflocInputError, InputFileError
+
 _MARK = re.compile(r"\[([^\[\]]+)\]")
 
 
-class PromptError(ValueError):
+class PromptError(DifflocInputError):
     """A prompt whose attribute words are missing, doubled or tokenise to nothing."""
 
 
@@ -77,7 +80,7 @@ def load_prompt_file(path: str | Path) -> list[MarkedPrompt]:
     """Marked prompts from a file; errors name the file and line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
+        raise InputFileError(f"prompt file {path} does not exist")
     out = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
@@ -92,14 +95,16 @@ def load_prompt_file(path: str | Path) -> list[MarkedPrompt]:
     return out
 
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "experiments" / "prompts"
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count", "action")
 
 
-def attribute_prompts(family: str, attribute: str) -> list[MarkedPrompt]:
-    """The shipped prompt set for ``family`` ('toy' or 'sd') and ``attribute``."""
-    path = PROMPT_DIR / family / f"{attribute}.txt"
+def attribute_prompts(world: str, attribute: str) -> list[MarkedPrompt]:
+    """The shipped prompt set of ``world`` (``toy``, ``sd``, any registered world) for ``attribute``."""
+    from .worlds import get_world
+
+    folder = get_world(world).prompt_dir
+    path = folder / f"{attribute}.txt"
     if not path.exists():
-        have = sorted(p.stem for p in (PROMPT_DIR / family).glob("*.txt"))
-        raise PromptError(f"no {family} prompt set for attribute {attribute!r}; allowed: {', '.join(have)}")
+        have = sorted(p.stem for p in folder.glob("*.txt"))
+        raise PromptError(f"no {world} prompt set for attribute {attribute!r}; allowed: {', '.join(have)}")
     return load_prompt_file(path)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    scorer = load_scorer("toy")                       # the toy world's own open_clip model
+    scorer = load_scorer("toy")                       # a world's own open_clip model (tracing.worlds)
     scorer = load_scorer("ViT-L-14-336/openai")       # open_clip name/pretrained (needs weights)
     s = scorer.score(images, ["a red circle"] * len(images))   # [B] = max(100·cos, 0)
     p = scorer.probs(images, ["a red circle", "a blue circle"]) # [B, 2] softmax(100·cos)
@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .errors import DifflocInputError
 
 FORMULA = "max(100*cos(image, text), 0)"
 
@@ -42,7 +44,8 @@ class ClipScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+    def prep(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images [B, 3, H, W] in [0, 1] -> normalised scorer input [B, 3, S, S] (differentiable)."""
         x = images.float().to(self.device)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
@@ -52,7 +55,7 @@ class ClipScorer:
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(self._prep(images)).float(), dim=-1)  # [B, E]
+        return F.normalize(self.model.encode_image(self.prep(images)).float(), dim=-1)  # [B, E]
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
@@ -87,22 +90,37 @@ def from_open_clip(model: Any, tokenizer: Any, model_id: str) -> ClipScorer:
     return ClipScorer(model=model, tokenizer=tokenizer, model_id=model_id, image_size=int(size), mean=mean, std=std)
 
 
-def load_scorer(spec: str = "toy", device: str | torch.device = "cpu") -> ClipScorer:
-    """``toy`` or an open_clip ``name/pretrained`` pair (e.g. ``ViT-L-14-336/openai``)."""
-    if spec == "toy":
-        from experiments.toy.scorer import load_toy_scorer
+def default_scorer(spec: str, model) -> str:
+    """``auto``: the model's world's own scorer where it has one, else the paper's CLIP."""
+    if spec != "auto":
+        return spec
+    from .worlds import world_of
 
-        model, _, tokenizer = load_toy_scorer()
-        return from_open_clip(model.to(device), tokenizer, "diffloc-toy-openclip")
+    world = world_of(model)
+    return world.name if world.has_scorer else "ViT-L-14-336/openai"
+
+
+def load_scorer(spec: str = "toy", device: str | torch.device = "cpu") -> ClipScorer:
+    """A world's own scorer (``toy``) or an open_clip ``name/pretrained`` pair (``ViT-L-14-336/openai``)."""
+    from .worlds import WORLDS
+
+    if spec == "auto":
+        raise DifflocInputError("scorer 'auto' must be resolved against a model first (tracing.scoring.default_scorer)")
+    if spec in WORLDS:
+        got = WORLDS.get(spec).scorer()
+        if got is None:
+            raise DifflocInputError(f"world {spec!r} ships no scorer; give an open_clip 'name/pretrained' such as 'ViT-L-14-336/openai'")
+        model, tokenizer, model_id = got
+        return from_open_clip(model.to(device), tokenizer, model_id)
     import open_clip
 
     if "/" not in spec:
-        raise ValueError(f"unknown scorer {spec!r}; allowed: 'toy' or an open_clip 'name/pretrained' such as 'ViT-L-14-336/openai'")
+        raise DifflocInputError(f"unknown scorer {spec!r}; allowed: {', '.join(WORLDS.names())} or an open_clip 'name/pretrained' such as 'ViT-L-14-336/openai'")
     name, pretrained = spec.split("/", 1)
     if name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+        raise DifflocInputError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
     try:
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-    except Exception as err:
-        raise ValueError(f"cannot load open_clip weights {spec!r} ({type(err).__name__}); they must be cached locally when offline") from None
+    except Exception as err:  # open_clip raises many kinds when weights are absent offline
+        raise DifflocInputError(f"cannot load open_clip weights {spec!r} ({type(err).__name__}); they must be cached locally when offline") from None
     return from_open_clip(model, open_clip.get_tokenizer(name), spec)

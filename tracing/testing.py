@@ -34,7 +34,7 @@ def tiny_pixel_model(seed: int = 0) -> Model:
     )
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     return Model(name="tiny-pixel", arch="toy", tokenizer=clip_tokenizer(), text_encoder=text, unet=unet,
-                 scheduler=sched, defaults={"num_inference_steps": 5, "guidance_scale": 2.0})
+                 scheduler=sched, defaults={"num_inference_steps": 5, "guidance_scale": 2.0}, world="toy")
 
 
 def tiny_scorer(seed: int = 0):

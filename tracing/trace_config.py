@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .errors import ConfigError
+from .executors import EXECUTORS
 from .prompts import ATTRIBUTES, MarkedPrompt
 from .sampler import Restore
 from .sites import Site
 
 COMPONENT_CHOICES = ("text_encoder", "unet", "all")
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -46,26 +47,25 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.attribute not in ATTRIBUTES:
-            raise ValueError(f"unknown attribute {self.attribute!r}; allowed: {', '.join(ATTRIBUTES)}")
+            raise ConfigError(f"unknown attribute {self.attribute!r}; allowed: {', '.join(ATTRIBUTES)}")
         if self.component not in COMPONENT_CHOICES:
-            raise ValueError(f"unknown component {self.component!r}; allowed: {', '.join(COMPONENT_CHOICES)}")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {self.executor!r}; allowed: {', '.join(EXECUTORS)}")
+            raise ConfigError(f"unknown component {self.component!r}; allowed: {', '.join(COMPONENT_CHOICES)}")
+        EXECUTORS.get(self.executor)  # one-line error naming the registered executors
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+            raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
         if self.noise_samples < 1:
-            raise ValueError(f"noise_samples must be >= 1, got {self.noise_samples}")
+            raise ConfigError(f"noise_samples must be >= 1, got {self.noise_samples}")
         if not self.noise_scale > 0:
-            raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
+            raise ConfigError(f"noise_scale must be > 0, got {self.noise_scale}")
         if self.layer_window < 1:
-            raise ValueError(f"layer_window must be >= 1, got {self.layer_window}")
+            raise ConfigError(f"layer_window must be >= 1, got {self.layer_window}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError(f"max_prompts must be >= 1, got {self.max_prompts}")
+            raise ConfigError(f"max_prompts must be >= 1, got {self.max_prompts}")
         for w in self.step_windows or ():
             if len(w) != 2 or not 0 <= w[0] < w[1]:
-                raise ValueError(f"step window {w} malformed; expected (start, end) with 0 <= start < end")
+                raise ConfigError(f"step window {w} malformed; expected (start, end) with 0 <= start < end")
         for p in self.prompts:
             MarkedPrompt.parse(p)
 
@@ -122,7 +122,7 @@ def unet_rows(model, cfg: TraceConfig, n_steps: int) -> list[RowSpec]:
     windows = list(cfg.step_windows) if cfg.step_windows else [None]
     for w in windows:
         if w is not None and w[1] > n_steps:
-            raise ValueError(f"step window {tuple(w)} outside the step range; allowed [a, b) with 0 <= a < b <= {n_steps}")
+            raise ConfigError(f"step window {tuple(w)} outside the step range; allowed [a, b) with 0 <= a < b <= {n_steps}")
     return [RowSpec(Restore((s,), window=w), "unet", s.kind, str(s), -1, -1, w) for s in model.sites.unet for w in windows]
 
 

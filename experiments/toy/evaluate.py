@@ -33,7 +33,9 @@ from .scorer import load_toy_scorer, image_features, text_features
 
 
 def toy_model_dir() -> Path:
-    return Path(__file__).resolve().parent / "weights" / "model"
+    from .plugin import TOY
+
+    return TOY.model_dir()
 
 
 def balanced_attrs(n_per_value: int, seed: int) -> list[dict[str, str]]:

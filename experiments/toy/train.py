@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tracing.errors import ConfigError
+
 from . import world
 
 SCHEDULER_KW = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
@@ -96,14 +98,14 @@ class ToyTrainConfig:
     def __post_init__(self):
         n = len(self.block_out_channels)
         if not 1 <= self.attention_levels <= n:
-            raise ValueError(f"attention_levels must be in 1..{n} (levels of block_out_channels), got {self.attention_levels}")
+            raise ConfigError(f"attention_levels must be in 1..{n} (levels of block_out_channels), got {self.attention_levels}")
         if self.snr_gamma < 0:
-            raise ValueError(f"snr_gamma must be >= 0 (0 = off), got {self.snr_gamma}")
+            raise ConfigError(f"snr_gamma must be >= 0 (0 = off), got {self.snr_gamma}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         for name in ("clip_steps", "scorer_steps", "unet_steps", "unet_batch", "clip_batch", "scorer_batch", "n_images"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _log(out: Path, **row) -> None:

@@ -15,59 +15,20 @@ from typing import List, Optional
 
 import typer
 
-from tracing.cli import UsageError, app, bench_app, say
+from editing.corpus import read_corpus
+from editing.editors import EDITORS, method_labels
+from editing.trace_options import options_from_trace
+from tracing.errors import UsageError
+from tracing.sites import Site
 
-METHODS = ("quickfix", "refact", "crossattn")
-#: What ``diffloc evaluate`` compares: the methods, plus quickfix with each case's preserve captions.
-EVAL_METHODS = ("quickfix", "quickfix+preserve", "refact", "crossattn")
-
-
-def toy_corpus(n_contrastive: int = 20, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Toy-world captions: all 432 attribute combinations in every template (ReFACT's covariance
-    corpus), and ``n_contrastive`` of them drawn with a fixed seed (its contrastive examples)."""
-    import numpy as np
-
-    from experiments.toy import world
-
-    corpus = [world.caption(a, t) for a in world.all_attrs() for t in range(len(world.TEMPLATES))]
-    pick = np.random.default_rng(seed).choice(len(corpus), n_contrastive, replace=False)
-    return corpus, [corpus[i] for i in pick]
-
-
-def read_corpus(path: Path | None, model) -> tuple[list[str], list[str]]:
-    if path is not None:
-        if not path.exists():
-            raise FileNotFoundError(f"corpus file {path} does not exist")
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        return lines, lines[:: max(1, len(lines) // 20)][:20]
-    if model.arch == "toy":
-        return toy_corpus()
-    return read_corpus(Path(__file__).resolve().parent.parent / "experiments" / "corpora" / "sd_captions.txt", model)
-
-
-def site_from_trace(trace_dir: Path, method: str) -> dict:
-    """Edit options read from a trace's causal_sites.json (strongest causal state of the right kind)."""
-    from tracing.causal import read_causal_sites
-
-    if method == "quickfix":
-        hits = read_causal_sites(trace_dir, "text_encoder", "attn")
-        return {"site": hits[0]["site"]} if hits else {}
-    if method == "refact":
-        hits = read_causal_sites(trace_dir, "text_encoder", "mlp")
-        return {"layer": hits[0]["layer"]} if hits else {}
-    hits = read_causal_sites(trace_dir, "unet", "attn2")
-    return {"sites": [h["site"] for h in hits]} if hits else {}
-
+from .common import progress_bar, say
 
 def method_options(method: str, model, site: Optional[str], layer: Optional[int], lam: Optional[float], corpus: Optional[Path], from_trace: Optional[Path]) -> dict:
-    opts = site_from_trace(from_trace, method) if from_trace else {}
-    if from_trace:
-        say(f"from trace {from_trace}: {opts or 'no causal state of this kind; using the default site'}")
+    """Editor options from --from-trace, --site, --layer, --lam and --corpus."""
+    opts = options_from_trace(from_trace, method, say=say) if from_trace else {}
     if site is not None:
         opts = {"site": site} if method == "quickfix" else {"sites": [site]} if method == "crossattn" else opts
         if method == "refact":
-            from tracing.sites import Site
-
             s = Site.parse(site)
             if s.kind != "mlp":
                 raise UsageError(f"refact edits an MLP fc2 (text_encoder:encoder.layers.N.mlp.fc2); got {site}")
@@ -85,7 +46,6 @@ def method_options(method: str, model, site: Optional[str], layer: Optional[int]
     return opts
 
 
-@app.command()
 def edit(
     method: str = typer.Option(..., help="quickfix, refact or crossattn."),
     source: str = typer.Option(..., help="The concept words to edit, as they appear in prompts (e.g. 'Van Gogh')."),
@@ -105,13 +65,10 @@ def edit(
 
     Example: diffloc edit --method quickfix --from-trace results/colour --source red --target blue --model toy --out results/edited
     """
+    from editing.records import check_out_path, load_records, save_edited
     from tracing.models import load_model
 
-    from .evaluate import edit_with
-    from .records import check_out_path, load_records, save_edited
-
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    EDITORS.get(method)  # one line naming the registered editors
     check_out_path(out, model if Path(model).exists() else None)
     m = load_model(model)
     _check_in_vocab(m, source)
@@ -129,7 +86,7 @@ def edit(
         if templates is None:
             raise UsageError("--targets pairs one target prompt with each line of --templates; give --templates too")
         opts["targets"] = _lines(targets, "targets")
-    records = edit_with(method, m, {"source": source, "target": target}, {method: opts})
+    records = EDITORS.get(method).apply(m, source, target, **opts)
     save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
     for r in records:
         say(f"{r.method} {r.site}: {json.dumps({k: v for k, v in r.info.items() if k in ('n_pairs', 'seconds', 'final_p', 'layer', 'lambda')})}")
@@ -160,7 +117,6 @@ def _check_in_vocab(model, source: str) -> None:
         raise UsageError(f"source {source!r} tokenises to nothing; give the words as they appear in prompts")
 
 
-@app.command()
 def undo(
     model: Path = typer.Option(..., "--model", "-m", help="An edited model folder (has edit.json)."),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the restored model."),
@@ -170,9 +126,8 @@ def undo(
 
     Example: diffloc undo --model results/edited --out results/restored
     """
+    from editing.records import check_out_path, load_records, save_edited, undo_edit
     from tracing.models import load_model
-
-    from .records import check_out_path, load_records, save_edited, undo_edit
 
     check_out_path(out, str(model))
     records = load_records(model)
@@ -186,12 +141,11 @@ def undo(
     say(f"undid {n} weight edits -> {out}")
 
 
-@app.command()
 def evaluate(
     model: str = typer.Option("toy", "--model", "-m", help="A model spec, or an edited folder (its edits are evaluated)."),
     cases: Path = typer.Option(Path("experiments/cases/toy_edits.jsonl"), help="Edit cases (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: eval.parquet, summary.json, grids."),
-    method: List[str] = typer.Option(list(EVAL_METHODS), "--method", help="Methods to evaluate on a clean model (repeat): quickfix, quickfix+preserve, refact, crossattn."),
+    method: List[str] = typer.Option(list(method_labels()), "--method", help="Methods to evaluate on a clean model (repeat): quickfix, quickfix+preserve, refact, crossattn."),
     seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
     max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
     scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),
@@ -201,23 +155,21 @@ def evaluate(
 
     Example: diffloc evaluate --model toy --cases experiments/cases/toy_edits.jsonl --out results/eval
     """
-    from .evaluate_cli import run_evaluate
+    from diffloc.evaluate_run import run_evaluate
 
-    run_evaluate(model, cases, out, method, seeds, max_cases, scorer, refact_layer=refact_layer)
+    run_evaluate(model, cases, out, method, seeds, max_cases, scorer, refact_layer=refact_layer, progress=progress_bar("evaluate"), say=say)
 
 
-@bench_app.command("edit")
 def bench_edit(out: Path = typer.Option(..., "--out", "-o", help="JSON file to write.")) -> None:
     """Closed-form edit timings: quickfix_ms_sd_sized, quickfix_ms_toy, refact_s_toy.
 
     Example: diffloc bench edit --out results/bench_edit.json
     """
-    from tracing.sweep import atomic_json
-
-    from .bench import bench_edit_all
+    from diffloc.bench_edit import bench_edit_all
+    from tracing.io import write_plain_json
 
     result = bench_edit_all()
-    atomic_json(result, out)
+    write_plain_json(result, out)
     for k, v in result.items():
         if not isinstance(v, dict):
             say(f"{k}: {v}")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
+from tracing.sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
 
 
 def _time(fn, repeats: int) -> float:
@@ -75,7 +75,7 @@ def _median_peak(fn, repeats: int) -> int:
 
 @torch.no_grad()
 def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None) -> dict:
-    from .models import load_model
+    from tracing.models import load_model
 
     model = model or load_model(spec)
     cfg = SamplerConfig.for_model(model)

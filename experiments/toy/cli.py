@@ -1,10 +1,13 @@
-"""``diffloc toy train`` and ``diffloc toy evaluate``: the embedded toy world's own scripts.
+"""``diffloc toy train`` and ``diffloc toy evaluate``: the toy world's own commands.
 
 Usage::
 
-    diffloc toy train --out results/toy_retrain            # about 50-60 min on 2 CPU cores, resumable
+    diffloc toy train --out results/toy_retrain            # about 75-110 min on 2 CPU cores, resumable
     diffloc toy evaluate --out results/toy_eval            # fidelity and scorer agreement, sample grid
     diffloc toy evaluate --model-dir results/toy_retrain/model --out results/toy_eval_retrain
+
+The world plug-in (``experiments/toy/plugin.py``) hands this app to diffloc's CLI, which
+mounts it as ``diffloc toy``.
 """
 from __future__ import annotations
 
@@ -13,7 +16,17 @@ from typing import Optional
 
 import typer
 
-from .cli import UsageError, say, toy_app
+from tracing.errors import UsageError
+
+toy_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                      help="The embedded toy world: train and evaluate its model and scorer.")
+
+
+def _say(msg: str) -> None:
+    import os
+
+    if not os.environ.get("DIFFLOC_QUIET"):
+        typer.echo(msg)
 
 
 @toy_app.command("train")
@@ -30,10 +43,10 @@ def toy_train(
     """
     import dataclasses
 
-    from experiments.toy.train import ToyTrainConfig, train
-    from tracing.models import toy_model_dir
+    from .plugin import TOY
+    from .train import ToyTrainConfig, train
 
-    shipped = toy_model_dir().parent.resolve()
+    shipped = TOY.model_dir().parent.resolve()
     if out.resolve() == shipped or shipped in out.resolve().parents:
         raise UsageError(f"--out {out} would overwrite the shipped toy weights in {shipped}; choose another folder")
     wanted = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -47,7 +60,7 @@ def toy_train(
     if unet_steps is not None:
         cfg = dataclasses.replace(cfg, unet_steps=unet_steps)
     model_dir = train(out, cfg, stages=wanted)
-    say(f"toy model -> {model_dir}; log -> {out / 'train_log.jsonl'}")
+    _say(f"toy model -> {model_dir}; log -> {out / 'train_log.jsonl'}")
 
 
 @toy_app.command("evaluate")
@@ -61,12 +74,12 @@ def toy_evaluate(
 
     Example: diffloc toy evaluate --out results/toy_eval
     """
-    from experiments.toy.evaluate import evaluate
+    from .evaluate import evaluate
 
     if n_per_value < 1:
         raise UsageError(f"--n-per-value must be >= 1, got {n_per_value}")
     result = evaluate(out, model_dir=model_dir, n_per_value=n_per_value, seed=seed)
     for key in ("fidelity", "clip_agreement"):
         if key in result:
-            say(f"{key}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result[key].items()))
-    say(f"-> {out / 'toy_eval.json'}, {out / 'samples.png'}")
+            _say(f"{key}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result[key].items()))
+    _say(f"-> {out / 'toy_eval.json'}, {out / 'samples.png'}")

@@ -22,104 +22,22 @@ triangle' into two diamonds succeeds on count and shows up here; compare with ``
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
 
-from tracing.sampler import SamplerConfig, generate
-
-from .records import EditError, undo_edit
+from editing.cases import case_prompts
+from editing.editors import edit_with
+from editing.records import undo_edit
+from tracing.sampler import SamplerConfig, generate, initial_latents
 
 SPLITS = {"edit": "efficacy", "positive": "generalization", "negative": "specificity"}
-
-
-def load_cases(path: str | Path) -> list[dict]:
-    """Edit cases from a JSONL file; each needs id, attribute, source, target, edit, positives, negatives."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"cases file {path} does not exist")
-    cases = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        c = json.loads(line)
-        missing = [k for k in ("id", "attribute", "source", "target", "edit", "positives", "negatives") if k not in c]
-        if missing:
-            raise EditError(f"{path}:{n}: case lacks {', '.join(missing)}")
-        absent = [p["prompt"] for p in [c["edit"], *c["positives"]] if c["source"] not in p["prompt"]]
-        if absent:
-            raise EditError(f"{path}:{n}: source {c['source']!r} is not in the prompt {absent[0]!r}")
-        slotless = [t for t in c.get("templates", []) if t.count("{}") != 1]
-        if slotless:
-            raise EditError(f"{path}:{n}: template {slotless[0]!r} needs exactly one '{{}}' slot for the concept")
-        leaked = {t.replace("{}", c["source"]) for t in c.get("templates", [])} & {p["prompt"] for _, p in _prompts(c)}
-        if leaked:
-            raise EditError(f"{path}:{n}: edit template gives the evaluation prompt {sorted(leaked)[0]!r}; keep them disjoint")
-        targets = c.get("targets")
-        if targets is not None and len(targets) != len(c.get("templates", [])):
-            raise EditError(f"{path}:{n}: {len(targets)} targets for {len(c.get('templates', []))} templates; give one per template")
-        for t in targets or []:
-            if t.count("[") != 1 or t.count("]") != 1:
-                raise EditError(f"{path}:{n}: target {t!r} must mark the target words once, e.g. 'a photo of [two] red circles'")
-        told = {t.replace("[", "").replace("]", "") for t in targets or []} & {p["prompt"] for _, p in _prompts(c)}
-        if told:
-            raise EditError(f"{path}:{n}: target {sorted(told)[0]!r} is an evaluation prompt; keep them disjoint")
-        kept = set(c.get("preserve", [])) & {p["prompt"] for _, p in _prompts(c)}
-        if kept:
-            raise EditError(f"{path}:{n}: preserve caption {sorted(kept)[0]!r} is an evaluation prompt; keep them disjoint")
-        cases.append(c)
-    return cases
-
-
-def _prompts(case: dict) -> list[tuple[str, dict]]:
-    return [("edit", case["edit"])] + [("positive", p) for p in case["positives"]] + [("negative", p) for p in case["negatives"]]
-
-
-def case_options(method: str, case: dict, options: dict) -> dict:
-    """``options[method]`` plus what the case itself carries: ``templates`` (edit prompts with a
-    ``{}`` slot for the concept; every method), ``targets`` (the marked target prompt for each
-    template; the methods that take values from target prompts: quickfix, quickfix+preserve,
-    crossattn) and ``preserve`` (captions whose keys keep their values; crossattn, as in UCE, and
-    quickfix+preserve). Explicit options win over the case's; explicit templates drop the case's
-    targets, which belong to the case's templates."""
-    opts = dict(options.get(method, {}))
-    if case.get("templates") and "templates" not in opts:
-        opts["templates"] = list(case["templates"])
-        if case.get("targets") and method in ("quickfix", "quickfix+preserve", "crossattn") and "targets" not in opts:
-            opts["targets"] = list(case["targets"])
-    if method in ("crossattn", "quickfix+preserve") and case.get("preserve") and "preserve" not in opts:
-        opts["preserve"] = list(case["preserve"])
-    return opts
-
-
-def edit_with(method: str, model, case: dict, options: dict) -> list:
-    """Apply ``method`` for ``case`` in place; returns its records."""
-    opts = case_options(method, case, options)
-    if method in ("quickfix", "quickfix+preserve"):
-        from .quickfix import quickfix
-
-        if method == "quickfix+preserve" and not opts.get("preserve"):
-            raise EditError(f"quickfix+preserve needs preserve captions; case {case.get('id', case['source'])!r} has none")
-        return quickfix(model, case["source"], case["target"], **opts)
-    if method == "refact":
-        from .refact import refact
-
-        return refact(model, case["source"], case["target"], **opts)
-    if method == "crossattn":
-        from .crossattn import crossattn
-
-        return crossattn(model, case["source"], case["target"], **opts)
-    raise EditError(f"unknown method {method!r}; allowed: quickfix, quickfix+preserve, refact, crossattn")
 
 
 @torch.no_grad()
 def _generate(model, texts: list[str], seeds: Sequence[int], cfg: SamplerConfig, batch: int) -> torch.Tensor:
     """Images [len(texts) * len(seeds), 3, H, W], text-major; seed s always gives the same noise."""
-    from tracing.sampler import initial_latents
-
     lat = torch.cat([initial_latents(model, torch.Generator().manual_seed(int(s))) for s in seeds])  # [S, C, h, w]
     all_texts = [t for t in texts for _ in seeds]
     all_lat = lat.repeat(len(texts), 1, 1, 1)
@@ -133,13 +51,11 @@ def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
     for j, (split, p) in enumerate(prompts):
         imgs = images[j * n : (j + 1) * n]
         probs = scorer.probs(imgs, [p["prompt"], p["new"]]) if scorer is not None else None
-        readings = [truth(img) for img in imgs] if truth is not None else [{}] * n
+        readings = [truth.read(img) for img in imgs] if truth is not None else [{}] * n
         got = [r.get(case["attribute"]) for r in readings]
         own, others = None, {}
         if truth is not None:
-            from experiments.toy.world import parse_caption
-
-            attrs = parse_caption(p["prompt"])
+            attrs = truth.parse_caption(p["prompt"])
             own = attrs.get(case["attribute"])
             others = {k: v for k, v in attrs.items() if k != case["attribute"]}
         for i, seed in enumerate(seeds):
@@ -157,7 +73,7 @@ def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
 
 
 def evaluate_methods(model, cases: list[dict], methods: Iterable[str] = ("quickfix",), seeds: Sequence[int] = range(10),
-                     scorer=None, truth: Callable | None = None, cfg: SamplerConfig | None = None, batch: int = 256,
+                     scorer=None, truth: Any = None, cfg: SamplerConfig | None = None, batch: int = 256,
                      options: dict | None = None, baselines: Sequence[str] = ("unedited", "oracle"),
                      progress: Callable | None = None) -> pd.DataFrame:
     """Rows for every case × method (plus unedited and oracle) × prompt × seed."""
@@ -166,7 +82,7 @@ def evaluate_methods(model, cases: list[dict], methods: Iterable[str] = ("quickf
     rows = []
     bar = progress(total=len(cases)) if progress else None
     for case in cases:
-        prompts = _prompts(case)
+        prompts = case_prompts(case)
         texts = [p["prompt"] for _, p in prompts]
         if "unedited" in baselines:
             rows += _rows(case, "unedited", prompts, _generate(model, texts, seeds, cfg, batch), seeds, scorer, truth)

@@ -23,7 +23,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .causal import site_effects  # noqa: E402
+from tracing.causal import site_effects  # noqa: E402
+from tracing.errors import DifflocInputError  # noqa: E402
+from tracing.io import read_strip, read_trace  # noqa: E402
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"hidden": "residual state", "mlp": "MLP (fc2)", "attn": "self-attention (out_proj)"}
@@ -134,16 +136,16 @@ def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 
         return []
     fig, axes = plt.subplots(len(shards), 5, figsize=(10, 2.3 * len(shards)), squeeze=False)
     for r, path in enumerate(shards):
-        data = np.load(path)
+        images, rows = read_strip(path)
         unit = path.stem
         sub = table[table.unit == unit].set_index("row")
         for c in range(5):
             ax = axes[r, c]
             ax.axis("off")
-            if c >= len(data["rows"]):
+            if c >= len(rows):
                 continue
-            row = int(data["rows"][c])
-            ax.imshow(np.transpose(data["images"][c], (1, 2, 0)), interpolation="nearest")
+            row = int(rows[c])
+            ax.imshow(np.transpose(images[c], (1, 2, 0)), interpolation="nearest")
             info = sub.loc[row]
             name = info.kind if info.kind in ("clean", "corrupted") else _short(info.site)
             tok = f" @{info.token_str}" if info.token >= 0 else ""
@@ -158,8 +160,8 @@ def plot_run(run_dir: str | Path, metric: str = "clip") -> list[Path]:
     run_dir = Path(run_dir)
     path = run_dir / "trace.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"no trace.parquet in {run_dir}; run `diffloc trace --out {run_dir}` first")
-    table = pd.read_parquet(path)
+        raise DifflocInputError(f"no trace.parquet in {run_dir}; run `diffloc trace --out {run_dir}` first")
+    table = read_trace(path)
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     paths = []

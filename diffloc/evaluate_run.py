@@ -3,27 +3,38 @@
 Usage::
 
     run_evaluate("toy", Path("experiments/cases/toy_edits.jsonl"), Path("results/eval"), ["quickfix"], seeds=10)
+
+``progress`` is a tqdm-like factory and ``say`` a printer; the CLI passes its own.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from tracing.cli import UsageError, say
+from editing.cases import case_prompts, load_cases
+from editing.corpus import read_corpus
+from editing.editors import edit_with, method_labels
+from editing.records import load_records, redo_edit, undo_edit
+from editing.refact import fc2_site
+from tracing.errors import UsageError
+from tracing.io import write_json_format, write_table
+from tracing.models import load_model
+from tracing.sampler import SamplerConfig, generate, initial_latents
+from tracing.scoring import load_scorer
+from tracing.worlds import world_of
+
+from .evaluate import evaluate_methods, per_attribute, summarise
 
 
 def _truth(model):
-    if model.arch != "toy":
-        return None
-    from experiments.toy import world
-
-    return world.read
+    world = world_of(model)
+    return world if world.has_readers else None
 
 
 def _edited_mode(model, folder: Path, cases: list[dict]) -> tuple[list[dict], dict]:
     """Cases matching the folder's edits, and a factory undoing/redoing those edits in memory."""
-    from .records import load_records
 
     records = load_records(folder)
     pairs = {(r.info.get("source"), r.info.get("target")) for r in records}
@@ -32,19 +43,10 @@ def _edited_mode(model, folder: Path, cases: list[dict]) -> tuple[list[dict], di
 
 
 def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str], seeds: int, max_cases: int | None, scorer_spec: str,
-                 refact_layer: int | None = None) -> dict:
-    from tracing.cli_trace import progress_bar
-    from tracing.models import load_model
-    from tracing.scoring import load_scorer
-    from tracing.sweep import atomic_json, atomic_parquet
-
-    from .cli import EVAL_METHODS, read_corpus
-    from .evaluate import evaluate_methods, load_cases, per_attribute, summarise
-    from .records import redo_edit, undo_edit
-
-    bad = [m for m in methods if m not in EVAL_METHODS]
+                 refact_layer: int | None = None, progress=None, say=print) -> dict:
+    bad = [m for m in methods if m not in method_labels()]
     if bad:
-        raise UsageError(f"unknown method {bad[0]!r}; allowed: {', '.join(EVAL_METHODS)}")
+        raise UsageError(f"unknown method {bad[0]!r}; allowed: {', '.join(method_labels())}")
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     cases = load_cases(cases_path)[:max_cases]
@@ -52,12 +54,10 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     scorer = load_scorer(scorer_spec)
     truth = _truth(model)
     if refact_layer is not None:
-        from .refact import fc2_site
-
         fc2_site(model, refact_layer)  # a clear error for a layer the encoder does not have
     folder = Path(model_spec)
     out.mkdir(parents=True, exist_ok=True)
-    bar = progress_bar("evaluate")
+    bar = progress
     state: dict = {}
     options: dict | None = None
     if (folder / "edit.json").exists():
@@ -70,8 +70,6 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
             redo_edit(model, rec)
         edited = evaluate_methods(model, cases, methods=(), seeds=range(seeds), scorer=scorer, truth=truth, baselines=("unedited",))
         edited = edited.assign(method="edited")  # the edited model on the original prompts
-        import pandas as pd
-
         table = pd.concat([table, edited], ignore_index=True)
     else:
         corpus, contrastive = read_corpus(None, model)
@@ -79,14 +77,14 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
         if refact_layer is not None:
             options["refact"]["layer"] = refact_layer
         table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options, progress=bar)
-    atomic_parquet(table, out / "eval.parquet")
+    write_table(table, out / "eval.parquet")
     summary = summarise(table)
     result = {"model": model_spec, "cases": str(cases_path), "n_cases": len(cases), "seeds": seeds, "scorer": scorer.model_id,
               "refact_layer": refact_layer,
               "ground_truth": truth is not None, "methods": summary}
     if truth is not None:
         result["per_attribute_gt"] = {f"{m}/{a}": row for (m, a), row in per_attribute(table).to_dict("index").items()}
-    atomic_json(result, out / "summary.json")
+    write_json_format("summary", result, out / "summary.json")
     edited_records = state["records"] if (folder / "edit.json").exists() else None
     grid = draw_grid(model, cases[0], methods if edited_records is None else [], out / "grid.png", edited_records=edited_records,
                      options=options)
@@ -109,16 +107,9 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tracing.sampler import SamplerConfig, generate, initial_latents
-
-    from .cli import read_corpus
-    from .evaluate import _prompts, edit_with
-    from .records import undo_edit
-
-    prompts = _prompts(case)[:1] + _prompts(case)[1:3] + _prompts(case)[6:8]
+    prompts = case_prompts(case)[:1] + case_prompts(case)[1:3] + case_prompts(case)[6:8]
     cfg = SamplerConfig.for_model(model)
     lat = initial_latents(model, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
-    from .records import redo_edit
 
     for r in reversed(edited_records or []):
         undo_edit(model, r)

@@ -15,7 +15,9 @@ from typing import List, Optional
 
 import typer
 
-from .cli import QUIET, UsageError, app, bench_app, say
+from tracing.errors import UsageError
+
+from .common import progress_bar, say
 
 
 def _windows(specs: list[str] | None) -> tuple[tuple[int, int], ...] | None:
@@ -31,14 +33,6 @@ def _windows(specs: list[str] | None) -> tuple[tuple[int, int], ...] | None:
     return tuple(out)
 
 
-def progress_bar(desc: str):
-    """A tqdm factory showing rows done, rate and time left; silent under --quiet."""
-    from tqdm import tqdm
-
-    return lambda total, initial=0: tqdm(total=total, initial=initial, desc=desc, unit="unit", disable=QUIET["on"], dynamic_ncols=True)
-
-
-@app.command()
 def trace(
     model: str = typer.Option("toy", "--model", "-m", help="Model spec (toy, tiny-sd1, folder, file, hub id)."),
     attribute: str = typer.Option(..., "--attribute", "-a", help="object, colour, style, viewpoint, count or action."),
@@ -67,40 +61,36 @@ def trace(
 
     Example: diffloc trace --model toy --attribute colour --out results/colour
     """
-    from .prompts import load_prompt_file
-    from .sweep import run_sweep
-    from .trace_config import TraceConfig
+    from tracing.prompts import load_prompt_file
+    from tracing.sweep import run_sweep
+    from tracing.trace_config import TraceConfig
 
     prompts = tuple(p.marked for p in load_prompt_file(prompt_file)) if prompt_file else ()
     cfg = TraceConfig(model=model, attribute=attribute, component=component, prompts=prompts, max_prompts=max_prompts,
                       seeds=tuple(seeds), noise_samples=noise_samples, noise_scale=noise_scale, num_inference_steps=steps,
                       guidance_scale=guidance, layer_window=layer_window, step_windows=_windows(step_window),
                       batch_size=batch_size, scorer=scorer, executor=executor, threshold=threshold, dtype=dtype, device=device)
-    ray_kw = dict(address=ray_address, num_workers=workers) if executor == "ray" else None
-    if ray_kw is not None:
-        from .executors import import_ray
+    executor_kw = dict(address=ray_address, num_workers=workers) if executor == "ray" else None
+    if executor == "ray":
+        from tracing.executors import import_ray
 
-        try:
-            import_ray()  # one-line error before any model loads when Ray is missing
-        except ImportError as err:
-            raise UsageError(str(err)) from None
-    table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), ray_kw=ray_kw)
+        import_ray()  # one-line error before any model loads when Ray is missing
+    table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
     say(f"{len(table)} rows -> {out / 'trace.parquet'}")
     say(f"causal sites -> {out / 'causal_sites.json'}")
     if plot:
-        from .plots import plot_run
+        from diffloc.plots import plot_run
 
         paths = plot_run(out)
         say(f"figures -> {out / 'figures'} ({len(paths)} files)")
 
 
-@app.command("plot")
-def plot_cmd(run: Path = typer.Argument(..., help="A trace output folder."), metric: str = typer.Option("clip", help="clip or gt.")) -> None:
+def plot(run: Path = typer.Argument(..., help="A trace output folder."), metric: str = typer.Option("clip", help="clip or gt.")) -> None:
     """Redraw a run's figures from its trace.parquet alone.
 
     Example: diffloc plot results/colour
     """
-    from .plots import plot_run
+    from diffloc.plots import plot_run
 
     if metric not in ("clip", "gt"):
         raise UsageError(f"unknown metric {metric!r}; allowed: clip, gt")
@@ -108,7 +98,6 @@ def plot_cmd(run: Path = typer.Argument(..., help="A trace output folder."), met
         say(str(p))
 
 
-@bench_app.command("trace")
 def bench_trace(
     out: Path = typer.Option(..., "--out", "-o", help="JSON file to write."),
     model: str = typer.Option("toy", "--model", "-m"),
@@ -119,12 +108,11 @@ def bench_trace(
 
     Example: diffloc bench trace --out results/bench_trace.json
     """
-    from .bench import bench_trace as run
+    from diffloc.bench_trace import bench_trace as run
+    from tracing.io import write_plain_json
 
     result = run(model, rows=rows, repeats=repeats)
-    from .sweep import atomic_json
-
-    atomic_json(result, out)
+    write_plain_json(result, out)
     for k, v in result.items():
         if not isinstance(v, dict):
             say(f"{k}: {v}")

@@ -22,6 +22,9 @@ import re
 import time
 from pathlib import Path
 
+from tracing.errors import DifflocInputError, InputFileError
+from tracing.io import atomic_write_bytes, read_json_format, read_meta, read_table
+
 TRACE_MARKERS = ("meta.json", "trace.parquet", "causal_sites.json")
 EDIT_MARKERS = ("edit.json", "summary.json", "eval.parquet")
 FIGURE_ORDER = ("text_encoder_heatmap", "text_encoder_heatmap_roles", "text_encoder_2_heatmap",
@@ -197,7 +200,7 @@ def causal_table(data: dict) -> str:
 def trace_section(folder: Path) -> str:
     out = ""
     if (folder / "meta.json").exists():
-        out += "<h3>Configuration</h3>" + trace_config(json.loads((folder / "meta.json").read_text()))
+        out += "<h3>Configuration</h3>" + trace_config(read_meta(folder / "meta.json"))
     if (folder / "trace.parquet").exists():
         import pyarrow.parquet as pq
 
@@ -208,14 +211,14 @@ def trace_section(folder: Path) -> str:
     elif (folder / "trace.parquet").exists():
         out += f'<p class="muted">No figures yet: run <code>diffloc plot {_e(folder)}</code>.</p>'
     if (folder / "causal_sites.json").exists():
-        out += "<h3>Causal sites</h3>" + causal_table(json.loads((folder / "causal_sites.json").read_text()))
+        out += "<h3>Causal sites</h3>" + causal_table(read_json_format("causal_sites", folder / "causal_sites.json"))
     return out
 
 
 def eval_table(path: Path) -> str:
     import pandas as pd
 
-    table = pd.read_parquet(path)
+    table = read_table(path)
     out = f'<p class="muted">{path.name}: {len(table)} rows × {len(table.columns)} columns.</p>'
     numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
     numeric += [c for c in table.columns if pd.api.types.is_bool_dtype(table[c])]
@@ -233,9 +236,9 @@ def eval_table(path: Path) -> str:
 
 def edit_section(folder: Path) -> str:
     out = ""
-    for name, title in (("edit.json", "Edits"), ("summary.json", "Evaluation summary")):
+    for name, title, fmt in (("edit.json", "Edits", "edit"), ("summary.json", "Evaluation summary", "summary")):
         if (folder / name).exists():
-            out += f"<h3>{title} <span class=\"muted\">({name})</span></h3>" + json_html(json.loads((folder / name).read_text()), depth=1)
+            out += f"<h3>{title} <span class=\"muted\">({name})</span></h3>" + json_html(read_json_format(fmt, folder / name), depth=1)
     if (folder / "eval.parquet").exists():
         out += "<h3>Evaluation table</h3>" + eval_table(folder / "eval.parquet")
     return out
@@ -267,13 +270,13 @@ def expand(dirs: list[Path]) -> list[Path]:
     for d in dirs:
         d = Path(d)
         if not d.is_dir():
-            raise FileNotFoundError(f"{d} is not a folder")
+            raise InputFileError(f"{d} is not a folder")
         if _kind(d):
             out.append(d)
             continue
         subs = [s for s in sorted(d.iterdir()) if s.is_dir() and _kind(s)]
         if not subs:
-            raise ValueError(f"nothing to report in {d}: expected {', '.join(TRACE_MARKERS + EDIT_MARKERS)} (or folders holding them)")
+            raise DifflocInputError(f"nothing to report in {d}: expected {', '.join(TRACE_MARKERS + EDIT_MARKERS)} (or folders holding them)")
         out += subs
     return out
 
@@ -289,7 +292,6 @@ def section(folder: Path, anchor: str) -> str:
 def write_report(dirs: list[Path], out: Path, title: str = "diffloc report") -> Path:
     """Write one self-contained HTML page for ``dirs`` (trace runs and edit evaluations) to ``out``."""
     from . import __version__
-    from .sweep import atomic_write_bytes
 
     folders = expand(dirs)
     anchors, sections, toc = set(), [], []

@@ -2,10 +2,10 @@
 
 Usage::
 
-    from editing.bench import bench_edit_closed_form
+    from diffloc.bench_edit import bench_edit_closed_form
     numbers = bench_edit_closed_form()   # {'quickfix_ms_sd_sized': ..., 'rank_one_ms_sd_sized': ...}
 
-    python -m editing.bench              # prints the numbers as JSON
+    python -m diffloc.bench_edit              # prints the numbers as JSON
 
 Only the closed-form maths is timed, never key gathering:
 
@@ -84,7 +84,7 @@ def bench_edit_all(model_spec: str = "toy", repeats: int = 5) -> dict:
     solve, apply) followed by its undo; ``refact_s_toy`` a whole ReFACT edit with the
     covariance already cached (the first, uncached run is reported separately).
     """
-    from editing.cli import read_corpus
+    from editing.corpus import read_corpus
     from editing.quickfix import quickfix
     from editing.records import undo_edit
     from editing.refact import refact

@@ -1,0 +1,4 @@
+"""``python -m diffloc ...`` runs the command line."""
+from diffloc.cli.app import main
+
+main()
