@@ -98,7 +98,17 @@ def test_other_config_in_same_folder_is_refused(tmp_path, pixel_model, scorer):
     out = tmp_path / "x"
     run_sweep(_cfg(component="unet", seeds=(0,)), out, model=pixel_model, scorer=scorer)
     with pytest.raises(FileExistsError, match="another config"):
-        run_sweep(_cfg(component="unet", seeds=(0, 5)), out, model=pixel_model, scorer=scorer)
+        run_sweep(_cfg(component="unet", seeds=(0,), noise_scale=2.0), out, model=pixel_model, scorer=scorer)
+
+
+def test_more_seeds_extend_a_sweep_and_keep_finished_units(tmp_path, pixel_model, scorer):
+    out = tmp_path / "grow"
+    run_sweep(_cfg(component="unet", seeds=(0,)), out, model=pixel_model, scorer=scorer)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
+    grown = run_sweep(_cfg(component="unet", seeds=(0, 5)), out, model=pixel_model, scorer=scorer)
+    assert all((out / "shards" / k).stat().st_mtime_ns == v for k, v in stamps.items()), "a finished unit was redone"
+    fresh = run_sweep(_cfg(component="unet", seeds=(0, 5)), tmp_path / "fresh", model=pixel_model, scorer=scorer)
+    pd.testing.assert_frame_equal(grown, fresh, check_exact=True)
 
 
 def test_step_windows_and_layer_windows(tmp_path, pixel_model, scorer):

@@ -20,39 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
 from .errors import OutputExistsError
 from .executors import EXECUTORS
 from .io import read_meta, read_trace, write_meta, write_strip, write_trace
+from .exact import NOISE_SEED_BASE
+from .methods import TRACE_METHODS
 from .metrics import Metric, default_metrics
 from .prompts import MarkedPrompt, attribute_prompts
-from .sampler import Restore, SamplerConfig, make_corruption, patched_generate
+from .sampler import SamplerConfig
 from .scoring import ClipScorer, default_scorer, load_scorer
-from .trace_config import TraceConfig, Unit, plan_units, resolve_sites
-
-NOISE_SEED_BASE = 1_000_000  # noise generator seed = BASE + 1000 * seed + noise_index
-
-
-def noise_seed(seed: int, noise_index: int) -> int:
-    return NOISE_SEED_BASE + 1000 * seed + noise_index
-
+from .trace_config import TraceConfig, Unit, UnitContext, resolve_sites
 
 def sweep_prompts(cfg: TraceConfig, world: str) -> list[MarkedPrompt]:
     prompts = [MarkedPrompt.parse(p) for p in cfg.prompts] if cfg.prompts else attribute_prompts(world, cfg.attribute)
     return prompts[: cfg.max_prompts] if cfg.max_prompts else prompts
-
-
-@dataclass
-class UnitContext:
-    """What every unit of one sweep shares, in one process."""
-
-    model: Any
-    prompts: list[MarkedPrompt]
-    scfg: SamplerConfig
-    metrics: list[Metric]
 
 
 def unit_context(cfg: TraceConfig, model, scorer: ClipScorer, metrics: Sequence[Metric] | None = None) -> UnitContext:
@@ -61,58 +45,8 @@ def unit_context(cfg: TraceConfig, model, scorer: ClipScorer, metrics: Sequence[
     return UnitContext(model, prompts, scfg, list(metrics) if metrics is not None else default_metrics(model, scorer, cfg.attribute))
 
 
-def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig) -> tuple[pd.DataFrame, dict]:
-    """One batched call: clean row, corrupted row, then the unit's restored rows; scored."""
-    model, prompt = ctx.model, ctx.prompts[unit.prompt_index]
-    positions = prompt.positions(model.tokenizer)
-    corruption = make_corruption(model, positions, torch.Generator().manual_seed(noise_seed(unit.seed, unit.noise_index)), cfg.noise_scale)
-    restores = [Restore()] + [r.restore for r in unit.rows]
-    images = patched_generate(model, prompt.text, restores, corruption, torch.Generator().manual_seed(unit.seed), ctx.scfg)
-    texts = [prompt.text] * len(images)
-    with torch.no_grad():
-        scores = {m.name: m(images, texts).detach().cpu().numpy().astype(float) for m in ctx.metrics}
-    clip = ctx.metrics[0]
-    tokens = prompt.tokens(model.tokenizer)
-    base = dict(prompt_index=unit.prompt_index, prompt=prompt.marked, attribute=cfg.attribute, seed=unit.seed,
-                noise_index=unit.noise_index, unit=unit.key, method="exact", scorer=clip.model_id, formula=clip.formula)
-    labels = [("clean", "clean", "", -1, -1, None), ("corrupted", "corrupted", "", -1, -1, None)]
-    labels += [(r.component, r.kind, r.site, r.layer, r.token, r.window) for r in unit.rows]
-    recs = []
-    for i, (comp, kind, site, layer, tok, win) in enumerate(labels):
-        rec = dict(base, row=i, component=comp, kind=kind, site=site, layer=layer, token=tok,
-                   token_str=tokens[tok] if tok >= 0 else "", token_role=_role(tok, positions, len(tokens)),
-                   is_last_subject=tok == positions[-1], window_start=-1 if win is None else win[0],
-                   window_end=-1 if win is None else win[1], skipped_noop=False)
-        rec.update({f"{name}_score": float(s[i]) for name, s in scores.items()})
-        recs.append(rec)
-    df = pd.DataFrame(recs)
-    for name in scores:
-        clean, corrupt = df[f"{name}_score"].iloc[0], df[f"{name}_score"].iloc[1]
-        df[f"{name}_clean"], df[f"{name}_corrupted"] = clean, corrupt
-        denom = clean - corrupt
-        df[f"effect_{name}"] = (df[f"{name}_score"] - corrupt) / denom if denom != 0 else np.nan
-    first = scores[clip.name]
-    best = np.argsort(-first[2:])[:3] + 2 if len(first) > 2 else np.array([], dtype=int)
-    keep = np.concatenate([[0, 1], best]).astype(int)
-    return df, {"images": (images[keep] * 255).round().byte().numpy(), "rows": keep}
-
-
-def _role(tok: int, positions: tuple[int, ...], n_tokens: int) -> str:
-    if tok < 0:
-        return ""
-    if tok == 0:
-        return "bos"
-    if tok == n_tokens - 1:
-        return "eos"
-    if tok == positions[-1]:
-        return "last_subject"
-    if tok in positions:
-        return "subject"
-    return "before" if tok < positions[0] else "after"
-
-
 def store_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, shards: Path) -> None:
-    df, strip = run_unit(unit, ctx, cfg)
+    df, strip = TRACE_METHODS.get(cfg.method).run_unit(unit, ctx, cfg)
     write_strip(strip["images"], strip["rows"], shards / f"{unit.key}.npz")
     write_trace(df, shards / f"{unit.key}.parquet")  # written last: its existence marks the unit done
 
@@ -165,8 +99,9 @@ def _versions() -> dict:
 
 
 def _same_sweep(config: dict) -> dict:
-    """The config keys that decide the rows; the executor may change on resume."""
-    return {k: v for k, v in config.items() if k != "executor"}
+    """The config keys that decide each row. The executor may change on resume, and so may the
+    seeds: units are keyed by seed, so a resume with more seeds adds units and keeps the rest."""
+    return {k: v for k, v in config.items() if k not in ("executor", "seeds")}
 
 
 def _meta(cfg: TraceConfig, model, ctx: UnitContext, units: list[Unit]) -> dict:
@@ -192,7 +127,7 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
     ctx = unit_context(cfg, model, scorer, metrics)
     for p in ctx.prompts:
         p.positions(model.tokenizer)  # every marked word must tokenise
-    units = plan_units(cfg, model, ctx.prompts, ctx.scfg.num_inference_steps)
+    units = TRACE_METHODS.get(cfg.method).plan(cfg, model, ctx.prompts, ctx.scfg.num_inference_steps)
     resolve_sites(model, units)
     meta = _meta(cfg, model, ctx, units)
     out.mkdir(parents=True, exist_ok=True)

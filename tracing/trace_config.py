@@ -12,6 +12,7 @@ units whose shard exists, and any executor (local, Ray) runs the same units.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .errors import ConfigError
 from .executors import EXECUTORS
@@ -27,6 +28,7 @@ class TraceConfig:
     """All knobs of a sweep. Defaults follow the seed paper: noise 3σ, restore at all steps."""
 
     model: str = "toy"
+    method: str = "exact"                   # a name in tracing.methods.TRACE_METHODS (checked by the sweep)
     attribute: str = "colour"
     component: str = "all"
     prompts: tuple[str, ...] = ()          # marked prompts; empty: the shipped set for the attribute
@@ -151,3 +153,13 @@ def resolve_sites(model, units: list[Unit]) -> None:
                 if s not in seen:
                     model.module(s)
                     seen.add(s)
+
+
+@dataclass
+class UnitContext:
+    """What every unit of one sweep shares, in one process."""
+
+    model: Any
+    prompts: list
+    scfg: Any          # SamplerConfig
+    metrics: list      # tracing.metrics.Metric
