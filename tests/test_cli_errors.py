@@ -1,0 +1,85 @@
+"""Honest errors: input errors are one line with exit code 2; bugs keep their traceback.
+
+Also: ``--debug`` shows the traceback of input errors, no warning is muted for the process,
+and ``--help`` texts keep their literal [brackets].
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from diffloc.cli.app import main
+from tracing.errors import DifflocInputError
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "diffloc", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["trace", "--attribute", "colour", "--device", "tpu", "--out", "OUT"], "unknown device 'tpu'; allowed: cpu, cuda, cuda:N, mps"),
+    (["trace", "--attribute", "hue", "--out", "OUT"], "unknown attribute 'hue'"),
+    (["trace", "--attribute", "colour", "--executor", "spark", "--out", "OUT"], "unknown executor 'spark'; allowed: local, ray"),
+    (["trace", "--model", "nope", "--attribute", "colour", "--out", "OUT"], "unknown model spec 'nope'"),
+    (["trace", "--attribute", "colour", "--step-window", "5", "--out", "OUT"], "bad step window '5'"),
+    (["trace", "--attribute", "colour", "--dtype", "float8", "--out", "OUT"], "unknown dtype 'float8'"),
+    (["sites", "--model", "tiny-sd1", "--component", "vae"], "unknown component 'vae'"),
+    (["plot", "OUT"], "no trace.parquet in"),
+    (["report", "OUT/missing"], "is not a folder"),
+    (["evaluate", "--out", "OUT", "--method", "rome"], "unknown method 'rome'"),
+])
+def test_documented_bad_inputs_are_one_line_with_exit_code_2(tmp_path, args, msg):
+    r = _cli(*[a.replace("OUT", str(tmp_path / "out")) for a in args])
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr[-2000:]
+
+
+def test_a_bug_inside_a_command_shows_its_traceback(monkeypatch):
+    import tracing.models
+
+    def broken(*a, **k):
+        return {}["oops"]  # a KeyError: a bug, not bad input
+
+    monkeypatch.setattr(tracing.models, "load_model", broken)
+    with pytest.raises(KeyError, match="oops"):
+        main(["sites", "--model", "toy"])
+
+
+def test_a_bug_in_a_subprocess_prints_a_traceback_and_exit_code_1(tmp_path):
+    code = ("import tracing.models as m\n"
+            "def broken(*a, **k):\n    raise IndexError('list index out of range (a bug)')\n"
+            "m.load_model = broken\n"
+            "from diffloc.cli.app import main\nmain(['sites'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "IndexError" in r.stderr
+
+
+def test_debug_shows_the_traceback_of_input_errors(tmp_path):
+    with pytest.raises(DifflocInputError, match="unknown device 'tpu'"):
+        main(["--debug", "trace", "--attribute", "colour", "--device", "tpu", "--out", str(tmp_path / "x")])
+
+
+def test_no_warning_is_muted_for_the_process():
+    before = list(warnings.filters)
+    main(["--version"])
+    assert warnings.filters == before
+    r = subprocess.run([sys.executable, "-c", "import warnings\nfrom diffloc.cli.app import build_app\nbuild_app()\n"
+                        "print(any(f[0] == 'ignore' and f[2] in (UserWarning, FutureWarning) for f in warnings.filters))"],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
+
+
+@pytest.mark.parametrize("command, literal", [
+    (["trace", "--help"], "'a photo of a [red]"),
+    (["trace", "--help"], "'diffloc[ray]'"),
+    (["edit", "--help"], "'[two] red"),
+])
+def test_help_keeps_literal_brackets(command, literal):
+    r = _cli(*command)
+    assert r.returncode == 0
+    flat = " ".join(r.stdout.split())
+    assert " ".join(literal.split()) in flat, flat[:3000]
