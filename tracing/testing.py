@@ -13,6 +13,8 @@ same builder with the same seed holds bit-identical weights to the driver's.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .models import Model
@@ -51,3 +53,17 @@ def tiny_scorer(seed: int = 0):
         text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
     )
     return from_open_clip(model, open_clip.get_tokenizer("ViT-B-32"), "test-random-openclip")
+
+
+class Touch:
+    """A picklable ``fn(unit)`` for executor tests: writes one file per unit, so calls can be counted
+    (it lives here, not in tests/, so that Ray workers can import it)."""
+
+    def __init__(self, folder: str, fail_on: str | None = None):
+        self.folder, self.fail_on = folder, fail_on
+
+    def __call__(self, unit: str) -> None:
+        if unit == self.fail_on:
+            raise ValueError(f"unit {unit} failed on purpose")
+        path = Path(self.folder) / unit
+        path.write_text(str(int(path.read_text()) + 1) if path.exists() else "1")
