@@ -10,7 +10,8 @@ For each attribute: a text-encoder sweep (``<attribute>_text``: fewer prompts an
 one summary row: clean and corrupted scores (CLIP and ground truth), the strongest
 text-encoder state (site and token role), the UNet sites past the threshold, and the
 stability of site effects between two disjoint seed halves (Spearman). Writes
-``findings.json`` and ``findings.md``.
+``OUT/findings.json`` (the rows) and ``OUT/findings.md`` (the README table), for the
+attributes of this call.
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-import pandas as pd
-
-from tracing.causal import site_effects
 from diffloc.plots import plot_run
+from tracing.causal import site_effects
+from tracing.io import atomic_write_bytes, read_json_format, read_trace, write_plain_json
 from tracing.sweep import run_sweep
 from tracing.trace_config import TraceConfig
 
@@ -30,10 +30,10 @@ ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 
 def summarise(text_run: Path, unet_run: Path, attribute: str) -> dict:
     """One row of findings from an attribute's text-encoder run and its UNet run."""
-    text_table = pd.read_parquet(text_run / "trace.parquet")
-    unet_table = pd.read_parquet(unet_run / "trace.parquet")
-    tc = json.loads((text_run / "causal_sites.json").read_text())
-    uc = json.loads((unet_run / "causal_sites.json").read_text())
+    text_table = read_trace(text_run / "trace.parquet")
+    unet_table = read_trace(unet_run / "trace.parquet")
+    tc = read_json_format("causal_sites", text_run / "causal_sites.json")
+    uc = read_json_format("causal_sites", unet_run / "causal_sites.json")
     row = {"attribute": attribute, "text_prompts_x_seeds": f"{text_table.prompt_index.nunique()}x{text_table.seed.nunique()}",
            "unet_prompts_x_seeds": f"{unet_table.prompt_index.nunique()}x{unet_table.seed.nunique()}"}
     for metric in tc["metrics"]:
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         if all((r / "trace.parquet").exists() for r, _, _ in runs.values()):
             rows.append(summarise(runs["text_encoder"][0], runs["unet"][0], attribute))
             print(json.dumps(rows[-1]))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"findings_{'_'.join(args.attributes.split(','))}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_plain_json(rows, out / "findings.json")
+    atomic_write_bytes(out / "findings.md", markdown(rows).encode())
     print(markdown(rows))
 
 
