@@ -13,6 +13,11 @@ Only the closed-form maths is timed, never key gathering:
   (``self_attn.out_proj`` of the SD v1 text encoder) with 300 key/value pairs, λ = 0.01.
 - ``rank_one_ms_sd_sized``: ``rank_one_update`` on an fc2-sized layer, ``W [768,3072]``,
   with ``C [3072,3072]`` already computed (the solve ``C⁻¹k*`` dominates).
+- ``batched_ms`` / ``naive_ms``: ``n_edits`` edits of ``n_pairs // n_edits`` pairs each, as one
+  stacked solve (``editing.batch``) against one solve per edit (applied one after another).
+- ``woodbury_max_rel_diff``: the direct solve against the pair-space (Woodbury) form
+  ``W0 + (V − W0K)(λI + KᵀK)⁻¹Kᵀ`` (K, V as [d, n]), computed here in float64 for the
+  ``n_pairs`` keys: the two must agree to rounding.
 
 Inputs are float32, as in a loaded model; each number is the median of ``repeats`` timed
 calls after one warm-up call (minima are returned too: on a shared machine other jobs only
@@ -42,7 +47,7 @@ def _times_ms(fn, repeats: int) -> list[float]:
     return times
 
 
-def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0) -> dict:
+def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0, n_edits: int = 24) -> dict:
     """Return median wall times (ms) of the closed-form editors at SD layer sizes."""
     g = torch.Generator().manual_seed(seed)
 
@@ -51,6 +56,22 @@ def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0)
     K = torch.randn(n_pairs, 768, generator=g)              # [n,in]
     V = torch.randn(n_pairs, 768, generator=g)              # [n,out]
     quickfix = _times_ms(lambda: least_squares_update(W0, K, V, lam=0.01), repeats)
+
+    # Many edits: one stacked solve against one solve per edit.
+    chunks = list(zip(K.chunk(n_edits), V.chunk(n_edits)))
+
+    def naive():
+        W = W0
+        for k, v in chunks:
+            W = least_squares_update(W, k, v, lam=0.01)
+
+    batched = _times_ms(lambda: least_squares_update(W0, K, V, lam=0.01), repeats)
+    naive_t = _times_ms(naive, repeats)
+    Kd, Vd, W0d = K.double().T, V.double().T, W0.double()   # [d,n], [d,n], [out,in]
+    small = torch.linalg.solve(0.01 * torch.eye(Kd.shape[1], dtype=torch.float64) + Kd.T @ Kd, (Vd - W0d @ Kd).T)  # [n,out]
+    woodbury = W0d + small.T @ Kd.T                                                      # [out,in]
+    direct = least_squares_update(W0.double(), K.double(), V.double(), lam=0.01)
+    wood_diff = float((direct - woodbury).norm() / woodbury.norm())
 
     # ReFACT: fc2 768×3072; C from 4096 GELU-like keys, computed outside the timing.
     W = torch.randn(768, 3072, generator=g) / 3072 ** 0.5   # [out,in]
@@ -63,6 +84,10 @@ def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0)
 
     return {
         "quickfix_ms_sd_sized": round(statistics.median(quickfix), 2),
+        "batched_ms": round(statistics.median(batched), 2),
+        "naive_ms": round(statistics.median(naive_t), 2),
+        "n_edits": n_edits,
+        "woodbury_max_rel_diff": wood_diff,
         "rank_one_ms_sd_sized": round(statistics.median(rank_one), 2),
         # minima: the least-disturbed estimate when the machine is shared
         "quickfix_ms_min": round(min(quickfix), 2),

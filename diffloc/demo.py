@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from editing.cases import load_cases
-from editing.editors import edit_with
+from editing.editors import Method, edit_case
 from editing.records import save_edited
 from editing.trace_options import options_from_trace
 from tracing.models import load_model
@@ -63,12 +63,13 @@ def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 1, ev
         runs.append(run)
         say(f"[{time.perf_counter() - t0:5.0f}s] traced {attribute} -> {run}")
     case = next(c for c in load_cases(DEMO["cases"]) if c["id"] == DEMO["edit"])  # its in-grammar edit templates
-    opts = options_from_trace(runs[0], "quickfix", say=say)
+    method = Method("quickfix", preserve=True)  # Diff-QuickFix with the case's preserve captions
+    opts = options_from_trace(runs[0], method.editor, say=say)
     edited = out / "edited_quickfix"
     if not (edited / "edit.json").exists():
-        records = edit_with("quickfix+preserve", m, case, {"quickfix+preserve": opts})
+        records = edit_case(method, m, case, {method.editor: opts})
         save_edited(m, records, edited, source=m.source)
-    say(f"[{time.perf_counter() - t0:5.0f}s] edited {case['source']} -> {case['target']} (quickfix+preserve) at "
+    say(f"[{time.perf_counter() - t0:5.0f}s] edited {case['source']} -> {case['target']} ({method.label}) at "
         f"{opts.get('site', 'layer-0 out_proj')} -> {edited}")
     run_evaluate(str(edited), Path(DEMO["cases"]), out / "eval_quickfix", [], eval_seeds, None, "toy", progress=progress, say=say)
     say(f"[{time.perf_counter() - t0:5.0f}s] evaluated -> {out / 'eval_quickfix'}")

@@ -5,10 +5,17 @@ Usage::
     cases = load_cases("experiments/cases/toy_edits.jsonl")
     table = evaluate_methods(model, cases, methods=("quickfix", "refact", "crossattn"), seeds=range(10), scorer=scorer)
     summary = summarise(table)      # {method: {efficacy, generalization, specificity, ...}}
+    table = evaluate_methods(model, cases, methods=[Method("quickfix", preserve=True)], groups=filled_groups(cases, 4))
+
+Methods are :class:`editing.editors.Method` objects or their labels (``quickfix``,
+``quickfix+preserve``: the editor with the cases' preserve captions); rows carry the label.
 
 For every case and method the model is edited, images are generated for the edit prompt, 5
 positive and 5 negative prompts over N seeds, and the edit is undone (bit-exact) before the
-next case: each case is a single edit of a clean model, as in ReFACT. Baselines: ``unedited``
+next case: each case is a single edit of a clean model, as in ReFACT. With ``groups``
+(:mod:`editing.batch`), each group's cases are edited into the model at once (one stacked
+solve, or one after another with ``sequential``), every case of the group is evaluated on that
+model, and the group is undone; rows then carry ``n_edits`` and ``mode``. Baselines: ``unedited``
 (the original prompts on the unedited model) and ``oracle`` (the unedited model given the
 target in its prompt: each prompt's ``new`` text; negatives keep their own text).
 
@@ -16,19 +23,23 @@ Success per image, CLIP: P(new) > P(old) with softmax(100·cos) over the prompt'
 (edit and positives); P(old) > P(new) for negatives. Ground truth (toy world): the reader's
 value of the case's attribute equals the new value (edit, positives) or the prompt's own
 value (negatives). efficacy / generalization / specificity are the success rates on the edit
-prompt / positives / negatives. ``gt_others`` (toy world, not in ReFACT) is the share of the
+prompt / positives / negatives. On a model carrying several edits, ground truth expects every
+one of them (:func:`expected`): a negative 'one green square' should turn yellow when
+green->yellow is among them. ``gt_others`` (toy world, not in ReFACT) is the share of the
 *other* four attributes read as the prompt says, over all images: an edit that turns 'one
 triangle' into two diamonds succeeds on count and shows up here; compare with ``unedited``.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
 
+from editing.batch import Group, apply_cases
 from editing.cases import case_prompts
-from editing.editors import edit_with
+from editing.editors import as_method, edit_case
 from editing.records import undo_edit
 from tracing.sampler import SamplerConfig, generate, initial_latents
 
@@ -45,7 +56,19 @@ def _generate(model, texts: list[str], seeds: Sequence[int], cfg: SamplerConfig,
     return torch.cat(out)
 
 
-def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
+def expected(truth, text: str, edits: Sequence[dict] = ()) -> dict:
+    """The attributes an image of ``text`` should show on a model carrying ``edits``: the caption's
+    own values, with each edit whose source words appear in the caption giving its new value
+    (edits act side by side: red->blue with blue->red swaps the two)."""
+    attrs = dict(truth.parse_caption(text))
+    for e in edits:
+        if "new_value" in e and re.search(rf"(?<!\w){re.escape(e['source'])}(?!\w)", text):
+            attrs[e["attribute"]] = e["new_value"]
+    return attrs
+
+
+def _rows(case, method, prompts, images, seeds, scorer, truth, also: Sequence[dict] = ()) -> list[dict]:
+    """Rows of one case's prompts; ``also``: the other edits the model carries (ground truth expects them)."""
     rows = []
     n = len(seeds)
     for j, (split, p) in enumerate(prompts):
@@ -55,7 +78,7 @@ def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
         got = [r.get(case["attribute"]) for r in readings]
         own, others = None, {}
         if truth is not None:
-            attrs = truth.parse_caption(p["prompt"])
+            attrs = expected(truth, p["prompt"], also)
             own = attrs.get(case["attribute"])
             others = {k: v for k, v in attrs.items() if k != case["attribute"]}
         for i, seed in enumerate(seeds):
@@ -72,36 +95,58 @@ def _rows(case, method, prompts, images, seeds, scorer, truth) -> list[dict]:
     return rows
 
 
-def evaluate_methods(model, cases: list[dict], methods: Iterable[str] = ("quickfix",), seeds: Sequence[int] = range(10),
+def evaluate_methods(model, cases: list[dict], methods: Iterable = ("quickfix",), seeds: Sequence[int] = range(10),
                      scorer=None, truth: Any = None, cfg: SamplerConfig | None = None, batch: int = 256,
                      options: dict | None = None, baselines: Sequence[str] = ("unedited", "oracle"),
-                     progress: Callable | None = None) -> pd.DataFrame:
+                     progress: Callable | None = None, groups: Sequence[Group] | None = None,
+                     sequential: bool = False) -> pd.DataFrame:
     """Rows for every case × method (plus unedited and oracle) × prompt × seed."""
     cfg = cfg or SamplerConfig.for_model(model)
     seeds = list(seeds)
+    methods = [as_method(m) for m in methods]
+    many = groups is not None
+    groups = list(groups) if many else [Group((i,)) for i in range(len(cases))]
     rows = []
     bar = progress(total=len(cases)) if progress else None
     for case in cases:
         prompts = case_prompts(case)
-        texts = [p["prompt"] for _, p in prompts]
         if "unedited" in baselines:
-            rows += _rows(case, "unedited", prompts, _generate(model, texts, seeds, cfg, batch), seeds, scorer, truth)
+            rows += _rows(case, "unedited", prompts, _generate(model, [p["prompt"] for _, p in prompts], seeds, cfg, batch), seeds, scorer, truth)
         if "oracle" in baselines:
             oracle_texts = [p["new"] if s != "negative" else p["prompt"] for s, p in prompts]
             rows += _rows(case, "oracle", prompts, _generate(model, oracle_texts, seeds, cfg, batch), seeds, scorer, truth)
+    for g in groups:
         for method in methods:
-            records = edit_with(method, model, case, options or {})
-            try:
-                images = _generate(model, texts, seeds, cfg, batch)
-            finally:
-                for rec in reversed(records):
-                    undo_edit(model, rec)
-            rows += _rows(case, method, prompts, images, seeds, scorer, truth)
+            rows += _group_rows(model, cases, g, method, seeds, scorer, truth, cfg, batch, options, sequential, many)
         if bar is not None:
-            bar.update(1)
+            bar.update(len(g.cases))
     if bar is not None:
         bar.close()
     return pd.DataFrame(rows)
+
+
+def _group_rows(model, cases, group: Group, method, seeds, scorer, truth, cfg, batch, options, sequential, many) -> list[dict]:
+    """Edit the group's cases in, evaluate each of its cases, undo."""
+    edited = [cases[i] for i in group.edited]
+    if len(edited) == 1:
+        records = edit_case(method, model, edited[0], options)
+    else:
+        records = apply_cases(model, method, edited, options, sequential=sequential)
+    rows = []
+    try:
+        for i in group.cases:
+            prompts = case_prompts(cases[i])
+            images = _generate(model, [p["prompt"] for _, p in prompts], seeds, cfg, batch)
+            also = [cases[j] for j in group.edited if j != i]
+            rows += _rows(cases[i], method.label, prompts, images, seeds, scorer, truth, also)
+    finally:
+        for rec in reversed(records):
+            undo_edit(model, rec)
+    if many:
+        mode = "sequential" if sequential and len(edited) > 1 else "batched"
+        for r in rows:
+            r.update(n_edits=len(edited), mode=mode)
+    return rows
 
 
 def summarise(table: pd.DataFrame) -> dict:

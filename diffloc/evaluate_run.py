@@ -3,6 +3,12 @@
 Usage::
 
     run_evaluate("toy", Path("experiments/cases/toy_edits.jsonl"), Path("results/eval"), ["quickfix"], seeds=10)
+    run_evaluate("toy", cases_path, out, ["quickfix"], seeds=2, max_cases=None, scorer_spec="toy", preserve=True, together=4)
+
+``together`` N evaluates each case on a model carrying the N edits of its group: groups of N
+consecutive cases in file order, the last one holding the remainder
+(:func:`editing.batch.consecutive_groups`; a group whose edits conflict is a one-line error);
+``sequential`` applies a group's edits one after another instead of in one solve.
 
 ``progress`` is a tqdm-like factory and ``say`` a printer; the CLI passes its own.
 """
@@ -15,10 +21,11 @@ import torch
 
 from editing.cases import case_prompts, load_cases
 from editing.corpus import read_corpus
-from editing.editors import edit_with, method_labels
+from editing.batch import consecutive_groups
+from editing.editors import EDITORS, Method, as_method, edit_case
 from editing.records import load_records, redo_edit, undo_edit
 from editing.refact import fc2_site
-from tracing.errors import UsageError
+from tracing.errors import DifflocInputError, UsageError
 from tracing.io import write_json_format, write_table
 from tracing.models import load_model
 from tracing.sampler import SamplerConfig, generate, initial_latents
@@ -37,19 +44,33 @@ def _edited_mode(model, folder: Path, cases: list[dict]) -> tuple[list[dict], di
     """Cases matching the folder's edits, and a factory undoing/redoing those edits in memory."""
 
     records = load_records(folder)
-    pairs = {(r.info.get("source"), r.info.get("target")) for r in records}
+    pairs = set()
+    for r in records:  # a batched record lists every edit's source and target
+        src, tgt = r.info.get("source"), r.info.get("target")
+        pairs |= set(zip(src, tgt)) if isinstance(src, list) else {(src, tgt)}
     chosen = [c for c in cases if (c["source"], c["target"]) in pairs] or cases
     return chosen, {"records": records}
 
 
+def _methods(methods: list[str], preserve: bool) -> list[Method]:
+    """Method objects from labels; ``preserve`` gives every editor that takes them the cases' preserve captions."""
+    out = [as_method(m) for m in methods]
+    if preserve:
+        out = [Method(m.editor, True) if EDITORS.get(m.editor).takes_preserve else m for m in out]
+    return list(dict.fromkeys(out))
+
+
 def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str], seeds: int, max_cases: int | None, scorer_spec: str,
-                 refact_layer: int | None = None, progress=None, say=print) -> dict:
-    bad = [m for m in methods if m not in method_labels()]
-    if bad:
-        raise UsageError(f"unknown method {bad[0]!r}; allowed: {', '.join(method_labels())}")
+                 refact_layer: int | None = None, progress=None, say=print, preserve: bool = False, together: int = 1,
+                 sequential: bool = False) -> dict:
+    try:
+        methods = _methods(methods, preserve)
+    except DifflocInputError as e:
+        raise UsageError(str(e)) from None
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
     cases = load_cases(cases_path)[:max_cases]
+    groups = consecutive_groups(cases, together) if together != 1 or sequential else None
     model = load_model(model_spec)
     scorer = load_scorer(scorer_spec)
     truth = _truth(model)
@@ -76,17 +97,18 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
         options = {"refact": {"corpus": corpus, "contrastive": contrastive}}
         if refact_layer is not None:
             options["refact"]["layer"] = refact_layer
-        table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options, progress=bar)
+        table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options,
+                                 progress=bar, groups=groups, sequential=sequential)
     write_table(table, out / "eval.parquet")
     summary = summarise(table)
     result = {"model": model_spec, "cases": str(cases_path), "n_cases": len(cases), "seeds": seeds, "scorer": scorer.model_id,
-              "refact_layer": refact_layer,
+              "refact_layer": refact_layer, "together": together, "sequential": sequential,
               "ground_truth": truth is not None, "methods": summary}
     if truth is not None:
         result["per_attribute_gt"] = {f"{m}/{a}": row for (m, a), row in per_attribute(table).to_dict("index").items()}
     write_json_format("summary", result, out / "summary.json")
     edited_records = state["records"] if (folder / "edit.json").exists() else None
-    grid = draw_grid(model, cases[0], methods if edited_records is None else [], out / "grid.png", edited_records=edited_records,
+    grid = draw_grid(model, cases[0], methods if edited_records is None and groups is None else [], out / "grid.png", edited_records=edited_records,
                      options=options)
     for m, s in summary.items():
         say(f"{m:>10}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
@@ -116,12 +138,12 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, 
     columns = {"unedited": generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat),
                "oracle": generate(model, [p["new"] if s != "negative" else p["prompt"] for s, p in prompts], cfg=cfg, latents=lat)}
     if options is None:
-        corpus, contrastive = read_corpus(None, model) if "refact" in methods else ([], [])
+        corpus, contrastive = read_corpus(None, model) if any(as_method(m).editor == "refact" for m in methods) else ([], [])
         options = {"refact": {"corpus": corpus, "contrastive": contrastive}}
     for m in methods:
-        records = edit_with(m, model, case, options)
+        records = edit_case(m, model, case, options)
         try:
-            columns[m] = generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat)
+            columns[as_method(m).label] = generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat)
         finally:
             for r in reversed(records):
                 undo_edit(model, r)

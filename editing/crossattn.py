@@ -4,6 +4,7 @@ Usage::
 
     records = crossattn(model, "red", "blue", sites=["unet:mid_block.attentions.0.transformer_blocks.0.attn2"])
     records = crossattn(model, "red", "blue", preserve=["a green square", ...], lam=0.1)
+    records = crossattn_many(model, [("red", "blue", None, None), ("green", "yellow", None, None)])  # one solve
 
 For each chosen cross-attention block, keys are the text encoder's output embeddings of the
 source prompts (last subject token to the end) and values are the *unedited* projection of
@@ -46,11 +47,9 @@ def _attn2_sites(model, sites: Sequence[str | Site] | None) -> list[Site]:
     return out
 
 
-def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | None = None, lam: float = 0.1,
-              preserve: Sequence[str] = (), templates: Sequence[str] = PAPER_TEMPLATES,
-              targets: Sequence[str] | None = None) -> list[EditRecord]:
-    """Edit ``to_k``/``to_v`` of the given (default: all) attn2 sites so ``source`` attends like ``target``."""
-    t0 = time.perf_counter()
+def crossattn_pairs(model, source: str, target: str, templates: Sequence[str] = PAPER_TEMPLATES,
+                    targets: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source keys K [n, D] and target embeddings T [n, D] at the paired positions."""
     src, tgt = prompt_pairs(source, target, templates, targets)
     e_src = _embeddings(model, [p.text for p in src])  # [B, 77, D]
     e_tgt = _embeddings(model, [p.text for p in tgt])
@@ -61,16 +60,50 @@ def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | Non
         i_s, i_t = aligned_positions(ids_s[i], ids_t[i], ps.positions(model.tokenizer)[-1], pt.positions(model.tokenizer)[-1])
         K.append(e_src[i, i_s])
         T.append(e_tgt[i, i_t])
-    K, T = torch.cat(K), torch.cat(T)  # [n, D] source keys, target embeddings
-    Kp = _embeddings(model, list(preserve)).reshape(-1, K.shape[1]) if preserve else None
+    return torch.cat(K), torch.cat(T)
+
+
+def _solve(model, K: torch.Tensor, T: torch.Tensor, sites, lam: float, preserve: Sequence[str]) -> dict:
+    """New ``to_k`` / ``to_v`` weights of each attn2 site: values ``T W0ᵀ``, preserve keys kept."""
+    Kp = _embeddings(model, list(preserve)).reshape(-1, K.shape[1]) if preserve else None  # [P*77, D]
     new = {}
     for site in _attn2_sites(model, sites):
         for proj in ("to_k", "to_v"):
-            layer = model.module(f"{site}.{proj}")
-            W0 = layer.weight.detach().float()  # [out, D]
+            W0 = model.module(f"{site}.{proj}").weight.detach().float()  # [out, D]
             new[f"{site}.{proj}"] = least_squares_update(W0, K, T @ W0.T, lam=lam, K_preserve=Kp)
+    return new
+
+
+def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | None = None, lam: float = 0.1,
+              preserve: Sequence[str] = (), templates: Sequence[str] = PAPER_TEMPLATES,
+              targets: Sequence[str] | None = None) -> list[EditRecord]:
+    """Edit ``to_k``/``to_v`` of the given (default: all) attn2 sites so ``source`` attends like ``target``."""
+    t0 = time.perf_counter()
+    K, T = crossattn_pairs(model, source, target, templates, targets)
+    new = _solve(model, K, T, sites, lam, preserve)
     info = {"source": source, "target": target, "lambda": lam, "templates": list(templates), "n_pairs": int(K.shape[0]),
             "n_preserve": len(preserve), "seconds": round(time.perf_counter() - t0, 4)}
     if targets is not None:
         info["targets"] = list(targets)
+    return apply_edit(model, "crossattn", new, info)
+
+
+def crossattn_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, Sequence[str] | None]],
+                   sites: Sequence[str | Site] | None = None, lam: float = 0.1, preserve: Sequence[str] = ()) -> list[EditRecord]:
+    """Many edits in one solve per projection (UCE's multi-concept form): keys and values stacked.
+
+    Usage::
+
+        crossattn_many(model, [("red", "blue", None, None), ("green", "yellow", None, None)], preserve=[...])
+    """
+    if not edits:
+        raise EditError("no edits to apply; give at least one (source, target)")
+    t0 = time.perf_counter()
+    pairs = [crossattn_pairs(model, s, t, tpl or PAPER_TEMPLATES, tgt) for s, t, tpl, tgt in edits]
+    K, T = torch.cat([k for k, _ in pairs]), torch.cat([t for _, t in pairs])
+    new = _solve(model, K, T, sites, lam, preserve)
+    listed = [{"source": s, "target": t, "n_pairs": int(k.shape[0])} for (s, t, _, _), (k, _) in zip(edits, pairs)]
+    info = {"source": [e["source"] for e in listed], "target": [e["target"] for e in listed], "edits": listed,
+            "n_edits": len(listed), "lambda": lam, "n_pairs": int(K.shape[0]), "n_preserve": len(preserve),
+            "seconds": round(time.perf_counter() - t0, 4)}
     return apply_edit(model, "crossattn", new, info)

@@ -6,6 +6,7 @@ Usage::
     records = quickfix(model, "red", "blue", site="text_encoder:encoder.layers.0.self_attn.out_proj")
     records = quickfix(model, "red", "blue", preserve=["a green square", ...])      # + UCE-style preservation
     records = quickfix(model, "one", "two", templates=["{} red circle"], targets=["[two] red circles"])
+    records = quickfix_many(model, [("red", "blue", None, None), ("green", "yellow", None, None)])  # one solve
 
 Keys ``k`` are the inputs of ``self_attn.out_proj`` for the source concept's prompts, taken
 from the last subject token to the end of the 77-token sequence (EOS and padding included);
@@ -143,26 +144,62 @@ def keys_values(model, site: Site, source: str, target: str, templates: Sequence
     return torch.cat(K).float(), torch.cat(V).float()
 
 
-def quickfix(model, source: str, target: str, site: str | Site | None = None, lam: float = 0.01,
-             templates: Sequence[str] = PAPER_TEMPLATES, preserve: Sequence[str] = (),
-             targets: Sequence[str] | None = None) -> list[EditRecord]:
-    """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``;
-    ``preserve`` captions keep the projection's output (UCE's preservation term)."""
+def _site(site: str | Site | None, lam: float) -> Site:
     site = Site.parse(site) if site is not None else Site.parse(default_site())
     if not site.path.endswith("self_attn.out_proj"):
         raise EditError(f"quickfix edits an attention output projection (...self_attn.out_proj); got {site}")
     if lam <= 0:
         raise EditError(f"lambda must be > 0, got {lam}")
-    t0 = time.perf_counter()
-    K, V = keys_values(model, site, source, target, templates, targets)
+    return site
+
+
+def _solve(model, site: Site, K: torch.Tensor, V: torch.Tensor, lam: float, preserve: Sequence[str]) -> tuple[torch.Tensor, dict]:
+    """The new weight from stacked keys K [n, in] and values V [n, out], and the solve's info."""
     W0 = model.module(site).weight
-    Kp = preserve_keys(model, site, preserve) if preserve else None
+    Kp = preserve_keys(model, site, preserve) if preserve else None  # [P*76, in]
     W = least_squares_update(W0.detach().float(), K, V, lam=lam, K_preserve=Kp)
-    seconds = time.perf_counter() - t0
-    info = {"source": source, "target": target, "templates": list(templates), "lambda": lam, "n_pairs": int(K.shape[0]),
-            "seconds": round(seconds, 4)}
-    if targets is not None:
-        info["targets"] = list(targets)
+    info = {"lambda": lam, "n_pairs": int(K.shape[0])}
     if preserve:
         info.update(preserve=list(preserve), n_preserve_keys=int(Kp.shape[0]))
+    return W, info
+
+
+def quickfix(model, source: str, target: str, site: str | Site | None = None, lam: float = 0.01,
+             templates: Sequence[str] = PAPER_TEMPLATES, preserve: Sequence[str] = (),
+             targets: Sequence[str] | None = None) -> list[EditRecord]:
+    """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``;
+    ``preserve`` captions keep the projection's output (UCE's preservation term)."""
+    site = _site(site, lam)
+    t0 = time.perf_counter()
+    K, V = keys_values(model, site, source, target, templates, targets)
+    W, solved = _solve(model, site, K, V, lam, preserve)
+    info = {"source": source, "target": target, "templates": list(templates), **solved, "seconds": round(time.perf_counter() - t0, 4)}
+    if targets is not None:
+        info["targets"] = list(targets)
+    return apply_edit(model, "quickfix", {str(site): W}, info)
+
+
+def quickfix_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, Sequence[str] | None]],
+                  site: str | Site | None = None, lam: float = 0.01, preserve: Sequence[str] = ()) -> list[EditRecord]:
+    """Many edits in one solve (UCE / EMCID style): every edit's keys and values stacked.
+
+    Usage::
+
+        quickfix_many(model, [("red", "blue", None, None), ("green", "yellow", templates, targets)], preserve=[...])
+
+    Each edit is ``(source, target, templates or None (the paper's), targets or None)``;
+    ``preserve`` is the captions of the whole batch. One record per site, undone as one edit.
+    """
+    site = _site(site, lam)
+    if not edits:
+        raise EditError("no edits to apply; give at least one (source, target)")
+    t0 = time.perf_counter()
+    Ks, Vs, listed = [], [], []
+    for source, target, templates, targets in edits:
+        K, V = keys_values(model, site, source, target, templates or PAPER_TEMPLATES, targets)
+        Ks.append(K), Vs.append(V)
+        listed.append({"source": source, "target": target, "n_pairs": int(K.shape[0])})
+    W, solved = _solve(model, site, torch.cat(Ks), torch.cat(Vs), lam, preserve)
+    info = {"source": [e["source"] for e in listed], "target": [e["target"] for e in listed], "edits": listed,
+            "n_edits": len(listed), **solved, "seconds": round(time.perf_counter() - t0, 4)}
     return apply_edit(model, "quickfix", {str(site): W}, info)

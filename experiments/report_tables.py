@@ -19,6 +19,17 @@ import pandas as pd
 from diffloc.evaluate import summarise
 
 METHOD_ORDER = ["unedited", "oracle", "quickfix", "refact", "crossattn", "edited"]
+BASELINES = ("unedited", "oracle", "edited")
+
+
+def ordered(labels) -> list[str]:
+    """Row labels in table order: baselines, then each editor with its options after it
+    (``quickfix``, ``quickfix+preserve``), by the editor part of the label."""
+    def key(label: str):
+        editor, _, option = label.partition("+")
+        return (METHOD_ORDER.index(editor) if editor in METHOD_ORDER else len(METHOD_ORDER), editor, option)
+
+    return sorted(labels, key=key)
 
 
 def edit_table(dirs: list[Path]) -> str:
@@ -27,11 +38,11 @@ def edit_table(dirs: list[Path]) -> str:
     lines = [f"{table.case.nunique()} cases × 11 prompts × {table.seed.nunique()} seeds per method.", "",
              "| method | efficacy (GT) | generalization (GT) | specificity (GT) | efficacy (CLIP) | generalization (CLIP) | specificity (CLIP) |",
              "|---|---|---|---|---|---|---|"]
-    for m in [m for m in METHOD_ORDER if m in s]:
+    for m in ordered(s):
         r = s[m]
         lines.append(f"| {m} | {r.get('gt_efficacy', float('nan')):.3f} | {r.get('gt_generalization', float('nan')):.3f} | "
                      f"{r.get('gt_specificity', float('nan')):.3f} | {r['efficacy']:.3f} | {r['generalization']:.3f} | {r['specificity']:.3f} |")
-    per = table[table.method.isin(["quickfix", "refact", "crossattn"])].pivot_table(
+    per = table[~table.method.isin(BASELINES)].pivot_table(
         index="attribute", columns=["method", "split"], values="gt_success", aggfunc="mean").round(2)
     lines += ["", "Ground-truth success by attribute (edit / positive / negative prompts):", "",
               "| attribute | " + " | ".join(f"{m} {sp}" for m, sp in per.columns) + " |",

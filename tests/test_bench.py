@@ -1,5 +1,7 @@
-"""The benchmarks run and report every figure (no timing assertions: speed lives in `diffloc bench`)."""
+"""The benchmarks' figures stand in the relations they claim (batched ≤ naive, Woodbury = direct, median ≥ min)."""
 from __future__ import annotations
+
+import pytest
 
 from diffloc.bench_trace import bench_trace
 
@@ -12,9 +14,24 @@ def test_bench_trace_reports_the_four_figures(pixel_model):
     assert result["linearity_ms_per_row"]["rows"] == 4
 
 
-def test_bench_edit_closed_form_reports_sd_sized_numbers():
+def test_bench_edit_figures_stand_in_their_relations():
     from diffloc.bench_edit import bench_edit_closed_form
 
-    result = bench_edit_closed_form(repeats=1, n_pairs=32)
-    assert result["quickfix_ms_sd_sized"] > 0 and result["rank_one_ms_sd_sized"] > 0
-    assert result["quickfix_shape"]["K"] == [32, 768]
+    result = bench_edit_closed_form(repeats=3, n_pairs=96, n_edits=12)
+    assert result["quickfix_shape"]["K"] == [96, 768]
+    # one stacked solve of 12 edits against 12 solves of the same size: the stacked one is cheaper
+    assert result["batched_ms"] <= result["naive_ms"], result
+    # the pair-space (Woodbury) form computed independently agrees with the direct solve
+    assert result["woodbury_max_rel_diff"] < 1e-9
+    assert result["quickfix_ms_min"] <= result["quickfix_ms_sd_sized"] and result["rank_one_ms_min"] <= result["rank_one_ms_sd_sized"]
+    assert result["n_edits"] == 12
+
+
+def test_woodbury_check_detects_a_wrong_solve(monkeypatch):
+    """The agreement figure is not vacuous: a solve with the wrong λ shows up in it."""
+    import diffloc.bench_edit as be
+
+    real = be.least_squares_update
+    monkeypatch.setattr(be, "least_squares_update", lambda W0, K, V, lam=0.01: real(W0, K, V, lam=lam * 100))
+    result = be.bench_edit_closed_form(repeats=1, n_pairs=32, n_edits=4)
+    assert result["woodbury_max_rel_diff"] > 1e-6

@@ -49,17 +49,23 @@ def test_cases_carry_disjoint_edit_templates_and_preserve_set():
 
 
 def test_case_templates_reach_the_editor_and_explicit_options_win():
-    from editing.editors import case_options
+    from editing.editors import CrossattnOptions, Method, QuickfixOptions, case_options
 
     case = {"templates": ["one {} square"], "targets": ["one [blue] square"], "preserve": ["one green square"]}
-    both = {"templates": ["one {} square"], "targets": ["one [blue] square"]}
-    assert case_options("crossattn", case, {}) == dict(both, preserve=["one green square"])
-    assert case_options("quickfix", case, {}) == both
-    assert case_options("quickfix+preserve", case, {}) == dict(both, preserve=["one green square"])
-    assert case_options("refact", case, {}) == both, "ReFACT gets the cases' grammatical targets too"
-    assert case_options("quickfix", case, {"quickfix": {"templates": ["{}"]}}) == {"templates": ["{}"]}, \
+    both = {"templates": ("one {} square",), "targets": ("one [blue] square",)}
+    assert case_options("crossattn", case, {}) == CrossattnOptions(**both, preserve=("one green square",)), "UCE preserves by default"
+    assert case_options("quickfix", case, {}) == QuickfixOptions(**both)
+    assert case_options(Method("quickfix", preserve=True), case, {}) == QuickfixOptions(**both, preserve=("one green square",))
+    assert case_options("refact", case, {}).templates == both["templates"]
+    assert case_options("quickfix", case, {"quickfix": {"templates": ["{}"]}}) == QuickfixOptions(templates=("{}",)), \
         "the case's targets belong to its templates"
-    assert case_options("refact", {}, {"refact": {"layer": 1}}) == {"layer": 1}
+    assert case_options("refact", {"source": "red"}, {"refact": {"layer": 1}}).layer == 1
+    with pytest.raises(EditError, match="quickfix takes no option 'layer'"):
+        case_options("quickfix", {"source": "red"}, {"quickfix": {"layer": 1}})
+    with pytest.raises(EditError, match="refact takes no preserve captions"):
+        Method("refact", preserve=True)
+    with pytest.raises(EditError, match="lambda must be > 0"):
+        QuickfixOptions(lam=0)
 
 
 @pytest.mark.parametrize("field, value, msg", [
@@ -143,3 +149,63 @@ def test_gt_others_is_the_share_of_the_other_attributes_read_as_prompted():
     assert [r["gt_success"] for r in rows] == [1.0, 1.0], "the colour edit succeeds in both"
     assert [r["gt_others"] for r in rows] == [1.0, 0.75], "one of the four other attributes is wrong in the second"
     assert summarise(pd.DataFrame(rows))["m"]["gt_others"] == 0.875
+
+
+class NearestWorld:
+    """A stub world whose answer is known: an image shows a caption's attributes when it is the
+    image the unedited model draws for that caption and seed (nearest reference, to tolerance)."""
+
+    def __init__(self, model, captions, seeds, cfg):
+        import torch
+
+        from tracing.sampler import generate, initial_latents
+
+        lat = torch.cat([initial_latents(model, torch.Generator().manual_seed(s)) for s in seeds])
+        self.refs = [(img, world.parse_caption(c)) for c in captions
+                     for img in generate(model, [c] * len(seeds), cfg=cfg, latents=lat)]
+
+    parse_caption = staticmethod(world.parse_caption)
+
+    def read(self, image):
+        dist, attrs = min(((float((image - ref).abs().max()), a) for ref, a in self.refs), key=lambda t: t[0])
+        return attrs if dist < 1e-4 else {}
+
+
+def test_rates_on_a_case_with_a_known_answer(pixel_model):
+    """The unedited model never shows the edit (efficacy 0), the oracle always does (efficacy 1)."""
+    case = load_cases(CASES)[0]
+    cfg = SamplerConfig(2, 2.0)
+    captions = sorted({p[k] for p in [case["edit"], *case["positives"], *case["negatives"]] for k in ("prompt", "new")})
+    truth = NearestWorld(pixel_model, captions, [0, 1], cfg)
+    s = summarise(evaluate_methods(pixel_model, [case], methods=(), seeds=[0, 1], truth=truth, cfg=cfg))
+    assert (s["unedited"]["gt_efficacy"], s["unedited"]["gt_generalization"], s["unedited"]["gt_specificity"]) == (0.0, 0.0, 1.0)
+    assert (s["oracle"]["gt_efficacy"], s["oracle"]["gt_generalization"], s["oracle"]["gt_specificity"]) == (1.0, 1.0, 1.0)
+    assert s["unedited"]["gt_others"] == s["oracle"]["gt_others"] == 1.0
+
+
+def test_ground_truth_expects_every_edit_the_model_carries():
+    from diffloc.evaluate import expected
+
+    green = {"source": "green", "attribute": "colour", "new_value": "yellow"}
+    assert expected(world, "one green square at the top", [green])["colour"] == "yellow"
+    assert expected(world, "one red square at the top", [green])["colour"] == "red"
+    swap = [{"source": "red", "attribute": "colour", "new_value": "blue"}, {"source": "blue", "attribute": "colour", "new_value": "red"}]
+    assert expected(world, "a red circle", swap)["colour"] == "blue" and expected(world, "a blue circle", swap)["colour"] == "red"
+    plural = {"source": "circles", "attribute": "object", "new_value": "triangle"}
+    assert expected(world, "one red circle", [plural])["object"] == "circle", "whole words only"
+
+
+def test_groups_edit_together_and_leave_the_model_clean(pixel_model):
+    import torch
+
+    from editing.batch import Group
+    from editing.editors import Method
+
+    cases = [load_cases(CASES)[i] for i in (0, 2)]  # red->blue with green->yellow
+    before = [p.detach().clone() for p in pixel_model.text_encoder.parameters()]
+    for sequential in (False, True):
+        t = evaluate_methods(pixel_model, cases, methods=[Method("quickfix", preserve=True)], seeds=[0], cfg=SamplerConfig(2, 2.0), truth=get_world("toy"),
+                             baselines=(), groups=[Group((0, 1))], sequential=sequential)
+        assert set(t.n_edits) == {2} and set(t["mode"]) == {"sequential" if sequential else "batched"}
+        assert set(t.method) == {Method("quickfix", preserve=True).label} and set(t.case) == {c["id"] for c in cases}
+    assert all(torch.equal(a, b) for a, b in zip(before, pixel_model.text_encoder.parameters()))

@@ -56,7 +56,7 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig) -> tuple[pd.DataFra
     clip = ctx.metrics[0]
     tokens = prompt.tokens(model.tokenizer)
     base = dict(prompt_index=unit.prompt_index, prompt=prompt.marked, attribute=cfg.attribute, seed=unit.seed,
-                noise_index=unit.noise_index, unit=unit.key, method="exact", scorer=clip.model_id, formula=clip.formula)
+                noise_index=unit.noise_index, unit=unit.key, method="exact", restore=cfg.restore, scorer=clip.model_id, formula=clip.formula)
     labels = [("clean", "clean", "", -1, -1, None), ("corrupted", "corrupted", "", -1, -1, None)]
     labels += [(r.component, r.kind, r.site, r.layer, r.token, r.window) for r in unit.rows]
     recs = []

@@ -29,8 +29,13 @@ class TraceMethod(Protocol):
 
 def _builtin(reg: Registry) -> None:
     from .exact import ExactMethod
+    from .locogen import CrossAttnSwapMethod
+    from .screens import ScreenMethod
 
     reg.register("exact", ExactMethod())
+    reg.register("atp", ScreenMethod("atp"))
+    reg.register("ig", ScreenMethod("ig"))
+    reg.register("crossattn-swap", CrossAttnSwapMethod())
 
 
 TRACE_METHODS: Registry[TraceMethod] = Registry("trace method", loader=_builtin)

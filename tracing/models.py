@@ -178,6 +178,20 @@ def _from_pipeline(pipe: Any, name: str, source: str) -> Model:
     )
 
 
+def fit_threads() -> int:
+    """Torch's CPU threads capped at the cores this process may really use (affinity), not the host's.
+
+    A container or ``taskset`` may allow fewer cores than ``os.cpu_count()``; more threads than
+    cores oversubscribe them (measured in ``docs/speed.md``). Returns the thread count in use.
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+    return torch.get_num_threads()
+
+
 def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu") -> Model:
     """Load ``spec`` (see module docstring) and move it to ``device`` in ``dtype``."""
     if isinstance(dtype, str):
@@ -185,6 +199,8 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
             raise ModelSpecError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     device = check_device(device)
+    if str(device) == "cpu":
+        fit_threads()
     model = _load(spec, dtype)
     for m in [model.text_encoder, model.text_encoder_2, model.unet, model.vae]:
         if m is not None and (m.dtype != dtype or m.device != torch.device(device)):

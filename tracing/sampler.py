@@ -19,10 +19,12 @@ batched call serves many restorations.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint
 
 from .hooks import hooks
 from .models import Model
@@ -133,8 +135,17 @@ def _copy_rows(dst: torch.Tensor, src: torch.Tensor, tokens: torch.Tensor | None
     return fn
 
 
-def _sample(model: Model, cond: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor, cfg: SamplerConfig, unet_patches: dict | None = None) -> torch.Tensor:
-    """Denoise ``latents`` [R, C, h, w] under ``cond`` [R, 77, D]; returns images [R, 3, H, W] in [0, 1]."""
+def _sample(model: Model, cond: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor, cfg: SamplerConfig,
+            unet_patches: dict | None = None, unet_hooks: dict | None = None, clock: dict | None = None,
+            checkpoint: bool = False) -> torch.Tensor:
+    """Denoise ``latents`` [R, C, h, w] under ``cond`` [R, 77, D]; returns images [R, 3, H, W] in [0, 1].
+
+    The one loop behind every public sampler function. ``unet_patches`` restore row 0 into
+    rows; ``unet_hooks`` are extra hook functions read at each UNet call, which find the
+    current step in ``clock["i"]``. Gradients flow when the caller enables them (the public
+    functions run under ``torch.no_grad``); ``checkpoint`` recomputes each UNet call in the
+    backward pass (non-reentrant ``torch.utils.checkpoint``) instead of keeping its activations.
+    """
     R = cond.shape[0]
     scheduler = type(model.scheduler).from_config(model.scheduler.config)
     scheduler.set_timesteps(cfg.num_inference_steps, device=model.device)
@@ -146,21 +157,36 @@ def _sample(model: Model, cond: torch.Tensor, pooled: torch.Tensor | None, laten
     else:
         embeds = cond
     added = _sdxl_added(model, pooled, latents) if pooled is not None else None
-    step = {"i": 0}
-    unet_hooks = {site: _windowed(rows, R, cfg.cfg, step) for site, rows in (unet_patches or {}).items()}
-    with hooks(model.modules, unet_hooks):
+    step = clock if clock is not None else {"i": 0}
+    fns: dict = {site: [_windowed(rows, R, cfg.cfg, step)] for site, rows in (unet_patches or {}).items()}
+    for site, fn in (unet_hooks or {}).items():
+        fns.setdefault(site, []).extend(fn if isinstance(fn, (list, tuple)) else [fn])
+
+    recompute = checkpoint and torch.is_grad_enabled()
+
+    def guided_eps(x: torch.Tensor, embeds: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
+        step["i"] = i  # set here, so that a checkpoint's recomputation sees its own step
+        # under checkpointing the hooks live inside the step: the backward pass's recomputation
+        # (after this function has returned) must see the same hooks as the forward pass
+        with hooks(model.modules, fns) if recompute else nullcontext():
+            eps = model.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample  # [2R or R, C, h, w]
+        if cfg.cfg:
+            e_un, e_text = eps.chunk(2)
+            eps = e_un + cfg.guidance_scale * (e_text - e_un)
+        return eps
+
+    with nullcontext() if recompute else hooks(model.modules, fns):
         for i, t in enumerate(scheduler.timesteps):
-            step["i"] = i
             x = torch.cat([latents] * 2) if cfg.cfg else latents  # [2R, C, h, w]
             x = scheduler.scale_model_input(x, t)
-            eps = model.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+            if recompute:
+                eps = torch.utils.checkpoint.checkpoint(guided_eps, x, embeds, i, t, use_reentrant=False)
+            else:
+                eps = guided_eps(x, embeds, i, t)
             if not torch.isfinite(eps).all():
                 raise NonFiniteError(f"non-finite UNet output at denoising step {i}; try --dtype float32")
-            if cfg.cfg:
-                e_un, e_text = eps.chunk(2)
-                eps = e_un + cfg.guidance_scale * (e_text - e_un)
             latents = scheduler.step(eps, t, latents).prev_sample
-    return decode(model, latents)
+    return _decode(model, latents)
 
 
 def _sdxl_added(model: Model, pooled: torch.Tensor, latents: torch.Tensor) -> dict:
@@ -192,13 +218,17 @@ def _windowed(rows: list[tuple[int, tuple[int, int] | None]], R: int, cfg: bool,
 @torch.no_grad()
 def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
     """Latents (or pixels, for pixel-space models) to float images [B, 3, H, W] in [0, 1]."""
+    return _decode(model, latents)
+
+
+def _decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
     if model.vae is not None:
         vae = model.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor
         x = vae.decode(latents).sample
     else:
         x = latents
-    images = (x.float() / 2 + 0.5).clamp(0, 1)
+    images = (x.to(torch.promote_types(x.dtype, torch.float32)) / 2 + 0.5).clamp(0, 1)  # float32, or float64 models keep it
     if not torch.isfinite(images).all():
         raise NonFiniteError("non-finite values in decoded images; try --dtype float32")
     return images
@@ -214,6 +244,45 @@ def generate(model: Model, prompts: Sequence[str], generator: torch.Generator | 
         latents = initial_latents(model, generator, batch=len(prompts))
     cond, pooled = _encode(model, model.tokenize(list(prompts)), {})
     return _sample(model, cond, pooled, latents, cfg)
+
+
+def corruption_hooks(corruption: Corruption, first_row: int = 0, scale: float = 1.0) -> dict:
+    """Text hooks adding ``scale ×`` the corruption noise to rows ``first_row..`` of the token embeddings."""
+    pos = torch.tensor(corruption.positions)
+    out: dict = {}
+    for comp, noise in corruption.noise.items():
+
+        def corrupt(module, inputs, output, noise=noise):
+            new = output.clone()  # [R, 77, D] token embeddings
+            new[first_row:, pos.to(output.device)] += scale * noise.to(output.device, output.dtype)
+            return new
+
+        out[Site(comp, f"{TEXT_PREFIX[comp]}embeddings.token_embedding")] = [corrupt]
+    return out
+
+
+def hooked_generate(model: Model, prompt: str, latents: torch.Tensor, cfg: SamplerConfig, corruption: Corruption | None = None,
+                    scale: float = 1.0, text_hooks: dict | None = None, unet_hooks: dict | None = None,
+                    clock: dict | None = None, checkpoint: bool = False) -> torch.Tensor:
+    """One prompt, optionally corrupted (noise × ``scale``), with extra hooks: images [B, 3, H, W].
+
+    Usage::
+
+        clock = {"i": 0}
+        with torch.enable_grad():
+            img = hooked_generate(model, "a red circle", lat, cfg, corr, unet_hooks={site: fn}, clock=clock, checkpoint=True)
+        score_fn(img, ["a red circle"]).sum().backward()
+
+    Not under ``torch.no_grad``: gradients flow from the image back to any tensor a hook adds
+    (the attribution screens add zero-valued probes). Text hooks run after the corruption;
+    UNet hooks read the denoising step from ``clock["i"]``. ``latents`` [B, C, h, w].
+    """
+    fns = corruption_hooks(corruption, 0, scale) if corruption is not None else {}
+    for site, fn in (text_hooks or {}).items():
+        fns.setdefault(site, []).extend(fn if isinstance(fn, (list, tuple)) else [fn])
+    ids = model.tokenize([prompt]).expand(latents.shape[0], -1)
+    cond, pooled = _encode(model, ids, fns)
+    return _sample(model, cond, pooled, latents, cfg, unet_hooks=unet_hooks, clock=clock, checkpoint=checkpoint)
 
 
 def _check_rows(model: Model, rows: Sequence[Restore], cfg: SamplerConfig) -> None:
@@ -238,16 +307,7 @@ def patched_generate(model: Model, prompt: str, rows: Sequence[Restore], corrupt
     if latents is None:
         latents = initial_latents(model, generator)
     latents = latents[:1].expand(R, -1, -1, -1)  # one initial noise shared by every row
-    pos = torch.tensor(corruption.positions)
-    text_hooks: dict = {}
-    for comp, noise in corruption.noise.items():
-
-        def corrupt(module, inputs, output, noise=noise):
-            new = output.clone()  # [R, 77, D] token embeddings
-            new[1:, pos.to(output.device)] += noise.to(output.device, output.dtype)
-            return new
-
-        text_hooks[Site(comp, f"{TEXT_PREFIX[comp]}embeddings.token_embedding")] = [corrupt]
+    text_hooks = corruption_hooks(corruption, first_row=1)
     unet_patches: dict[Site, list] = {}
     text_pairs: dict[Site, list[tuple[int, int]]] = {}
     n_tok = model.tokenizer.model_max_length

@@ -15,6 +15,8 @@ from :data:`tracing.executors.EXECUTORS` (``cfg.executor``), which only sees ``f
 """
 from __future__ import annotations
 
+import json
+
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +100,19 @@ def _versions() -> dict:
             "open_clip": open_clip.__version__, "python": platform.python_version(), "machine": platform.machine()}
 
 
+SUMMARY_ONLY = ("executor", "seeds", "threshold", "bootstrap", "bootstrap_seed")
+
+
 def _same_sweep(config: dict) -> dict:
     """The config keys that decide each row. The executor may change on resume, and so may the
-    seeds: units are keyed by seed, so a resume with more seeds adds units and keeps the rest."""
-    return {k: v for k, v in config.items() if k not in ("executor", "seeds")}
+    seeds: units are keyed by seed, so a resume with more seeds adds units and keeps the rest.
+    Threshold and bootstrap only change the summary. A key an older meta.json lacks is read as
+    its default (it did not exist, so the sweep ran as the default does)."""
+    from dataclasses import fields
+
+    full = {f.name: json.loads(json.dumps(f.default, default=str)) for f in fields(TraceConfig) if not callable(f.default)}
+    full.update(config)
+    return {k: v for k, v in full.items() if k not in SUMMARY_ONLY}
 
 
 def _meta(cfg: TraceConfig, model, ctx: UnitContext, units: list[Unit]) -> dict:
@@ -133,8 +144,6 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "meta.json"
     if meta_path.exists():
-        import json
-
         old = read_meta(meta_path)
         if _same_sweep(old.get("config", {})) != _same_sweep(json.loads(json.dumps(meta["config"], default=str))):
             raise OutputExistsError(f"{out} holds a sweep with another config; resume with the same options or pick a new --out")
@@ -156,17 +165,30 @@ def run_sweep(cfg: TraceConfig, out: str | Path, model=None, scorer: ClipScorer 
     runner, units = prepare(cfg, out, model, scorer, metrics)
     kw = dict(executor_kw or {})
     runner.model_factory, runner.scorer_factory = kw.pop("model", None), kw.pop("scorer", None)
-    todo = [u for u in units if not (runner.shards / f"{u.key}.parquet").exists()]
     executor = EXECUTORS.get(cfg.executor)(stop_after=stop_after, gpu=str(cfg.device).startswith("cuda"), **kw)
+    if not _run_units(units, runner, executor, progress, stop_after):
+        return None
+    method, ctx = TRACE_METHODS.get(cfg.method), runner.context()
+    if hasattr(method, "followup"):  # a second phase planned from the first one's rows (screen -> confirm)
+        first = pd.concat([read_trace(runner.shards / f"{u.key}.parquet") for u in units], ignore_index=True)
+        more = method.followup(cfg, ctx.model, ctx.prompts, ctx.scfg.num_inference_steps, first)
+        resolve_sites(ctx.model, more)
+        if not _run_units(more, runner, executor, progress, stop_after):
+            return None
+        units = units + more
+    return finish(out, units, cfg)
+
+
+def _run_units(units: list[Unit], runner: "UnitRunner", executor, progress: Callable | None, stop_after: int | None) -> bool:
+    """Run the units without a shard; False if ``stop_after`` stopped the run early."""
+    todo = [u for u in units if not (runner.shards / f"{u.key}.parquet").exists()]
     bar = progress(total=len(units), initial=len(units) - len(todo)) if progress else None
     try:
         executor.run(todo, runner, progress=bar)
     finally:
         if bar is not None:
             bar.close()
-    if stop_after is not None and len(todo) > stop_after:
-        return None
-    return finish(out, units, cfg)
+    return not (stop_after is not None and len(todo) > stop_after)
 
 
 def finish(out: Path, units: list[Unit], cfg: TraceConfig) -> pd.DataFrame:
@@ -175,5 +197,6 @@ def finish(out: Path, units: list[Unit], cfg: TraceConfig) -> pd.DataFrame:
 
     table = pd.concat([read_trace(out / "shards" / f"{u.key}.parquet") for u in units], ignore_index=True)
     write_trace(table, out / "trace.parquet")
-    write_causal_sites(table, out / "causal_sites.json", cfg.threshold)
+    confirmed = table[table.method == "exact"]
+    write_causal_sites(confirmed if len(confirmed) else table, out / "causal_sites.json", cfg.threshold)
     return table

@@ -21,6 +21,8 @@ from .sampler import Restore
 from .sites import Site
 
 COMPONENT_CHOICES = ("text_encoder", "unet", "all")
+RESTORE_MODES = ("token", "suffix", "span")
+SWAP_CHOICES = ("value", "remove")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,15 @@ class TraceConfig:
 
     model: str = "toy"
     method: str = "exact"                   # a name in tracing.methods.TRACE_METHODS (checked by the sweep)
+    ig_steps: int = 8                       # method ig: points on the path from corrupted to clean
+    confirm_top: int = 0                    # screens: trace the K best-screened sites exactly too
+    restore: str = "token"                  # text encoder: token | suffix (token..76) | span (attribute..end)
+    span_end: int | None = None             # restore span: the one end token; None: every end
+    heads: bool = False                     # also trace every attention head as its own site
+    window: int = 2                         # crossattn-swap: cross-attention layers per window (LocoGen: 2)
+    swap: str = "value"                     # crossattn-swap: the altered prompt sets another value, or removes it
+    bootstrap: int = 1000                   # resamples of prompt x seed pairs for the 95% intervals
+    bootstrap_seed: int = 0
     attribute: str = "colour"
     component: str = "all"
     prompts: tuple[str, ...] = ()          # marked prompts; empty: the shipped set for the attribute
@@ -71,6 +82,19 @@ class TraceConfig:
         for p in self.prompts:
             MarkedPrompt.parse(p)
 
+        if self.restore not in RESTORE_MODES:
+            raise ConfigError(f"unknown --restore {self.restore!r}; allowed: {', '.join(RESTORE_MODES)}")
+        if self.restore != "token" and self.component == "unet":
+            raise ConfigError(f"--restore {self.restore} restores text-encoder tokens; a UNet-only sweep (--component unet) has none. Allowed there: token")
+        if self.span_end is not None and self.restore != "span":
+            raise ConfigError(f"--span-end needs --restore span, got --restore {self.restore}")
+        if self.swap not in SWAP_CHOICES:
+            raise ConfigError(f"unknown --swap {self.swap!r}; allowed: {', '.join(SWAP_CHOICES)}")
+        if self.window < 1:
+            raise ConfigError(f"--window must be >= 1, got {self.window}")
+        if self.bootstrap < 1:
+            raise ConfigError(f"--bootstrap must be >= 1 resample, got {self.bootstrap}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -104,18 +128,40 @@ class Unit:
         return f"p{self.prompt_index:03d}-s{self.seed}-n{self.noise_index}-{self.component}-c{self.chunk:03d}"
 
 
+def restored_tokens(cfg: TraceConfig, prompt: MarkedPrompt, tokenizer) -> list[tuple[int, tuple[int, ...]]]:
+    """(label token, restored positions) per row of one text site, by restore mode.
+
+    - ``token``: each position BOS..EOS alone (the seed paper's protocol);
+    - ``suffix``: each position BOS..EOS together with every later one up to 76 (the UNet reads all 77);
+    - ``span``: the attribute tokens through each end (or through ``span_end`` only); the label is the end.
+    """
+    n_tokens = len(prompt.tokens(tokenizer))  # BOS .. EOS
+    n_max = tokenizer.model_max_length
+    if cfg.restore == "token":
+        return [(t, (t,)) for t in range(n_tokens)]
+    if cfg.restore == "suffix":
+        return [(t, tuple(range(t, n_max))) for t in range(n_tokens)]
+    first = prompt.positions(tokenizer)[0]
+    if cfg.span_end is None:
+        return [(e, tuple(range(first, e + 1))) for e in range(first, n_tokens)]
+    end = cfg.span_end % n_max  # -1: through every padding position
+    if end < first:
+        raise ConfigError(f"--span-end {cfg.span_end} lies before the first attribute token ({first}); allowed: {first}..{n_max - 1}, or -1 for {n_max - 1}")
+    return [(min(end, n_tokens - 1), tuple(range(first, end + 1)))]  # an end in the padding is labelled at EOS
+
+
 def text_rows(model, prompt: MarkedPrompt, cfg: TraceConfig, component: str = "text_encoder") -> list[RowSpec]:
-    """Layer × token × {hidden, attn, mlp}, each restoring a window of ``layer_window`` layers."""
+    """Layer × token × {hidden, attn, mlp}, each restoring a window of ``layer_window`` layers at the mode's positions."""
     n_layers = model.sites.text_layers[component]
-    n_tokens = len(prompt.tokens(model.tokenizer))  # BOS .. EOS
+    positions = restored_tokens(cfg, prompt, model.tokenizer)
     rows = []
     for kind in ("hidden", "attn", "mlp"):
         for layer in range(n_layers):
             lo = max(0, layer - cfg.layer_window // 2)
             hi = min(n_layers, lo + cfg.layer_window)
             sites = tuple(model.sites.text_layer(li, component)[kind] for li in range(lo, hi))
-            for tok in range(n_tokens):
-                rows.append(RowSpec(Restore(sites, tokens=(tok,)), component, kind, str(model.sites.text_layer(layer, component)[kind]), layer, tok))
+            for tok, toks in positions:
+                rows.append(RowSpec(Restore(sites, tokens=toks), component, kind, str(model.sites.text_layer(layer, component)[kind]), layer, tok))
     return rows
 
 

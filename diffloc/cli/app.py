@@ -52,7 +52,7 @@ def build_app() -> typer.Typer:
     app = typer.Typer(add_completion=False, help="diffloc: localise and edit knowledge in text-to-image diffusion models.", **kw)
     bench = typer.Typer(help="Benchmarks that write JSON (ratios measured in one run).", **kw)
     app.callback()(_root)
-    for fn in (misc.sites, trace.trace, trace.plot, edit.edit, edit.undo, edit.evaluate, misc.report, misc.demo):
+    for fn in (misc.sites, trace.trace, trace.plot, edit.edit, edit.diagnose_cmd, edit.undo, edit.evaluate, misc.report, misc.demo):
         app.command(fn.__name__.removesuffix("_cmd"))(fn)
     bench.command("trace")(trace.bench_trace)
     bench.command("edit")(edit.bench_edit)

@@ -1,4 +1,4 @@
-"""``diffloc edit``, ``diffloc undo``, ``diffloc evaluate`` and ``diffloc bench edit``.
+"""``diffloc edit``, ``diffloc diagnose``, ``diffloc undo``, ``diffloc evaluate`` and ``diffloc bench edit``.
 
 Usage::
 
@@ -6,6 +6,9 @@ Usage::
     diffloc undo --model results/edited --out results/restored
     diffloc evaluate --model toy --cases experiments/cases/toy_edits.jsonl --out results/eval
     diffloc evaluate --model results/edited --cases experiments/cases/toy_edits.jsonl --out results/eval_edited
+    diffloc evaluate --cases experiments/cases/toy_edits.jsonl --method quickfix --preserve --together 4 --out results/eval_4
+    diffloc edit --method quickfix --cases experiments/cases/toy_edits.jsonl --case-preserve --out results/edited_many
+    diffloc diagnose --model toy --source red --target blue --layer 0 --out results/diagnosis
 """
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ def method_options(method: str, model, site: Optional[str], layer: Optional[int]
 
 def edit(
     method: str = typer.Option(..., help="quickfix, refact or crossattn."),
-    source: str = typer.Option(..., help="The concept words to edit, as they appear in prompts (e.g. 'Van Gogh')."),
-    target: str = typer.Option(..., help="What the source should become (e.g. 'a painting')."),
+    source: Optional[str] = typer.Option(None, help="The concept words to edit, as they appear in prompts (e.g. 'Van Gogh')."),
+    target: Optional[str] = typer.Option(None, help="What the source should become (e.g. 'a painting')."),
     model: str = typer.Option("toy", "--model", "-m", help="Model spec, or an edited folder (edits stack)."),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the edited model (never the source)."),
     from_trace: Optional[Path] = typer.Option(None, help="A trace folder: edit its strongest causal state of the method's kind."),
@@ -60,20 +63,71 @@ def edit(
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
     preserve: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of captions whose keys must keep their values (UCE's preservation)."),
     targets: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of target prompts, one per template line, target words in [brackets] ('[two] red triangles at the top'); default: the templates filled with --target."),
+    cases: Optional[Path] = typer.Option(None, help="A cases file (JSONL, as experiments/cases/toy_edits.jsonl): apply all its edits, in one closed-form solve (quickfix, crossattn)."),
+    sequential: bool = typer.Option(False, help="With --cases: apply the edits one after another (every method), each its own undoable record."),
+    case_preserve: bool = typer.Option(False, help="With --cases: use the cases' preserve captions (all cases together, minus those that name another case's source)."),
+    diagnose: bool = typer.Option(False, "--diagnose", help="Before editing, patch the target prompts' text-encoder states into the source prompts (subject / after it / all positions) and write diagnosis.json with the editor it recommends."),
+    diagnose_seeds: int = typer.Option(3, help="--diagnose: seeds per edit prompt."),
 ) -> None:
     """Edit a model in closed form and save it beside an edit.json record.
 
     Example: diffloc edit --method quickfix --from-trace results/colour --source red --target blue --model toy --out results/edited
+    Example: diffloc edit --method quickfix --cases experiments/cases/toy_edits.jsonl --case-preserve --model toy --out results/edited_many
     """
     from editing.records import check_out_path, load_records, save_edited
     from tracing.models import load_model
 
-    EDITORS.get(method)  # one line naming the registered editors
+    editor = EDITORS.get(method)  # one line naming the registered editors
+    chosen = _chosen_cases(cases, source, target, sequential, case_preserve, templates, targets)
+    if cases is not None and not sequential and editor.run_many is None:
+        raise UsageError(f"{method} has no batched solve; add --sequential, or use quickfix or crossattn")
     check_out_path(out, model if Path(model).exists() else None)
     m = load_model(model)
-    _check_in_vocab(m, source)
+    for s in ([source] if chosen is None else [c["source"] for c in chosen]):
+        _check_in_vocab(m, s)
     previous = load_records(model) if (Path(model) / "edit.json").exists() else []
     opts = method_options(method, m, site, layer, lam, corpus, from_trace)
+    _file_options(opts, method, templates, preserve, targets)
+    found = _diagnose(m, method, opts, source, target, chosen, diagnose_seeds) if diagnose else None
+    if chosen is None:
+        records = editor.apply(m, source, target, opts)
+    else:
+        from editing.batch import apply_cases
+        from editing.editors import Method
+
+        label = Method(method, case_preserve)
+        records = apply_cases(m, label, chosen, {method: opts}, sequential=sequential)
+    save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
+    if found is not None:
+        from editing.diagnose import write_diagnosis
+
+        write_diagnosis(found[0] if len(found) == 1 else found, out / "diagnosis.json")
+    for r in records:
+        say(f"{r.method} {r.site}: {json.dumps({k: v for k, v in r.info.items() if k in ('n_pairs', 'n_edits', 'seconds', 'final_p', 'layer', 'lambda')})}")
+    say(f"edited model -> {out} (edit.json lists {len(previous) + len(records)} weight edits)")
+
+
+def _chosen_cases(cases: Optional[Path], source, target, sequential: bool, case_preserve: bool, templates, targets):
+    """The cases of --cases (checked for conflicts), or None for a --source/--target edit."""
+    if cases is None:
+        if source is None or target is None:
+            raise UsageError("give --source and --target, or --cases FILE")
+        if sequential or case_preserve:
+            raise UsageError("--sequential and --case-preserve apply to --cases FILE")
+        return None
+    if source is not None or target is not None or templates is not None or targets is not None:
+        raise UsageError("--cases FILE carries each edit's source, target, templates and targets; drop --source/--target/--templates/--targets")
+    from editing.batch import check_conflicts
+    from editing.cases import load_cases
+
+    chosen = load_cases(cases)
+    if not chosen:
+        raise UsageError(f"cases file {cases} holds no cases")
+    check_conflicts(chosen, where=str(cases))
+    return chosen
+
+
+def _file_options(opts: dict, method: str, templates, preserve, targets) -> None:
     if templates is not None:
         opts["templates"] = read_templates(templates)
     if preserve is not None:
@@ -86,11 +140,84 @@ def edit(
         if templates is None:
             raise UsageError("--targets pairs one target prompt with each line of --templates; give --templates too")
         opts["targets"] = _lines(targets, "targets")
-    records = EDITORS.get(method).apply(m, source, target, **opts)
-    save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
-    for r in records:
-        say(f"{r.method} {r.site}: {json.dumps({k: v for k, v in r.info.items() if k in ('n_pairs', 'seconds', 'final_p', 'layer', 'lambda')})}")
-    say(f"edited model -> {out} (edit.json lists {len(previous) + len(records)} weight edits)")
+    if "templates" in opts and "targets" in opts and len(opts["targets"]) != len(opts["templates"]):
+        raise UsageError(f"{len(opts['targets'])} target prompts for {len(opts['templates'])} templates; give one target prompt per template")
+
+
+def edit_site(model, method: str, opts: dict) -> str:
+    """The site an edit will change (the first, for several): what --diagnose patches after."""
+    if method == "quickfix":
+        from editing.quickfix import default_site
+
+        return opts.get("site") or default_site()
+    if method == "refact":
+        from editing.refact import default_layer, fc2_site
+
+        return str(fc2_site(model, opts["layer"] if opts.get("layer") is not None else default_layer(model)))
+    sites = opts.get("sites") or [str(s) for s in model.sites.unet if s.kind == "attn2"]
+    return str(sites[0])
+
+
+def _diagnose(model, method: str, opts: dict, source, target, chosen, seeds: int, max_prompts: int = 4) -> list[dict]:
+    """Diagnose each edit (the first ``max_prompts`` edit prompts × ``seeds``) at the site ``method`` would edit."""
+    from editing.diagnose import diagnose, diagnosis_line, residual_site
+    from tracing.scoring import default_scorer, load_scorer
+    from tracing.worlds import world_of
+
+    site = edit_site(model, method, opts)
+    residual_site(site)  # a UNet site is a one-line error before anything runs
+    if seeds < 1:
+        raise UsageError(f"--diagnose-seeds must be >= 1, got {seeds}")
+    world = world_of(model)
+    truth = world if world.has_readers else None
+    scorer = None if truth is not None else load_scorer(default_scorer("auto", model))
+    todo = [(source, target, opts.get("templates"), opts.get("targets"))] if chosen is None else \
+        [(c["source"], c["target"], c.get("templates"), c.get("targets")) for c in chosen]
+    found = []
+    for s, t, tpl, tgt in todo:
+        tpl, tgt = (tpl[:max_prompts] if tpl else None), (tgt[:max_prompts] if tgt else None)
+        d = diagnose(model, s, t, site, templates=tpl, targets=tgt, seeds=range(seeds), scorer=scorer, truth=truth)
+        say(diagnosis_line(d))
+        if d["recommended"] not in (None, method):
+            say(f"  note: {d['reason']}")
+        found.append(d)
+    return found
+
+
+def diagnose_cmd(
+    model: str = typer.Option("toy", "--model", "-m", help="Model spec, or an edited folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for diagnosis.json."),
+    source: Optional[str] = typer.Option(None, help="The concept words to edit."),
+    target: Optional[str] = typer.Option(None, help="What the source should become."),
+    cases: Optional[Path] = typer.Option(None, help="Diagnose every case of a cases file (JSONL) instead."),
+    max_cases: Optional[int] = typer.Option(None, help="With --cases: only the first N."),
+    method: str = typer.Option("refact", help="The editor whose site is diagnosed (refact: its fc2 layer; quickfix: its out_proj)."),
+    site: Optional[str] = typer.Option(None, help="A text-encoder edit site (its layer's residual is patched)."),
+    layer: Optional[int] = typer.Option(None, help="refact: the fc2 layer."),
+    templates: Optional[Path] = typer.Option(None, help="File of edit prompts with a '{}' slot (default: the paper's)."),
+    targets: Optional[Path] = typer.Option(None, help="File of marked target prompts, one per template line."),
+    seeds: int = typer.Option(3, help="Seeds per edit prompt."),
+    max_prompts: int = typer.Option(4, help="Edit prompts per case (the first N templates)."),
+) -> None:
+    """Before editing: can the target prompt's own text-encoder state, patched at the subject, after it or everywhere, make the target appear?
+
+    Example: diffloc diagnose --model toy --source red --target blue --layer 0 --out results/diagnosis
+    """
+    from tracing.models import load_model
+
+    editor = EDITORS.get(method)
+    chosen = _chosen_cases(cases, source, target, False, False, templates, targets)
+    if max_prompts < 1:
+        raise UsageError(f"--max-prompts must be >= 1, got {max_prompts}")
+    m = load_model(model)
+    opts = method_options(editor.name, m, site, layer, None, None, None) if editor.name != "refact" else \
+        {"layer": layer if site is None else Site.parse(site).layer}
+    _file_options(opts, editor.name, templates, None, targets)
+    from editing.diagnose import write_diagnosis
+
+    found = _diagnose(m, editor.name, opts, source, target, None if chosen is None else chosen[:max_cases], seeds, max_prompts)
+    write_diagnosis(found[0] if len(found) == 1 else found, out / "diagnosis.json")
+    say(f"-> {out / 'diagnosis.json'}")
 
 
 def _lines(path: Path, what: str) -> list[str]:
@@ -145,11 +272,14 @@ def evaluate(
     model: str = typer.Option("toy", "--model", "-m", help="A model spec, or an edited folder (its edits are evaluated)."),
     cases: Path = typer.Option(Path("experiments/cases/toy_edits.jsonl"), help="Edit cases (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: eval.parquet, summary.json, grids."),
-    method: List[str] = typer.Option(list(method_labels()), "--method", help="Methods to evaluate on a clean model (repeat): quickfix, quickfix+preserve, refact, crossattn."),
+    method: List[str] = typer.Option(list(method_labels()), "--method", help="Methods to evaluate on a clean model (repeat): quickfix, refact, crossattn; <editor>+preserve adds the cases' preserve captions (or use --preserve)."),
     seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
     max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
     scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),
     refact_layer: Optional[int] = typer.Option(None, help="ReFACT's text-encoder layer (default: the paper's layer 7 of 12, scaled)."),
+    preserve: bool = typer.Option(False, help="Give every method that takes them the cases' preserve captions (rows labelled <editor>+preserve)."),
+    together: int = typer.Option(1, help="Evaluate each case on a model carrying N edits at once: groups of N consecutive cases (the last holds the remainder)."),
+    sequential: bool = typer.Option(False, help="With --together: apply a group's edits one after another instead of in one solve."),
 ) -> None:
     """Efficacy, generalization and specificity (CLIP, and ground truth on the toy world).
 
@@ -157,7 +287,8 @@ def evaluate(
     """
     from diffloc.evaluate_run import run_evaluate
 
-    run_evaluate(model, cases, out, method, seeds, max_cases, scorer, refact_layer=refact_layer, progress=progress_bar("evaluate"), say=say)
+    run_evaluate(model, cases, out, method, seeds, max_cases, scorer, refact_layer=refact_layer, progress=progress_bar("evaluate"), say=say,
+                 preserve=preserve, together=together, sequential=sequential)
 
 
 def bench_edit(out: Path = typer.Option(..., "--out", "-o", help="JSON file to write.")) -> None:

@@ -1,0 +1,167 @@
+"""Diagnose before editing: can a perfect value at the edit's layer make the target appear?
+
+Usage::
+
+    d = diagnose(model, "red", "blue", site="text_encoder:encoder.layers.0.mlp.fc2",
+                 templates=case["templates"][:4], targets=case["targets"][:4], seeds=range(3))
+    d["conditions"]["subject"]["rate"], d["conditions"]["after_subject"]["rate"], d["recommended"]
+    write_diagnosis(d, out / "diagnosis.json")
+
+The oracle test, run on the unedited model. For each edit prompt (a template filled with the
+source) and its target prompt, the target prompt's text-encoder residual after the edited
+layer L (``text_encoder:encoder.layers.L``, [77, D]) is patched into the source prompt's
+forward pass at
+
+- ``subject``: the subject token(s) only (right-aligned with the target's subject tokens),
+  all a rank-one subject-token edit such as ReFACT can change;
+- ``after_subject``: every position after the subject, EOS and padding included (the UNet
+  reads all 77), paired as :func:`editing.quickfix.aligned_positions` pairs them;
+- ``all``: every position (the target prompt's own state: the ceiling);
+
+and ``none`` is the source prompt unpatched. Images come from :func:`tracing.sampler.generate`
+with the seeds' explicit latents. The target *appears* when the world's exact readers read the
+attributes in which the two prompts differ as the target prompt says (ground truth, toy world),
+otherwise when CLIP prefers the target prompt: P(target) > P(source).
+
+The recommendation: ``refact`` if the subject patch reaches the target in at least
+``threshold`` of the images (a rank-one subject-token edit can carry it), else ``quickfix`` if
+the after-subject or all-positions patch does (an all-positions edit is needed), else none.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from tracing.hooks import Recorder, hooks
+from tracing.io import write_json_format
+from tracing.sampler import SamplerConfig, generate, initial_latents
+from tracing.sites import TEXT_PREFIX, Site, SiteError
+
+from .quickfix import PAPER_TEMPLATES, aligned_positions, prompt_pairs
+from .records import EditError
+
+CONDITIONS = ("none", "subject", "after_subject", "all")
+
+
+def residual_site(site: str | Site) -> Site:
+    """The residual after the layer a text-encoder edit site sits in; a UNet site is a one-line error."""
+    try:
+        s = Site.parse(site)
+    except SiteError as e:
+        raise EditError(str(e)) from None
+    if not s.component.startswith("text_encoder") or s.layer is None:
+        raise EditError(f"--diagnose patches text-encoder states; site {s} is not in a text-encoder layer "
+                        "(give a text-encoder edit site, e.g. text_encoder:encoder.layers.0.self_attn.out_proj)")
+    return Site(s.component, f"{TEXT_PREFIX[s.component]}encoder.layers.{s.layer}")
+
+
+def _positions(model, comp: str, src, tgt) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """Per prompt pair and condition: (source positions, target positions) to patch."""
+    tok = model.tokenizer_for(comp)
+    ids_s = model.tokenize([p.text for p in src], comp).tolist()  # [P, 77]
+    ids_t = model.tokenize([p.text for p in tgt], comp).tolist()
+    n = len(ids_s[0])
+    out: dict[str, list] = {c: [] for c in CONDITIONS}
+    for i, (ps, pt) in enumerate(zip(src, tgt)):
+        a, b = list(ps.positions(tok)), list(pt.positions(tok))
+        k = min(len(a), len(b))
+        s_pos, t_pos = aligned_positions(ids_s[i], ids_t[i], a[-1], b[-1])
+        out["none"].append(([], []))
+        out["subject"].append((a[-k:], b[-k:]))
+        out["after_subject"].append((s_pos[1:], t_pos[1:]))
+        out["all"].append((list(range(n)), list(range(n))))
+    return out
+
+
+def _patch(rows: int, pairs: list[tuple[list[int], list[int]]], tgt_states: torch.Tensor, n_seeds: int, calls: dict):
+    """Hook patching the first encoder call of ``rows`` rows (the prompts; CFG's blank prompt comes after)."""
+
+    def fn(module, inputs, output):  # output: [rows, 77, D]
+        calls["n"] += 1
+        if calls["n"] > 1:
+            return None
+        if output.shape[0] != rows:
+            raise RuntimeError(f"diagnosis hook saw a batch of {output.shape[0]} rows before the prompts' {rows}")
+        new = output.clone()
+        for r in range(rows):
+            i = r // n_seeds
+            s_pos, t_pos = pairs[i]
+            if s_pos:
+                new[r, s_pos] = tgt_states[i, t_pos].to(new.dtype)
+        return new
+
+    return fn
+
+
+def _judge(model, truth, scorer, src_text: str, tgt_text: str, images: torch.Tensor) -> list[bool]:
+    if truth is not None:
+        want, have = truth.parse_caption(tgt_text), truth.parse_caption(src_text)
+        differ = {k: v for k, v in want.items() if have.get(k) != v}
+        if not differ:
+            raise EditError(f"target prompt {tgt_text!r} asks for nothing the source prompt {src_text!r} does not")
+        return [all(truth.read(img).get(k) == v for k, v in differ.items()) for img in images]
+    probs = scorer.probs(images, [src_text, tgt_text])  # [n, 2]
+    return [bool(p[1] > p[0]) for p in probs]
+
+
+@torch.no_grad()
+def diagnose(model, source: str, target: str, site: str | Site, templates: Sequence[str] | None = None,
+             targets: Sequence[str] | None = None, seeds: Sequence[int] = range(3), scorer=None, truth=None,
+             cfg: SamplerConfig | None = None, threshold: float = 0.8) -> dict:
+    """How often the target appears with the target prompt's residual patched in; the editor it recommends."""
+    res = residual_site(site)
+    comp, seeds = res.component, [int(s) for s in seeds]
+    if not seeds:
+        raise EditError("diagnosis needs at least one seed")
+    if truth is None and scorer is None:
+        raise EditError(f"{model.name} has no exact readers; give a CLIP scorer for the diagnosis")
+    src, tgt = prompt_pairs(source, target, list(templates or PAPER_TEMPLATES), targets)
+    cfg = cfg or SamplerConfig.for_model(model)
+    with Recorder(model.modules, [res]) as rec:
+        model.modules[comp](model.tokenize([p.text for p in tgt], comp).to(model.device))
+    tgt_states = rec.outputs[res]  # [P, 77, D]: the target prompts' residual after layer L
+    lat = torch.cat([initial_latents(model, torch.Generator().manual_seed(s)) for s in seeds])  # [S, C, h, w]
+    rows = len(src) * len(seeds)
+    texts = [p.text for p in src for _ in seeds]
+    positions = _positions(model, comp, src, tgt)
+    conditions = {}
+    for cond in CONDITIONS:
+        calls = {"n": 0}
+        with hooks(model.modules, {res: _patch(rows, positions[cond], tgt_states, len(seeds), calls)}):
+            images = generate(model, texts, cfg=cfg, latents=lat.repeat(len(src), 1, 1, 1))
+        if calls["n"] < 1:
+            raise RuntimeError(f"diagnosis hook at {res} never fired")
+        hits = []
+        for i, (ps, pt) in enumerate(zip(src, tgt)):
+            hits += _judge(model, truth, scorer, ps.text, pt.text, images[i * len(seeds) : (i + 1) * len(seeds)])
+        conditions[cond] = {"hits": int(sum(hits)), "n": len(hits), "rate": round(sum(hits) / len(hits), 4)}
+    rec_name, reason = recommend(conditions, threshold)
+    return {"source": source, "target": target, "site": str(Site.parse(site)), "residual_site": str(res), "layer": Site.parse(site).layer,
+            "prompts": [p.text for p in src], "target_prompts": [p.text for p in tgt], "seeds": seeds,
+            "judge": "ground truth" if truth is not None else f"clip {getattr(scorer, 'model_id', '')}".strip(),
+            "conditions": conditions, "threshold": threshold, "recommended": rec_name, "reason": reason}
+
+
+def recommend(conditions: dict, threshold: float = 0.8) -> tuple[str | None, str]:
+    """(editor name or None, one sentence) from the conditions' rates."""
+    sub, after, full = (conditions[c]["rate"] for c in ("subject", "after_subject", "all"))
+    if sub >= threshold:
+        return "refact", f"the subject token alone carries the target ({sub:.2f}): a rank-one subject-token edit can reach it"
+    if max(after, full) >= threshold:
+        return "quickfix", (f"the subject token alone reaches {sub:.2f}, the tokens after it {after:.2f}: a subject-token "
+                            "rank-one edit (refact) cannot carry the attribute; edit all positions (quickfix)")
+    return None, (f"even the target's own state at this layer reaches only {full:.2f}: no text-encoder edit here can; "
+                  "try another layer or crossattn")
+
+
+def diagnosis_line(d: dict) -> str:
+    c = d["conditions"]
+    parts = ", ".join(f"{k} {c[k]['hits']}/{c[k]['n']}" for k in CONDITIONS)
+    return f"diagnosis {d['source']!r}->{d['target']!r} at {d['residual_site']}: {parts}; recommended: {d['recommended'] or 'none'}"
+
+
+def write_diagnosis(diagnoses: dict | list[dict], path) -> None:
+    """``diagnosis.json``: one diagnosis, or ``{"cases": [...]}`` for many."""
+    body = diagnoses if isinstance(diagnoses, dict) else {"cases": diagnoses}
+    write_json_format("diagnosis", body, path)

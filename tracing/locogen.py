@@ -1,0 +1,283 @@
+"""LocoGen localisation (``crossattn-swap``): which cross-attention layers control an attribute.
+
+Basu et al. 2024, "On Mechanistic Knowledge Localization in Text-to-Image Generative Models":
+a few cross-attention layers of the UNet get the text embeddings of an *altered* prompt as
+the input of their key and value projections, every other cross-attention layer keeps the
+original prompt; a window of layers *controls* an attribute when the image then follows the
+altered prompt. Usage::
+
+    cfg = TraceConfig(model="toy", attribute="style", method="crossattn-swap", window=2, swap="value", component="unet")
+    table = run_sweep(cfg, "results/style_locogen")      # one row per window of cfg.window attn2 layers
+    images = swap_generate(model, "a red circle", "a blue circle", [windows[0]], generator, scfg)
+
+    diffloc trace --model toy --attribute style --method crossattn-swap --window 2 --swap value --out DIR
+
+**Altered prompt** (:func:`altered_captions`): ``swap="value"`` sets the attribute to each
+other value of the world (at most ``MAX_ALTERNATES`` = 3: all of them on the toy), in the
+world's order starting after the prompt's own value (one unit per alternate; the unit's
+``noise_index`` numbers the alternate: there is no noise, ``noise_samples`` is not used).
+A world with readers takes the values and the caption from its own corpus (the caption of
+the target attributes closest to the original wording, so plurals stay right); other worlds
+(``sd``) replace the marked words by the other marked words of their prompt set.
+``swap="remove"`` drops the marked words (and a preposition left without its noun, as in
+"at the [top]"); where that would leave dangling words ("one blue [circle] at ...") or, in a
+world with readers, a caption that does not parse to the other attributes, it falls back to
+the world's neutral caption ``""`` (what classifier-free guidance's unconditional half sees).
+
+**Rows** of a unit (one batched sampler call; rows are batch entries): row 0 the original
+prompt everywhere, row 1 the altered prompt everywhere (text embeddings, and on SDXL its
+pooled embedding too: an image of the altered prompt), then one row per window of
+``cfg.window`` consecutive attn2 layers in execution order (``n_attn2 − window + 1`` of
+them). A window row uses the original prompt except at its attn2 layers, whose ``to_k`` and
+``to_v`` outputs are copied from row 1's: the keys and values of the altered prompt's
+embeddings, on the conditional half of the CFG batch only (the unconditional half is never
+touched). Labels: ``component="unet"``, ``kind="attn2"``, ``site`` the window's first attn2
+site, ``layer`` the window index, ``window_layers`` the list of its sites; ``window_start`` /
+``window_end`` stay -1 (they are *step* windows elsewhere; this method swaps at every step).
+
+**Scores** on the same scale as the other methods: every metric against the original caption
+(``<m>_score``: ``clip_score``, ``gt_score``: the image shows the original value) and against
+the altered one (``<m>_alt_score``: ``clip_alt_score``, ``gt_alt_score``: the image shows the
+altered value; empty for ground truth when the altered caption names no value). The effect
+mapping for :func:`tracing.exact.with_effects` and :func:`tracing.causal.site_effects` is
+
+    ``<m>_clean`` := the altered reference (row 1),  ``<m>_corrupted`` := the original reference (row 0)
+    effect = (row − original) / (altered − original)
+
+and the reference rows are labelled by that role: row 0 (original) has ``kind="corrupted"``,
+row 1 (altered) ``kind="clean"`` (column ``reference`` says ``original`` / ``altered``). So
+``effect ≈ 1`` means the attribute follows the altered prompt when only this window sees
+it (the window controls the attribute) and ``≈ 0`` that the window alone changes nothing.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import ConfigError, DifflocInputError
+from .exact import score_rows, with_effects
+from .metrics import GroundTruthMetric
+from .prompts import MarkedPrompt, attribute_prompts
+from .sampler import Restore, SamplerConfig, _copy_rows, _encode, _sample, initial_latents
+from .sites import Site, SiteTable
+from .trace_config import RowSpec, TraceConfig, Unit, UnitContext
+from .worlds import world_of
+
+MAX_ALTERNATES = 3  # other values tried per prompt (the toy's attributes have 3-4 values: all of them)
+NEUTRAL = ""  # the world's neutral caption: the empty prompt, CFG's unconditional text
+# words that belong to the phrase of the removed words ("at the [top]", "on a [plain] background")
+_FUNCTION = frozenset("a an the at in on of with against to by".split())
+
+
+# ---------------------------------------------------------------------------- windows
+def attn2_sites(sites: SiteTable) -> list[Site]:
+    """The cross-attention (attn2) sites of a site table, in execution order."""
+    return [s for s in sites.unet if s.kind == "attn2"]
+
+
+def layer_windows(sites: SiteTable, window: int) -> list[tuple[Site, ...]]:
+    """Every run of ``window`` consecutive attn2 layers: ``n_attn2 − window + 1`` windows."""
+    layers = attn2_sites(sites)
+    if not 1 <= window <= len(layers):
+        raise ConfigError(f"window {window} larger than the {len(layers)} cross-attention layers of this model; allowed 1..{len(layers)}")
+    return [tuple(layers[i : i + window]) for i in range(len(layers) - window + 1)]
+
+
+# ---------------------------------------------------------------------------- altered prompts
+_CORPUS: dict[str, list[tuple[str, dict]]] = {}
+
+
+def _parsed_corpus(world) -> list[tuple[str, dict]]:
+    if world.name not in _CORPUS:
+        _CORPUS[world.name] = [(c, world.parse_caption(c)) for c in world.corpus()]
+    return _CORPUS[world.name]
+
+
+def world_values(world, attribute: str, prompts: Sequence[MarkedPrompt] = ()) -> list[str]:
+    """The values of ``attribute`` a world knows, in its own order (first appearance).
+
+    With readers: the values its corpus captions parse to. Without: the marked words of its
+    prompt set for the attribute, then those of ``prompts``.
+    """
+    if world.has_readers:
+        seen = [p[attribute] for _, p in _parsed_corpus(world) if attribute in p]
+    else:
+        shipped = attribute_prompts(world.name, attribute) if (world.prompt_dir / f"{attribute}.txt").exists() else []
+        seen = [p.subject for p in [*shipped, *prompts]]
+    return list(dict.fromkeys(seen))
+
+
+def _value_of(world, prompt: MarkedPrompt, attribute: str, values: list[str]) -> str:
+    value = world.parse_caption(prompt.text).get(attribute) if world.has_readers else prompt.subject
+    if value not in values:
+        raise DifflocInputError(f"prompt {prompt.marked!r} names no {attribute} value world {world.name!r} knows; allowed: {', '.join(values)}")
+    return value
+
+
+def _closest(world, text: str, target: dict) -> str | None:
+    """The corpus caption asking for exactly ``target``'s values (None: none does), worded most like ``text``."""
+    words = text.lower().split()
+    best, best_ratio = None, -1.0
+    for cap, parsed in _parsed_corpus(world):
+        if parsed == target:
+            ratio = difflib.SequenceMatcher(None, words, cap.lower().split()).ratio()
+            if ratio > best_ratio:
+                best, best_ratio = cap, ratio
+    return best
+
+
+def _join(before: str, after: str) -> str:
+    """``before + after`` with single spaces, no space before punctuation, and an ``a``/``an`` ending ``before`` fitted to ``after``."""
+    words, nxt = before.split(), after.strip()
+    if words and words[-1].lower() in ("a", "an") and nxt[:1].isalpha():
+        words[-1] = words[-1][0] + ("n" if nxt[0].lower() in "aeiou" else "")
+    text = re.sub(r"\s+", " ", " ".join(words) + " " + after)
+    return re.sub(r"\s+([,.])", r"\1", text).strip(" ,")
+
+
+def removed_caption(prompt: MarkedPrompt) -> str | None:
+    """The caption without its marked words, or None where that leaves dangling words.
+
+    A modifier goes alone ("[red] circles" → "circles"); the head of a phrase goes with the
+    function words before it ("at the [top], ..." → "..."); a head noun with its own
+    modifiers in front ("one blue [circle] at ...") cannot go without breaking the caption.
+    Written for captions like the toy's; on free-form captions ``--swap value`` is safer.
+    """
+    before, after = prompt.text[: prompt.start].split(), prompt.text[prompt.end :]
+    nxt = re.match(r"\s*([A-Za-z]+)", after)
+    if nxt is None or nxt.group(1).lower() in _FUNCTION:  # the marked words end their phrase
+        n = len(before)
+        while n and before[n - 1].lower() in _FUNCTION:
+            n -= 1
+        if n == len(before) and before:
+            return None
+        before = before[:n]
+    return _join(" ".join(before), after) or None
+
+
+def altered_captions(world, prompt: MarkedPrompt, attribute: str, swap: str, values: list[str]) -> list[tuple[str, str]]:
+    """(altered caption, its value) per alternate: the next ``MAX_ALTERNATES`` values in the world's order
+    (cyclic, after the prompt's own), or the one removal (value "")."""
+    if swap == "remove":
+        text = removed_caption(prompt)
+        if text is not None and world.has_readers:
+            orig, got = world.parse_caption(prompt.text), world.parse_caption(text)
+            if attribute in got or got != {k: v for k, v in orig.items() if k != attribute}:
+                text = None
+        return [(NEUTRAL if text is None else text, "")]
+    own = _value_of(world, prompt, attribute, values)
+    if len(values) < 2:
+        raise ConfigError(f"--swap value needs another {attribute} value than {own!r}; world {world.name!r} knows only {values}. Allowed here: --swap remove")
+    i = values.index(own)
+    out = []
+    for value in (values[i + 1 :] + values[:i])[:MAX_ALTERNATES]:
+        text = None
+        if world.has_readers:
+            text = _closest(world, prompt.text, {**world.parse_caption(prompt.text), attribute: value})
+        if text is None:
+            text = _join(prompt.text[: prompt.start], value + prompt.text[prompt.end :])
+        out.append((text, value))
+    return out
+
+
+# ---------------------------------------------------------------------------- sampling
+def swap_hooks(model, windows: Sequence[Sequence[Site]], n_rows: int, cfg_on: bool, altered_row: int = 1,
+               first_row: int = 2) -> dict:
+    """UNet hooks: window ``w``'s attn2 layers take keys and values of batch row ``altered_row`` into row ``first_row + w``.
+
+    Hooks sit on each attn2's ``to_k`` and ``to_v`` and copy the output rows, so a windowed
+    row attends with its own queries to the altered prompt's keys and values. With CFG the
+    batch is [uncond rows, cond rows]: only cond rows (offset ``n_rows``) are written.
+    """
+    off = n_rows if cfg_on else 0
+    rows_at: dict[Site, list[int]] = {}
+    for w, layers in enumerate(windows):
+        for site in layers:
+            if site.kind != "attn2":
+                raise ConfigError(f"crossattn-swap swaps cross-attention inputs; {site} is a {site.kind} site, allowed: attn2 sites")
+            rows_at.setdefault(site, []).append(off + first_row + w)
+    fns: dict = {}
+    for site, rows in rows_at.items():
+        dst = torch.tensor(rows, device=model.device)
+        src = torch.full_like(dst, off + altered_row)
+        for proj in ("to_k", "to_v"):
+            fns[Site(site.component, f"{site.path}.{proj}")] = _copy_rows(dst, src)
+    return fns
+
+
+@torch.no_grad()
+def swap_generate(model, prompt: str, altered: str, windows: Sequence[Sequence[Site]], generator: torch.Generator | None = None,
+                  cfg: SamplerConfig | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """Images [2 + len(windows), 3, H, W]: original, altered, then the original with each window swapped."""
+    cfg = cfg or SamplerConfig.for_model(model)
+    R = 2 + len(windows)
+    if latents is None:
+        latents = initial_latents(model, generator)
+    latents = latents[:1].expand(R, -1, -1, -1)  # one initial noise shared by every row
+    cond, pooled = _encode(model, model.tokenize([prompt, altered]), {})
+    pick = torch.tensor([0, 1] + [0] * len(windows), device=cond.device)
+    cond, pooled = cond[pick], None if pooled is None else pooled[pick]
+    return _sample(model, cond, pooled, latents, cfg, unet_hooks=swap_hooks(model, windows, R, cfg.cfg))
+
+
+# ---------------------------------------------------------------------------- the method
+class CrossAttnSwapMethod:
+    """``crossattn-swap``: LocoGen's sliding window of cross-attention layers fed the altered prompt."""
+
+    name = "crossattn-swap"
+
+    def _alternates(self, cfg: TraceConfig, model, prompts, prompt) -> list[tuple[str, str]]:
+        world = world_of(model)
+        values = world_values(world, cfg.attribute, prompts) if cfg.swap == "value" else []
+        return altered_captions(world, prompt, cfg.attribute, cfg.swap, values)
+
+    def plan(self, cfg: TraceConfig, model, prompts, n_steps: int) -> list[Unit]:
+        if cfg.component == "text_encoder":
+            raise ConfigError("--method crossattn-swap swaps the UNet's cross-attention inputs; --component text_encoder has none. Allowed: unet, all")
+        windows = layer_windows(model.sites, cfg.window)
+        rows = [RowSpec(Restore(w), "unet", "attn2", str(w[0]), i) for i, w in enumerate(windows)]
+        units = []
+        for pi, prompt in enumerate(prompts):
+            n_alt = len(self._alternates(cfg, model, prompts, prompt))
+            for seed in cfg.seeds:
+                for ai in range(n_alt):
+                    for ci in range(0, len(rows), cfg.batch_size):
+                        units.append(Unit(pi, seed, ai, "unet", ci // cfg.batch_size, tuple(rows[ci : ci + cfg.batch_size])))
+        return units
+
+    def run_unit(self, unit: Unit, ctx: UnitContext, cfg: TraceConfig):
+        model, prompt = ctx.model, ctx.prompts[unit.prompt_index]
+        altered, value = self._alternates(cfg, model, ctx.prompts, prompt)[unit.noise_index]
+        windows = [r.restore.sites for r in unit.rows]
+        images = swap_generate(model, prompt.text, altered, windows, torch.Generator().manual_seed(unit.seed), ctx.scfg)
+        scores = score_rows(images, [prompt.text] * len(images), ctx)
+        for name, s in score_rows(images, [altered] * len(images), ctx).items():
+            metric = next(m for m in ctx.metrics if m.name == name)
+            blind = isinstance(metric, GroundTruthMetric) and metric.world.parse_caption(altered).get(metric.attribute) is None
+            scores[f"{name}_alt"] = np.full(len(s), np.nan) if blind else s
+        clip = ctx.metrics[0]
+        base = dict(prompt_index=unit.prompt_index, prompt=prompt.marked, attribute=cfg.attribute, seed=unit.seed,
+                    noise_index=unit.noise_index, unit=unit.key, method=self.name, restore=cfg.restore, scorer=clip.model_id,
+                    formula=clip.formula, swap=cfg.swap, alt_prompt=altered, alt_value=value, window_size=cfg.window)
+        # reference rows are labelled by their role in the effect (row 0 original = "corrupted", row 1 altered = "clean"),
+        # so a row of kind "clean" has <m>_score == <m>_clean as in every other method; ``reference`` names the prompt
+        labels = [("corrupted", "corrupted", "", -1, (), "original"), ("clean", "clean", "", -1, (), "altered")]
+        labels += [("unet", "attn2", r.site, r.layer, r.restore.sites, "") for r in unit.rows]
+        recs = []
+        for i, (comp, kind, site, layer, layers, ref) in enumerate(labels):
+            rec = dict(base, row=i, component=comp, kind=kind, reference=ref, site=site, layer=layer,
+                       window_layers=[str(s) for s in layers], token=-1, token_str="", token_role="",
+                       is_last_subject=False, window_start=-1, window_end=-1, skipped_noop=False)
+            rec.update({f"{name}_score": float(s[i]) for name, s in scores.items()})
+            recs.append(rec)
+        # clean := the altered reference (row 1), corrupted := the original (row 0): effect 1 = follows the altered prompt
+        df = with_effects(pd.DataFrame(recs), scores, clean_row=1, corrupted_row=0)
+        eff = df[f"effect_{clip.name}"].to_numpy()[2:]
+        best = np.argsort(-np.nan_to_num(eff, nan=-np.inf), kind="stable")[:3] + 2
+        keep = np.concatenate([[0, 1], best]).astype(int)
+        return df, {"images": (images[keep] * 255).round().byte().cpu().numpy(), "rows": keep}
