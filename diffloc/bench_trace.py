@@ -14,6 +14,9 @@ Usage::
   (CUDA: max allocated above the model; CPU: growth of the resident-set high-water mark,
   reset before each call, median of ``repeats``).
 - ``ms_per_image``: sweep wall time per image.
+- ``ms_per_image_threads``: the sweep's ms per image with 1 torch thread (before threads were
+  fitted to the cores) and with :func:`tracing.models.fit_threads` (after), the kept speed-up
+  of ``docs/speed.md``.
 - ``linearity``: time per row for ``rows`` and ``2*rows`` restorations (cost grows linearly).
 """
 from __future__ import annotations
@@ -96,6 +99,13 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None)
         for r in restores[1:]:
             patched_generate(model, prompt, [r], corruption, cfg=cfg, latents=lat)
 
+    from tracing.models import fit_threads
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t_one = _time(sweep, max(1, repeats // 2))
+    torch.set_num_threads(threads)
+    fitted = fit_threads()
     t_sweep = _time(sweep, repeats)
     t_plain = _time(plain, repeats)
     t_naive = _time(naive, max(1, repeats // 3))
@@ -109,6 +119,8 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None)
         "peak_mem_ratio": round(mem_sweep / max(mem_plain, 1), 3),
         "peak_mem_mb": {"sweep": round(mem_sweep / 2**20, 1), "plain": round(mem_plain / 2**20, 1)},
         "ms_per_image": round(1000 * t_sweep / n_images, 2),
+        "ms_per_image_threads": {"before_1_thread": round(1000 * t_one / n_images, 2),
+                                 f"after_{fitted}_threads": round(1000 * t_sweep / n_images, 2)},
         "linearity_ms_per_row": {"rows": rows, "at_rows": round(1000 * t_sweep / n_images, 2),
                                  "at_2x_rows": round(1000 * t_sweep2 / (2 + 2 * rows), 2)},
         "targets": {"sweep_over_plain": "<= 1.15", "naive_over_sweep": ">= 3", "peak_mem_ratio": "<= 1.3"},

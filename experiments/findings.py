@@ -70,33 +70,43 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The protocols each attribute is traced with: run name -> TraceConfig overrides.
+PROTOCOLS = {
+    "unet": dict(component="unet", max_prompts=4, seeds=(0, 1, 2)),
+    "text": dict(component="text_encoder", max_prompts=2, seeds=(0, 1)),
+    "text_suffix": dict(component="text_encoder", restore="suffix", text_kinds=("hidden",), max_prompts=2, seeds=(0, 1)),
+    "swap": dict(component="unet", method="crossattn-swap", max_prompts=4, seeds=(0, 1, 2)),
+}
+
+
+def run_protocols(out: Path, attributes, protocols, model=None) -> None:
+    """Run (or resume) every protocol sweep of every attribute into ``out/<attribute>_<protocol>``."""
+    from tracing.models import load_model
+
+    model = model or load_model("toy")
+    for name in protocols:
+        for attribute in attributes:
+            run = out / f"{attribute}_{name}"
+            cfg = TraceConfig(model="toy", attribute=attribute, batch_size=128, **PROTOCOLS[name])
+            run_sweep(cfg, run, model=model)
+            print(f"done {run}", flush=True)  # figures: drawn by --summarise-only, once every run is in
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/findings")
-    p.add_argument("--text-prompts", type=int, default=2)
-    p.add_argument("--text-seeds", type=int, default=2)
-    p.add_argument("--unet-prompts", type=int, default=4)
-    p.add_argument("--unet-seeds", type=int, default=4)
+    p.add_argument("--protocols", default=",".join(PROTOCOLS))
     p.add_argument("--attributes", default=",".join(ATTRIBUTES))
     p.add_argument("--summarise-only", action="store_true")
     args = p.parse_args(argv)
-    out = Path(args.out)
+    out, attributes = Path(args.out), args.attributes.split(",")
+    if not args.summarise_only:
+        run_protocols(out, attributes, args.protocols.split(","))
     rows = []
-    model = None
-    for attribute in args.attributes.split(","):
-        runs = {"text_encoder": (out / f"{attribute}_text", args.text_prompts, args.text_seeds),
-                "unet": (out / f"{attribute}_unet", args.unet_prompts, args.unet_seeds)}
-        if not args.summarise_only:
-            from tracing.models import load_model
-
-            model = model or load_model("toy")
-            for comp, (run, n_prompts, n_seeds) in runs.items():
-                cfg = TraceConfig(model="toy", attribute=attribute, component=comp, max_prompts=n_prompts,
-                                  seeds=tuple(range(n_seeds)), batch_size=128)
-                run_sweep(cfg, run, model=model)
-                plot_run(run)
-        if all((r / "trace.parquet").exists() for r, _, _ in runs.values()):
-            rows.append(summarise(runs["text_encoder"][0], runs["unet"][0], attribute))
+    for attribute in attributes:
+        text_run, unet_run = out / f"{attribute}_text", out / f"{attribute}_unet"
+        if (text_run / "trace.parquet").exists() and (unet_run / "trace.parquet").exists():
+            rows.append(summarise(text_run, unet_run, attribute))
             print(json.dumps(rows[-1]))
     write_plain_json(rows, out / "findings.json")
     atomic_write_bytes(out / "findings.md", markdown(rows).encode())

@@ -55,6 +55,7 @@ class ScreenResult:
     ``estimates[i]``: the estimated score change ``restored − corrupted`` of ``rows[i]``;
     ``effects[i]``: the same over ``clean − corrupted`` (NaN if those are equal).
     ``site_values[str(site)]``: ``Δa · grad`` per token [77] (text sites) or per step [S] (UNet).
+    ``estimates_abs[i]``: the same sum as ``estimates[i]`` over absolute contributions (cancellation).
     ``seconds``: wall time of the clean run, the corrupted run, the gradient runs, and in total.
     """
 
@@ -68,6 +69,7 @@ class ScreenResult:
     ig_steps: int | None = None
     checkpoint: bool = True
     site_values: dict = field(default_factory=dict, repr=False)
+    estimates_abs: np.ndarray | None = None  # Σ |per-token or per-step contribution| of each row
 
 
 def clip_score_fn(scorer) -> ScoreFn:
@@ -163,16 +165,23 @@ def _is_text(site: Site) -> bool:
     return site.component.startswith("text_encoder")
 
 
-def _row_estimate(row: RowSpec, values: dict[Site, torch.Tensor]) -> float:
-    total = 0.0
+def _row_estimate(row: RowSpec, values: dict[Site, torch.Tensor]) -> tuple[float, float]:
+    """(Σ contributions, Σ |contributions|) of a row's sites over its tokens (text) or steps (UNet).
+
+    The second is the estimate had no token or step cancelled another: their ratio shows
+    cancellation, one way a first-order screen misses a real effect.
+    """
+    total = absolute = 0.0
     for site in row.restore.sites:
         v = values[site]
         if _is_text(site):
-            total += float(v.sum() if row.restore.tokens is None else v[list(row.restore.tokens)].sum())
+            part = v if row.restore.tokens is None else v[list(row.restore.tokens)]
         else:
             a, b = row.restore.window or (0, len(v))
-            total += float(v[a:b].sum())
-    return total
+            part = v[a:b]
+        total += float(part.sum())
+        absolute += float(part.abs().sum())
+    return total, absolute
 
 
 def _check_args(method: str, ig_steps: int) -> None:
@@ -248,10 +257,11 @@ def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Cor
         for v in taps.values.values():
             v /= ig_steps
         t3 = time.perf_counter()
-    estimates = np.array([_row_estimate(r, taps.values) for r in rows], dtype=float)
+    both = np.array([_row_estimate(r, taps.values) for r in rows], dtype=float).reshape(-1, 2)
+    estimates, absolute = both[:, 0], both[:, 1]
     denom = clean - corrupted
     effects = estimates / denom if denom != 0 else np.full(len(rows), np.nan)
     seconds = {"clean": t1 - t0, "corrupted": t2 - t1, "gradient": t3 - t1 if method == "atp" else t3 - t2, "total": t3 - t0}
     return ScreenResult(method, tuple(rows), estimates, effects, clean, corrupted, seconds,
                         ig_steps if method == "ig" else None, checkpoint,
-                        {str(s): v.numpy() for s, v in taps.values.items()})
+                        {str(s): v.numpy() for s, v in taps.values.items()}, absolute)

@@ -11,6 +11,15 @@ Each unit is one :func:`tracing.sampler.patched_generate` call: row 0 clean, row
 (Gaussian noise of ``noise_scale`` σ on the attribute tokens' embeddings), then one row per
 restoration. Scores come from every metric of the context; the indirect effect of a row is
 ``(restored − corrupted) / (clean − corrupted)`` per metric.
+
+No-op rows are not generated (``skip_noops``, default :data:`SKIP_NOOPS`): a text-encoder row
+cannot change the image when (a) every position it restores lies before the first corrupted
+token (under the causal mask those states are the same in the clean and the corrupted run), or
+(b) the prompt embeddings it hands the UNet (and SDXL's pooled embedding) equal the corrupted
+row's bit for bit, checked by running only the text encoders of the unit's batch (this finds,
+e.g., SDXL's first text encoder's last layer, whose output the pipeline never reads). UNet rows
+are never skipped. A skipped row takes the corrupted row's image and scores and is marked
+``skipped_noop``; a table with skipping equals one without, but for that column.
 """
 from __future__ import annotations
 
@@ -18,10 +27,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .sampler import Restore, make_corruption, patched_generate
+from .sampler import Corruption, Restore, SamplerConfig, make_corruption, patched_generate
 from .trace_config import TraceConfig, Unit, UnitContext, plan_units
 
 NOISE_SEED_BASE = 1_000_000  # noise generator seed = BASE + 1000 * seed + noise_index
+SKIP_NOOPS = True  # run_unit's default: do not generate rows that cannot change the image
 
 
 def noise_seed(seed: int, noise_index: int) -> int:
@@ -45,13 +55,26 @@ def with_effects(df: pd.DataFrame, names, clean_row: int = 0, corrupted_row: int
     return df
 
 
-def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig) -> tuple[pd.DataFrame, dict]:
-    """One batched call: clean row, corrupted row, then the unit's restored rows; scored."""
+def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, skip_noops: bool | None = None) -> tuple[pd.DataFrame, dict]:
+    """One batched call: clean row, corrupted row, then the unit's restored rows; scored.
+
+    ``skip_noops`` (None: :data:`SKIP_NOOPS`) leaves no-op rows out of the call (module docstring).
+    """
     model, prompt = ctx.model, ctx.prompts[unit.prompt_index]
     positions = prompt.positions(model.tokenizer)
     corruption = make_corruption(model, positions, torch.Generator().manual_seed(noise_seed(unit.seed, unit.noise_index)), cfg.noise_scale)
-    restores = [Restore()] + [r.restore for r in unit.rows]
-    images = patched_generate(model, prompt.text, restores, corruption, torch.Generator().manual_seed(unit.seed), ctx.scfg)
+    restores = [r.restore for r in unit.rows]
+    if SKIP_NOOPS if skip_noops is None else skip_noops:
+        skip = noop_rows(model, prompt.text, restores, corruption)
+    else:
+        skip = np.zeros(len(restores), bool)
+    kept = [Restore()] + [r for r, s in zip(restores, skip) if not s]
+    images = patched_generate(model, prompt.text, kept, corruption, torch.Generator().manual_seed(unit.seed), ctx.scfg)
+    index, k = [0, 1], 2  # the generated image of each row: a skipped row shows the corrupted one (row 1)
+    for s in skip:
+        index.append(1 if s else k)
+        k += not s
+    images = images[index]
     scores = score_rows(images, [prompt.text] * len(images), ctx)
     clip = ctx.metrics[0]
     tokens = prompt.tokens(model.tokenizer)
@@ -64,7 +87,7 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig) -> tuple[pd.DataFra
         rec = dict(base, row=i, component=comp, kind=kind, site=site, layer=layer, token=tok,
                    token_str=tokens[tok] if tok >= 0 else "", token_role=_role(tok, positions, len(tokens)),
                    is_last_subject=tok == positions[-1], window_start=-1 if win is None else win[0],
-                   window_end=-1 if win is None else win[1], skipped_noop=False)
+                   window_end=-1 if win is None else win[1], skipped_noop=bool(i >= 2 and skip[i - 2]))
         rec.update({f"{name}_score": float(s[i]) for name, s in scores.items()})
         recs.append(rec)
     df = with_effects(pd.DataFrame(recs), scores)
@@ -72,6 +95,40 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig) -> tuple[pd.DataFra
     best = np.argsort(-first[2:])[:3] + 2 if len(first) > 2 else np.array([], dtype=int)
     keep = np.concatenate([[0, 1], best]).astype(int)
     return df, {"images": (images[keep] * 255).round().byte().numpy(), "rows": keep}
+
+
+class _Embedded(Exception):
+    """Stops a sampler call at its first UNet call, carrying what the UNet was given."""
+
+
+def noop_rows(model, prompt: str, rows: list[Restore], corruption: Corruption) -> np.ndarray:
+    """Which restored rows cannot change the image (rules (a) and (b) of the module docstring): bool [len(rows)]."""
+    first = min(corruption.positions)
+    text = [all(s.component != "unet" for s in r.sites) for r in rows]
+    skip = np.array([t and r.tokens is not None and all(p < first for p in r.tokens) for t, r in zip(text, rows)], bool)
+    check = [i for i, t in enumerate(text) if t and not skip[i]]
+    if check:
+        embeds, pooled = _unet_inputs(model, prompt, [Restore()] + [rows[i] for i in check], corruption)  # rows: clean, corrupted, checked
+        for j, i in enumerate(check, start=2):
+            skip[i] = torch.equal(embeds[j], embeds[1]) and (pooled is None or torch.equal(pooled[j], pooled[1]))
+    return skip
+
+
+def _unet_inputs(model, prompt: str, rows: list[Restore], corruption: Corruption):
+    """The prompt embeddings [1 + len(rows), 77, D] (and SDXL's pooled [.., P], or None) that
+    :func:`~tracing.sampler.patched_generate` hands the UNet for these rows; no UNet runs."""
+    def stop(module, args, kwargs):
+        raise _Embedded(kwargs["encoder_hidden_states"], (kwargs.get("added_cond_kwargs") or {}).get("text_embeds"))
+
+    cfg = SamplerConfig(num_inference_steps=1, guidance_scale=1.0)  # no CFG: the UNet gets the prompt rows only
+    handle = model.unet.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        patched_generate(model, prompt, rows, corruption, torch.Generator().manual_seed(0), cfg)
+    except _Embedded as got:
+        return got.args
+    finally:
+        handle.remove()
+    raise RuntimeError("the sampler never called the UNet")
 
 
 def _role(tok: int, positions: tuple[int, ...], n_tokens: int) -> str:

@@ -15,6 +15,13 @@ rather than nnsight (measured cost of per-row patching inside a batched sampling
 
 A hook function gets the module's output with tuples unwrapped to their first element (the
 activation) and may return a replacement tensor of the same shape, or ``None`` to keep it.
+
+A head site (``...self_attn.heads.3``, ``...attn2.heads.2``; see :mod:`tracing.sites`) is a
+forward *pre*-hook on the attention's output projection: the function gets that head's slice
+of the projection's input, ``[B, T, head_dim]``, as its ``output`` argument (``inputs`` are the
+projection's inputs), and a replacement of the same shape is spliced back into the input before
+the projection runs. So every hook body (recording, row restoration, gradient probes) works on
+head sites unchanged. Several functions at one head site see each other's replacements, in order.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .sites import Site, resolve
+from .sites import Site, head_slice, resolve
 
 HookFn = Callable[[nn.Module, tuple, torch.Tensor], "torch.Tensor | None"]
 
@@ -45,22 +52,41 @@ def _wrap(fn: HookFn):
     return hook
 
 
+def _wrap_head(fn: HookFn, cols: slice):
+    def pre_hook(module, inputs):
+        x = inputs[0]  # [B, T, heads * head_dim]
+        new = fn(module, inputs, x[..., cols])
+        if new is None:
+            return None
+        x = torch.cat([x[..., : cols.start], new, x[..., cols.stop :]], dim=-1)  # out of place: autograd sees it
+        return (x,) + tuple(inputs[1:])
+
+    return pre_hook
+
+
 @contextmanager
 def hooks(modules: Mapping[str, nn.Module], fns: Mapping[Site | str, HookFn | Sequence[HookFn]]) -> Iterator[None]:
-    """Register forward hooks at sites for the duration of the block; always detaches.
+    """Register forward hooks at sites (pre-hooks at head sites) for the duration of the block; always detaches.
 
     Every site is resolved before any hook is registered, so a bad site raises
     :class:`~tracing.sites.SiteError` and leaves the model untouched.
     """
     targets = []
     for site, fn in fns.items():
-        module = resolve(site, modules)
+        site = Site.parse(site) if isinstance(site, str) else site
+        if site.head is not None:
+            module, cols = head_slice(site, modules)
+        else:
+            module, cols = resolve(site, modules), None
         for f in fn if isinstance(fn, (list, tuple)) else [fn]:
-            targets.append((module, f))
+            targets.append((module, f, cols))
     handles = []
     try:
-        for module, f in targets:
-            handles.append(module.register_forward_hook(_wrap(f)))
+        for module, f, cols in targets:
+            if cols is None:
+                handles.append(module.register_forward_hook(_wrap(f)))
+            else:
+                handles.append(module.register_forward_pre_hook(_wrap_head(f, cols)))
         yield
     finally:
         for h in handles:

@@ -111,13 +111,16 @@ def _table(unit: Unit, ctx: UnitContext, cfg: TraceConfig, res, prompt, position
     labels = [("clean", "clean", "", -1, -1, None), ("corrupted", "corrupted", "", -1, -1, None)]
     labels += [(r.component, r.kind, r.site, r.layer, r.token, r.window) for r in unit.rows]
     scores = [res.clean_score, res.corrupted_score] + list(res.corrupted_score + res.estimates)
+    denom = res.clean_score - res.corrupted_score
+    absolute = [np.nan, np.nan] + list(res.estimates_abs / denom if denom else np.full(len(unit.rows), np.nan))
     recs = []
     for i, (comp, kind, site, layer, tok, win) in enumerate(labels):
         recs.append(dict(base, row=i, component=comp, kind=kind, site=site, layer=layer, token=tok,
                          token_str=tokens[tok] if tok >= 0 else "", token_role=role_of(tok, positions, len(tokens)),
                          is_last_subject=tok == positions[-1], window_start=-1 if win is None else win[0],
                          window_end=-1 if win is None else win[1], skipped_noop=False,
-                         **{f"{metric.name}_score": float(scores[i])}, screen_seconds=float(res.seconds["total"])))
+                         **{f"{metric.name}_score": float(scores[i])}, screen_abs_effect=float(absolute[i]),
+                         screen_seconds=float(res.seconds["total"])))
     return with_effects(pd.DataFrame(recs), [metric.name])
 
 

@@ -21,6 +21,26 @@ configs, result rows, figures and edit records. Text-encoder sites per layer ``N
 So a causal state found by tracing *is* the site an editor writes: no translation step.
 UNet sites are every ResNet, self-attention (``attn1``), cross-attention (``attn2``) and
 feed-forward (``ff``) block, in execution order, derived from the UNet config.
+
+Head sites: ``<attention module path>.heads.H`` names head ``H`` of one attention layer::
+
+    text_encoder:encoder.layers.0.self_attn.heads.3
+    unet:down_blocks.1.attentions.0.transformer_blocks.0.attn2.heads.2
+    table.heads()        # every head site: text self-attention per layer, then UNet attn1/attn2
+
+A head's activation is its slice of the *input* of the attention's output projection
+(``self_attn.out_proj`` in CLIP, ``attn1/attn2.to_out.0`` in diffusers), ``[B, T, head_dim]``
+(T: tokens in the text encoder, spatial positions in the UNet): the per-head attention output
+before the heads are mixed. ``site.head`` is H (None for other sites), ``site.attn_path`` the
+attention module's path, and ``site.module_path`` the path of the module that holds the
+activation (the output projection for a head site; the path itself otherwise). Kinds of head
+sites: ``attn_head`` (text encoder), ``attn1_head`` / ``attn2_head`` (UNet); the kinds of other
+sites are unchanged. Head counts come from the configs exactly as the libraries build the
+modules: CLIP's ``num_attention_heads``; in diffusers' UNet the number of heads per block is
+``num_attention_heads or attention_head_dim`` (the config key is misnamed: for SD 1.x, 2.x and
+XL alike it holds the number of heads, e.g. 8 for SD 1.x, [5, 10, 20, 20] for SD 2.x, i.e. 64
+channels per head there), the mid block takes the last block's, the up blocks the reversed list;
+head_dim = the block's channels / heads.
 """
 from __future__ import annotations
 
@@ -36,6 +56,10 @@ TEXT_PREFIX = {"text_encoder": "", "text_encoder_2": "text_model."}
 _TEXT_LAYER = r"(?:text_model\.)?encoder\.layers\.(\d+)"
 TEXT_KINDS = ("hidden", "attn", "mlp")
 UNET_KINDS = ("resnet", "attn1", "attn2", "ff")
+HEAD_KINDS = ("attn_head", "attn1_head", "attn2_head")
+_HEAD = r"\.heads\.(\d+)"
+# The module whose input holds the heads, relative to the attention module.
+_HEAD_INPUT = {"text": "out_proj", "unet": "to_out.0"}
 
 
 class SiteError(LookupError):
@@ -76,7 +100,7 @@ class Site:
 
     @property
     def kind(self) -> str:
-        """One of hidden/attn/mlp (text encoder), resnet/attn1/attn2/ff (UNet), or 'other'."""
+        """One of hidden/attn/mlp/attn_head (text encoder), resnet/attn1/attn2/ff/attn1_head/attn2_head (UNet), or 'other'."""
         return site_kind(self)
 
     @property
@@ -84,6 +108,24 @@ class Site:
         """Text-encoder layer index, or None for UNet and other sites."""
         m = re.match(_TEXT_LAYER + r"(\.|$)", self.path)
         return int(m.group(1)) if m and self.component.startswith("text_encoder") else None
+
+    @property
+    def head(self) -> int | None:
+        """Head index of a head site (``...heads.H``), else None."""
+        m = re.search(_HEAD + "$", self.path)
+        return int(m.group(1)) if m else None
+
+    @property
+    def attn_path(self) -> str:
+        """A head site's attention module path (the path without ``.heads.H``); else the path."""
+        return re.sub(_HEAD + "$", "", self.path)
+
+    @property
+    def module_path(self) -> str:
+        """The module that holds the site's activation: a head site's output projection, else the path."""
+        if self.head is None:
+            return self.path
+        return f"{self.attn_path}.{_HEAD_INPUT['unet' if self.component == 'unet' else 'text']}"
 
     @property
     def block(self) -> str:
@@ -95,6 +137,8 @@ class Site:
 def site_kind(site: Site) -> str:
     p = site.path
     if site.component.startswith("text_encoder"):
+        if re.fullmatch(_TEXT_LAYER + r"\.self_attn" + _HEAD, p):
+            return "attn_head"
         if re.fullmatch(_TEXT_LAYER, p):
             return "hidden"
         if re.fullmatch(_TEXT_LAYER + r"\.self_attn\.out_proj", p):
@@ -102,6 +146,8 @@ def site_kind(site: Site) -> str:
         if re.fullmatch(_TEXT_LAYER + r"\.mlp\.fc2", p):
             return "mlp"
         return "other"
+    if re.search(r"\.attn[12]" + _HEAD + "$", p):
+        return p.rsplit(".", 3)[1] + "_head"
     for kind in ("attn1", "attn2", "ff"):
         if p.endswith("." + kind):
             return kind
@@ -132,41 +178,61 @@ def unet_sites(config: Mapping[str, Any]) -> list[Site]:
     Derived from the config alone (block types, ``layers_per_block``,
     ``transformer_layers_per_block``), so a table can be checked against a module tree.
     """
+    return [site for site, _ in _unet_walk(config)]
+
+
+def unet_heads(config: Mapping[str, Any]) -> dict[Site, int]:
+    """Number of heads of every UNet attn1 / attn2 site, in execution order (see the module docstring)."""
+    return {site: n for site, n in _unet_walk(config) if n}
+
+
+def _unet_walk(config: Mapping[str, Any]) -> list[tuple[Site, int]]:
+    """(site, heads) in execution order; heads is 0 for sites that are not attention."""
     down_types = list(config["down_block_types"])
     up_types = list(config["up_block_types"])
     n = len(down_types)
     layers = _per_block(config.get("layers_per_block", 2), n)
     depth = _per_block(config.get("transformer_layers_per_block", 1) or 1, n)
+    # diffusers: num_attention_heads = num_attention_heads or attention_head_dim (a misnamed key)
+    heads = _per_block(config.get("num_attention_heads") or config.get("attention_head_dim", 8), n)
     mid_type = config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
-    sites: list[Site] = []
+    sites: list[tuple[Site, int]] = []
 
-    def transformer(prefix: str, n_layers: int) -> None:
+    def transformer(prefix: str, n_layers: int, n_heads: int) -> None:
         for t in range(n_layers):
             for kind in ("attn1", "attn2", "ff"):
-                sites.append(Site("unet", f"{prefix}.transformer_blocks.{t}.{kind}"))
+                sites.append((Site("unet", f"{prefix}.transformer_blocks.{t}.{kind}"), 0 if kind == "ff" else int(n_heads)))
 
     def depth_at(d: Any, i: int) -> int:
         return d if isinstance(d, int) else int(d[i])
 
     for b, kind in enumerate(down_types):
         for i in range(layers[b]):
-            sites.append(Site("unet", f"down_blocks.{b}.resnets.{i}"))
+            sites.append((Site("unet", f"down_blocks.{b}.resnets.{i}"), 0))
             if "CrossAttn" in kind:
-                transformer(f"down_blocks.{b}.attentions.{i}", depth_at(depth[b], i))
+                transformer(f"down_blocks.{b}.attentions.{i}", depth_at(depth[b], i), heads[b])
     if mid_type is not None:
-        sites.append(Site("unet", "mid_block.resnets.0"))
+        sites.append((Site("unet", "mid_block.resnets.0"), 0))
         if "CrossAttn" in mid_type:
-            transformer("mid_block.attentions.0", depth_at(depth[-1], -1))
-        sites.append(Site("unet", "mid_block.resnets.1"))
+            transformer("mid_block.attentions.0", depth_at(depth[-1], -1), heads[-1])
+        sites.append((Site("unet", "mid_block.resnets.1"), 0))
     rev_layers = list(reversed(layers))
     rev = config.get("reverse_transformer_layers_per_block")
     rev_depth = list(rev) if rev else list(reversed(depth))
+    rev_heads = list(reversed(heads))
     for b, kind in enumerate(up_types):
         for i in range(rev_layers[b] + 1):
-            sites.append(Site("unet", f"up_blocks.{b}.resnets.{i}"))
+            sites.append((Site("unet", f"up_blocks.{b}.resnets.{i}"), 0))
             if "CrossAttn" in kind:
-                transformer(f"up_blocks.{b}.attentions.{i}", depth_at(rev_depth[b], i))
+                transformer(f"up_blocks.{b}.attentions.{i}", depth_at(rev_depth[b], i), rev_heads[b])
     return sites
+
+
+def head_sites(site: Site, n_heads: int) -> list[Site]:
+    """The head sites of one attention site: a text ``attn`` site (``...self_attn.out_proj``),
+    a ``...self_attn`` path, or a UNet attn1 / attn2 site."""
+    base = site.path.removesuffix(".out_proj")
+    return [Site(site.component, f"{base}.heads.{h}") for h in range(n_heads)]
 
 
 @dataclass(frozen=True)
@@ -180,6 +246,8 @@ class SiteTable:
     text_layers: Mapping[str, int]
     unet: tuple[Site, ...]
     extra: tuple[Site, ...] = field(default=())
+    text_heads: Mapping[str, int] = field(default_factory=dict)   # component -> heads per layer
+    unet_heads: Mapping[Site, int] = field(default_factory=dict)  # attn1 / attn2 site -> heads
 
     @property
     def text_components(self) -> tuple[str, ...]:
@@ -197,6 +265,24 @@ class SiteTable:
         n = self.text_layers.get(component, 0)
         return [s for layer in range(n) for s in text_layer_sites(component, layer).values()]
 
+    def heads_of(self, site: Site) -> list[Site]:
+        """Head sites of one attention site (text ``attn`` site, or UNet attn1 / attn2); [] if none."""
+        if site.component == "unet":
+            return head_sites(site, self.unet_heads.get(site, 0))
+        if site.kind != "attn" or site.component not in self.text_heads:
+            return []
+        return head_sites(site, self.text_heads[site.component])
+
+    def heads(self, component: str | None = None) -> list[Site]:
+        """Every head site (of one component, or all: text encoders by layer, then the UNet in execution order)."""
+        out: list[Site] = []
+        for comp, n in self.text_layers.items():
+            if component in (None, comp):
+                out += [h for layer in range(n) for h in self.heads_of(text_layer_sites(comp, layer)["attn"])]
+        if component in (None, "unet"):
+            out += [h for s in self.unet_heads for h in self.heads_of(s)]
+        return out
+
     def all_sites(self) -> list[Site]:
         out: list[Site] = []
         for comp in self.text_layers:
@@ -204,7 +290,7 @@ class SiteTable:
         return out + list(self.unet) + list(self.extra)
 
     def __contains__(self, site: object) -> bool:
-        return site in set(self.all_sites())
+        return site in set(self.all_sites()) or site in set(self.heads())
 
     def rows(self) -> Iterable[tuple[str, str, str]]:
         """(site, component, kind) triples, for printing."""
@@ -219,22 +305,53 @@ def build_site_table(arch: str, unet_config: Mapping[str, Any], text_configs: Ma
         Site("unet", "conv_in"),
         Site("unet", "conv_out"),
     )
-    return SiteTable(arch=arch, text_layers=layers, unet=tuple(unet_sites(unet_config)), extra=extra)
+    heads = {name: int(cfg.num_attention_heads) for name, cfg in text_configs.items()}
+    return SiteTable(arch=arch, text_layers=layers, unet=tuple(unet_sites(unet_config)), extra=extra,
+                     text_heads=heads, unet_heads=unet_heads(unet_config))
 
 
 def resolve(site: Site | str, modules: Mapping[str, Any]) -> Any:
-    """Return the module a site names. ``modules`` maps component names to nn.Modules.
+    """Return the module a site names (for a head site: the module whose input holds the heads).
+    ``modules`` maps component names to nn.Modules.
 
     Raises :class:`SiteError` naming the bad site and the nearest valid spellings.
     """
+    site, named = _lookup(site, modules)
+    return _head_module(site, named)[0] if site.head is not None else _named(site, site.path, named)
+
+
+def head_slice(site: Site | str, modules: Mapping[str, Any]) -> tuple[Any, slice]:
+    """(module whose input holds the heads, slice of that input's last dimension that is head ``site.head``)."""
+    site, named = _lookup(site, modules)
+    if site.head is None:
+        raise SiteError(f"site {site} is not a head site; head sites end in '.heads.<h>'")
+    module, n_heads = _head_module(site, named)
+    width = module.in_features // n_heads
+    return module, slice(site.head * width, (site.head + 1) * width)
+
+
+def _lookup(site: Site | str, modules: Mapping[str, Any]) -> tuple[Site, dict]:
     site = Site.parse(site) if isinstance(site, str) else site
     root = modules.get(site.component)
     if root is None:
         raise SiteError(f"site {site}: this model has no component {site.component!r}; it has {', '.join(modules)}")
-    named = dict(root.named_modules())
-    if site.path not in named:
-        stem = site.path.rsplit(".", 1)[0]
+    return site, dict(root.named_modules())
+
+
+def _head_module(site: Site, named: Mapping[str, Any]) -> tuple[Any, int]:
+    attn = _named(site, site.attn_path, named)
+    n_heads = getattr(attn, "heads", None) or getattr(attn, "num_heads", None)
+    if not n_heads:
+        raise SiteError(f"unknown site {site}: {site.attn_path!r} is not an attention module with heads")
+    if not 0 <= site.head < n_heads:
+        raise SiteError(f"unknown site {site}: head {site.head} out of range; {site.attn_path} has heads 0..{n_heads - 1}")
+    return _named(site, site.module_path, named), int(n_heads)
+
+
+def _named(site: Site, path: str, named: Mapping[str, Any]) -> Any:
+    if path not in named:
+        stem = path.rsplit(".", 1)[0]
         near = sorted(n for n in named if n.startswith(stem))[:5]
         hint = f"; nearby: {', '.join(near)}" if near else ""
-        raise SiteError(f"unknown site {site}: no module {site.path!r} in {site.component}{hint}")
-    return named[site.path]
+        raise SiteError(f"unknown site {site}: no module {path!r} in {site.component}{hint}")
+    return named[path]

@@ -100,12 +100,13 @@ def _versions() -> dict:
             "open_clip": open_clip.__version__, "python": platform.python_version(), "machine": platform.machine()}
 
 
-SUMMARY_ONLY = ("executor", "seeds", "threshold", "bootstrap", "bootstrap_seed")
+SUMMARY_ONLY = ("executor", "seeds", "max_prompts", "threshold", "bootstrap", "bootstrap_seed")
 
 
 def _same_sweep(config: dict) -> dict:
     """The config keys that decide each row. The executor may change on resume, and so may the
-    seeds: units are keyed by seed, so a resume with more seeds adds units and keeps the rest.
+    seeds and the number of prompts: units are keyed by prompt and seed, so a resume with more
+    (or fewer) of them adds (or leaves out) units and keeps the rest.
     Threshold and bootstrap only change the summary. A key an older meta.json lacks is read as
     its default (it did not exist, so the sweep ran as the default does)."""
     from dataclasses import fields
@@ -197,6 +198,11 @@ def finish(out: Path, units: list[Unit], cfg: TraceConfig) -> pd.DataFrame:
 
     table = pd.concat([read_trace(out / "shards" / f"{u.key}.parquet") for u in units], ignore_index=True)
     write_trace(table, out / "trace.parquet")
+    meta = read_meta(out / "meta.json")
+    exact = table[(table.method == "exact") & ~table.kind.isin(["clean", "corrupted"])]
+    meta["skipped_noop"] = int(exact.skipped_noop.sum())  # rows that reused the corrupted image
+    meta["generated_rows"] = int(len(exact) - meta["skipped_noop"])
+    write_meta(meta, out / "meta.json")
     confirmed = table[table.method == "exact"]
     write_causal_sites(confirmed if len(confirmed) else table, out / "causal_sites.json", cfg.threshold)
     return table

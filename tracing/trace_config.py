@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .executors import EXECUTORS
 from .prompts import ATTRIBUTES, MarkedPrompt
 from .sampler import Restore
-from .sites import Site
+from .sites import TEXT_KINDS, Site
 
 COMPONENT_CHOICES = ("text_encoder", "unet", "all")
 RESTORE_MODES = ("token", "suffix", "span")
@@ -35,6 +35,7 @@ class TraceConfig:
     confirm_top: int = 0                    # screens: trace the K best-screened sites exactly too
     restore: str = "token"                  # text encoder: token | suffix (token..76) | span (attribute..end)
     span_end: int | None = None             # restore span: the one end token; None: every end
+    text_kinds: tuple[str, ...] = ("hidden", "attn", "mlp")  # text encoder: which states to restore
     heads: bool = False                     # also trace every attention head as its own site
     window: int = 2                         # crossattn-swap: cross-attention layers per window (LocoGen: 2)
     swap: str = "value"                     # crossattn-swap: the altered prompt sets another value, or removes it
@@ -81,7 +82,8 @@ class TraceConfig:
                 raise ConfigError(f"step window {w} malformed; expected (start, end) with 0 <= start < end")
         for p in self.prompts:
             MarkedPrompt.parse(p)
-
+        if not self.text_kinds or set(self.text_kinds) - set(TEXT_KINDS):
+            raise ConfigError(f"text kinds {list(self.text_kinds)} invalid; allowed: a non-empty subset of {', '.join(TEXT_KINDS)}")
         if self.restore not in RESTORE_MODES:
             raise ConfigError(f"unknown --restore {self.restore!r}; allowed: {', '.join(RESTORE_MODES)}")
         if self.restore != "token" and self.component == "unet":
@@ -151,27 +153,41 @@ def restored_tokens(cfg: TraceConfig, prompt: MarkedPrompt, tokenizer) -> list[t
 
 
 def text_rows(model, prompt: MarkedPrompt, cfg: TraceConfig, component: str = "text_encoder") -> list[RowSpec]:
-    """Layer × token × {hidden, attn, mlp}, each restoring a window of ``layer_window`` layers at the mode's positions."""
+    """Layer × token × {hidden, attn, mlp}, each restoring a window of ``layer_window`` layers at the mode's positions.
+
+    With ``cfg.heads``, then layer × head × token (kind ``attn_head``): each row restores one
+    head of one layer only (``layer_window`` does not apply to heads).
+    """
     n_layers = model.sites.text_layers[component]
     positions = restored_tokens(cfg, prompt, model.tokenizer)
     rows = []
-    for kind in ("hidden", "attn", "mlp"):
+    for kind in cfg.text_kinds:
         for layer in range(n_layers):
             lo = max(0, layer - cfg.layer_window // 2)
             hi = min(n_layers, lo + cfg.layer_window)
             sites = tuple(model.sites.text_layer(li, component)[kind] for li in range(lo, hi))
             for tok, toks in positions:
                 rows.append(RowSpec(Restore(sites, tokens=toks), component, kind, str(model.sites.text_layer(layer, component)[kind]), layer, tok))
+    if cfg.heads:
+        for layer in range(n_layers):
+            for head in model.sites.heads_of(model.sites.text_layer(layer, component)["attn"]):
+                rows += [RowSpec(Restore((head,), tokens=toks), component, head.kind, str(head), layer, tok) for tok, toks in positions]
     return rows
 
 
 def unet_rows(model, cfg: TraceConfig, n_steps: int) -> list[RowSpec]:
-    """Every UNet site of the table, restored at all steps or in each step window."""
+    """Every UNet site of the table, restored at all steps or in each step window (with ``cfg.heads``: then every head)."""
     windows = list(cfg.step_windows) if cfg.step_windows else [None]
     for w in windows:
         if w is not None and w[1] > n_steps:
             raise ConfigError(f"step window {tuple(w)} outside the step range; allowed [a, b) with 0 <= a < b <= {n_steps}")
-    return [RowSpec(Restore((s,), window=w), "unet", s.kind, str(s), -1, -1, w) for s in model.sites.unet for w in windows]
+    sites = list(model.sites.unet)
+    if cfg.heads:  # then every head of every attn1 / attn2 site, one head per row
+        heads = [h for s in model.sites.unet for h in model.sites.heads_of(s)]
+        if not heads and cfg.component == "unet":
+            raise ConfigError(f"--heads: the UNet of {model.name} has no attention heads (no attn1 / attn2 sites); drop --heads or trace the text encoder")
+        sites += heads
+    return [RowSpec(Restore((s,), window=w), "unet", s.kind, str(s), -1, -1, w) for s in sites for w in windows]
 
 
 def plan_units(cfg: TraceConfig, model, prompts: list[MarkedPrompt], n_steps: int) -> list[Unit]:

@@ -1,0 +1,110 @@
+"""Benchmark of a text-encoder sweep: gradient screens against exact patching, and what skipping no-ops saves.
+
+Usage::
+
+    result = bench_screens("toy")                                  # one prompt × seed of the toy
+    result["screen_over_exact"]["atp"]["text_encoder"], result["naive_over_sweep_text"]
+
+All figures are ratios measured in this one run, on the same prompt, seed and corruption:
+
+- ``screen_over_exact[method][scope]``: wall time of one screen (``atp``, ``ig``) over every
+  site of ``scope`` ÷ the exact sweep of the same sites (every unit of one prompt × seed, no-op
+  rows skipped as the sweep does). Scopes: ``text_encoder`` (layer × token × kind) and, where
+  the model has heads, ``heads`` (every text-encoder and UNet attention head).
+- ``naive_over_sweep_text``: one pipeline call per restored row, as the reference codes do
+  (each re-running its clean and corrupted passes; no row is skipped), ÷ the batched sweep
+  with no-op rows skipped. The naive time is measured on ``naive_sample`` rows spread over
+  the table and scaled to all rows (a naive call costs the same for every row).
+- ``peak_mem_ratio_screen``: peak memory of an ``atp`` screen ÷ plain generation of the
+  same batch (one prompt with classifier-free guidance), as in :mod:`diffloc.bench_trace`.
+- ``skipped_noop``: rows the exact sweep did not generate, of all rows.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tracing.exact import noise_seed
+from tracing.methods import TRACE_METHODS
+from tracing.sampler import generate, initial_latents, make_corruption, patched_generate
+from tracing.sweep import prepare
+from tracing.trace_config import TraceConfig
+
+from .bench_trace import _median_peak
+
+
+def _sweep_seconds(cfg: TraceConfig, ctx) -> tuple[float, list]:
+    method = TRACE_METHODS.get(cfg.method)
+    units = method.plan(cfg, ctx.model, ctx.prompts, ctx.scfg.num_inference_steps)
+    t = time.perf_counter()
+    tables = [method.run_unit(u, ctx, cfg)[0] for u in units]
+    return time.perf_counter() - t, tables
+
+
+def _naive_seconds(cfg: TraceConfig, ctx, sample: int) -> tuple[float, int]:
+    """Seconds per naive row (one call each, clean + corrupted + that row), and the row count."""
+    units = TRACE_METHODS.get("exact").plan(cfg, ctx.model, ctx.prompts, ctx.scfg.num_inference_steps)
+    rows = [r for u in units for r in u.rows]
+    pick = [rows[i] for i in np.linspace(0, len(rows) - 1, min(sample, len(rows))).round().astype(int)]
+    prompt = ctx.prompts[0]
+    corruption = make_corruption(ctx.model, prompt.positions(ctx.model.tokenizer),
+                                 torch.Generator().manual_seed(noise_seed(cfg.seeds[0], 0)), cfg.noise_scale)
+    t = time.perf_counter()
+    for r in pick:
+        patched_generate(ctx.model, prompt.text, [r.restore], corruption, torch.Generator().manual_seed(cfg.seeds[0]), ctx.scfg)
+    return (time.perf_counter() - t) / len(pick), len(rows)
+
+
+def _screen_mem(cfg: TraceConfig, ctx, repeats: int) -> dict:
+    model, prompt = ctx.model, ctx.prompts[0]
+    lat = initial_latents(model, torch.Generator().manual_seed(cfg.seeds[0]))
+    method = TRACE_METHODS.get("atp")
+    unit = method.plan(replace(cfg, method="atp"), model, ctx.prompts, ctx.scfg.num_inference_steps)[0]
+    mem_screen = _median_peak(lambda: method.run_unit(unit, ctx, replace(cfg, method="atp")), repeats)
+    with torch.no_grad():
+        mem_plain = _median_peak(lambda: generate(model, [prompt.text], cfg=ctx.scfg, latents=lat), repeats)
+    return {"peak_mem_ratio_screen": round(mem_screen / max(mem_plain, 1), 3),
+            "peak_mem_mb_screen": {"screen": round(mem_screen / 2**20, 1), "plain": round(mem_plain / 2**20, 1)}}
+
+
+def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "colour", naive_sample: int = 12,
+                  repeats: int = 1, heads: bool = True) -> dict:
+    """Time screens and exact sweeps of one prompt × seed (see the module docstring)."""
+    base = TraceConfig(model=spec, attribute=attribute, component="text_encoder", max_prompts=1, seeds=(0,), batch_size=128)
+    with tempfile.TemporaryDirectory() as tmp:
+        runner, _ = prepare(base, Path(tmp), model, scorer)
+        ctx = runner.context()
+    out: dict = {"screen_over_exact": {}, "seconds": {}}
+    scopes = {"text_encoder": base}
+    if heads and _has_heads(ctx.model):
+        scopes["heads"] = replace(base, component="all", heads=True)
+    for scope, cfg in scopes.items():
+        t_exact, tables = _sweep_seconds(cfg, ctx)
+        out["seconds"][f"exact_{scope}"] = round(t_exact, 3)
+        if scope == "text_encoder":
+            n_rows = sum(len(t) - 2 for t in tables)
+            skipped = int(sum(t.skipped_noop.sum() for t in tables))
+            out["skipped_noop"] = {"rows": n_rows, "skipped": skipped}
+        for name in ("atp", "ig"):
+            t_screen, _ = _sweep_seconds(replace(cfg, method=name), ctx)
+            out["seconds"][f"{name}_{scope}"] = round(t_screen, 3)
+            out["screen_over_exact"].setdefault(name, {})[scope] = round(t_screen / t_exact, 4)
+    per_row, n_rows = _naive_seconds(base, ctx, naive_sample)
+    out["naive_over_sweep_text"] = round(per_row * n_rows / out["seconds"]["exact_text_encoder"], 2)
+    out["seconds"]["naive_text_estimated"] = round(per_row * n_rows, 2)
+    out.update(_screen_mem(base, ctx, repeats))
+    out["screen_setup"] = {"model": ctx.model.name, "attribute": attribute, "prompt": ctx.prompts[0].marked,
+                           "steps": ctx.scfg.num_inference_steps, "ig_steps": base.ig_steps, "naive_sample": naive_sample,
+                           "threads": torch.get_num_threads()}
+    out["screen_targets"] = {"atp text_encoder": "<= 0.1", "atp heads": "<= 0.05", "naive_over_sweep_text": ">= 3",
+                             "peak_mem_ratio_screen": "<= 3"}
+    return out
+
+
+def _has_heads(model) -> bool:
+    return bool(getattr(model.sites, "heads", None))

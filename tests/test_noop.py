@@ -1,0 +1,74 @@
+"""The exact sweep skips rows that cannot change the image, and its table equals a full run's."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+import tracing.exact as exact
+from tracing.exact import noop_rows
+from tracing.prompts import MarkedPrompt
+from tracing.sampler import Restore, make_corruption
+from tracing.sweep import run_sweep
+from tracing.trace_config import TraceConfig, text_rows
+
+PROMPTS = ("a photo of two [red] circles at the top on a plain background",
+           "three [blue] squares in the middle, striped background")
+
+
+def _cfg(**kw):
+    base = dict(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0,), num_inference_steps=3, batch_size=64)
+    base.update(kw)
+    return TraceConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, pixel_model, scorer):
+    skipped = run_sweep(_cfg(), tmp_path_factory.mktemp("skip"), model=pixel_model, scorer=scorer)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(exact, "SKIP_NOOPS", False)
+    try:
+        full = run_sweep(_cfg(), tmp_path_factory.mktemp("full"), model=pixel_model, scorer=scorer)
+    finally:
+        mp.undo()
+    return skipped, full
+
+
+def test_skipping_sweep_equals_full_run(runs):
+    skipped, full = runs
+    assert not full.skipped_noop.any(), "the switch turns skipping off"
+    cols = [c for c in full.columns if c != "skipped_noop"]
+    pd.testing.assert_frame_equal(skipped[cols], full[cols], check_exact=True)
+
+
+def test_skipped_rows_are_exactly_those_before_the_first_corrupted_token(runs, pixel_model):
+    skipped, _ = runs
+    tok = pixel_model.tokenizer
+    expected = 0
+    for p in PROMPTS:  # one seed, one noise sample: {hidden, attn, mlp} x layers x tokens before the attribute
+        first = MarkedPrompt.parse(p).positions(tok)[0]
+        expected += 3 * pixel_model.sites.text_layers["text_encoder"] * first
+    n = int(skipped.skipped_noop.sum())
+    assert n > 0 and n == expected
+    rows = skipped[skipped.skipped_noop]
+    firsts = rows.prompt.map(lambda p: MarkedPrompt.parse(p).positions(tok)[0])
+    assert (rows.component == "text_encoder").all() and (rows.token < firsts).all()
+    assert (rows.clip_score == rows.clip_corrupted).all() and (rows.effect_clip.fillna(0) == 0).all()  # NaN: clean == corrupted
+
+
+def test_embedding_rule_finds_sdxl_unread_last_layer():
+    """SDXL reads both text encoders' penultimate layer, and the second one's last layer only at EOS (the
+    pooled embedding): restoring a last layer is a no-op at any token, or at any token but EOS."""
+    from tracing.models import load_model
+
+    model = load_model("tiny-sdxl")
+    prompt = MarkedPrompt.parse(PROMPTS[0])
+    pos = prompt.positions(model.tokenizer)
+    corruption = make_corruption(model, pos, torch.Generator().manual_seed(3))
+    rows = [r for c in ("text_encoder", "text_encoder_2") for r in text_rows(model, prompt, _cfg(), c)]
+    skip = noop_rows(model, prompt.text, [r.restore for r in rows], corruption)
+    last = {c: model.sites.text_layers[c] - 1 for c in ("text_encoder", "text_encoder_2")}
+    eos = len(prompt.tokens(model.tokenizer)) - 1
+    expected = [r.token < pos[0] or (r.layer == last[r.component] and (r.component == "text_encoder" or r.token != eos)) for r in rows]
+    assert list(skip) == expected
+    assert not noop_rows(model, prompt.text, [Restore((model.sites.unet[0],))], corruption).any(), "UNet rows are never skipped"
