@@ -4,12 +4,15 @@ Usage::
 
     report = run_demo(Path("results/demo"))          # diffloc demo --out results/demo
 
-1. trace two attributes (colour, object) over the text encoder and the UNet,
-2. edit from the colour trace (Diff-QuickFix with UCE's preserve term, at the trace's
-   text-encoder causal state: red -> blue; keys, values and preserved captions from the edit
-   case: its in-grammar templates, target prompts and preserve set),
-3. evaluate the edited model (efficacy, generalization, specificity; CLIP and ground truth),
-4. write one HTML report with every figure, and return its path.
+1. trace colour over the text encoder in ``suffix`` mode (a token and every later one restored:
+   the toy UNet reads all 77 positions and layer 0 copies the attribute into every later
+   token, so single-token restorations stay at the floor, see README) and over the UNet,
+   2 prompts × 2 seeds, with bootstrap intervals;
+2. localise style with LocoGen's cross-attention swap (windows of 2 attn2 layers);
+3. edit from the colour trace (Diff-QuickFix with UCE's preserve term at layer-0 out_proj:
+   red -> blue; keys, values and preserved captions from the edit case);
+4. evaluate the edited model (efficacy, generalization, specificity; CLIP and ground truth),
+5. write one HTML report with every figure, and return its path.
 """
 from __future__ import annotations
 
@@ -30,10 +33,15 @@ from .evaluate_run import run_evaluate
 from .plots import plot_run
 from .report import write_report
 
-DEMO = {"attributes": ("colour", "object"), "edit": "colour-red-blue", "cases": "experiments/cases/toy_edits.jsonl"}
+DEMO = {"edit": "colour-red-blue", "cases": "experiments/cases/toy_edits.jsonl"}
+#: The demo's sweeps: run name -> (attribute, TraceConfig overrides).
+DEMO_RUNS = {
+    "trace_colour": ("colour", dict(component="all", restore="suffix", text_kinds=("hidden", "attn"))),
+    "swap_style": ("style", dict(component="unet", method="crossattn-swap", window=2)),
+}
 #: Toy prompts traced first: at seed 0 their corruption changes what the image shows (measured on
 #: the shipped model: colour prompts 2 and 5 turn blue/green objects red/yellow, object 1 and 6 lose
-#: 18-20 CLIP points), so a 2-prompt x 1-seed demo has a drop to restore.
+#: 18-20 CLIP points), so a 2-prompt demo has a drop to restore.
 DEMO_FIRST = {"colour": (2, 5), "object": (1, 6)}
 
 
@@ -45,23 +53,23 @@ def demo_prompts(attribute: str, n: int) -> tuple[str, ...]:
     return tuple(ps[i].marked for i in order[:n])
 
 
-def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 1, eval_seeds: int = 6,
+def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 2, eval_seeds: int = 6,
              progress: Callable | None = None, say: Callable = print) -> Path:
-    """Trace, edit from the trace, evaluate, report; returns the report's path."""
+    """Trace, localise, edit from the trace, evaluate, report; returns the report's path."""
     t0 = time.perf_counter()
     m = load_model(model)
     if m.world != "toy":
         say(f"note: {m.name} is not the toy world; ground-truth scores are off and the toy scorer may not fit it")
     runs = []
-    for attribute in DEMO["attributes"]:
+    for name, (attribute, overrides) in DEMO_RUNS.items():
         chosen = demo_prompts(attribute, prompts) if m.world == "toy" else ()
-        cfg = TraceConfig(model=model, attribute=attribute, component="all", prompts=chosen, max_prompts=None if chosen else prompts,
-                          seeds=tuple(range(seeds)), batch_size=128)
-        run = out / f"trace_{attribute}"
+        cfg = TraceConfig(model=model, attribute=attribute, prompts=chosen, max_prompts=None if chosen else prompts,
+                          seeds=tuple(range(seeds)), batch_size=128, **overrides)
+        run = out / name
         run_sweep(cfg, run, model=m, progress=progress)
         plot_run(run)
         runs.append(run)
-        say(f"[{time.perf_counter() - t0:5.0f}s] traced {attribute} -> {run}")
+        say(f"[{time.perf_counter() - t0:5.0f}s] {cfg.method} {attribute} ({overrides.get('restore', 'token')}) -> {run}")
     case = next(c for c in load_cases(DEMO["cases"]) if c["id"] == DEMO["edit"])  # its in-grammar edit templates
     method = Method("quickfix", preserve=True)  # Diff-QuickFix with the case's preserve captions
     opts = options_from_trace(runs[0], method.editor, say=say)

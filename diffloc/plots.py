@@ -3,12 +3,15 @@
 Usage::
 
     paths = plot_run("results/colour")      # text heatmaps, UNet chart, image strip (PNG + PDF)
+    paths = plot_run("results/colour", uncertainty=True)   # and each heatmap's interval width
 
 - Text encoder: ROME-style heatmaps, layers × tokens, one panel per kind (Purples: residual
   state, Greens: MLP, Reds: attention). Colour is the mean restored score, its floor is the
-  corrupted score, attribute tokens are starred. One figure for the first prompt (exact
-  tokens) and one averaged over prompts by token role.
-- UNet: mean indirect effect of every component in execution order, grouped by block.
+  corrupted score, attribute tokens are starred. One figure for the prompt whose corruption drop is largest (exact
+  tokens) and one averaged over prompts by token role. Titles name the method and the restore
+  mode; with ``uncertainty`` a companion (yellow to brown) shows each cell's 95% interval width.
+- UNet: mean indirect effect of every component in execution order, grouped by block, with
+  whiskers at the 95% bootstrap interval over prompt × seed pairs.
 - Image strip: clean, corrupted and the best restored runs of the first prompts.
 """
 from __future__ import annotations
@@ -23,9 +26,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from tracing.causal import site_effects  # noqa: E402
 from tracing.errors import DifflocInputError  # noqa: E402
-from tracing.io import read_strip, read_trace  # noqa: E402
+from tracing.io import read_meta, read_strip, read_trace  # noqa: E402
+from tracing.stats import SITE_KEYS, bootstrap_effects  # noqa: E402
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"hidden": "residual state", "mlp": "MLP (fc2)", "attn": "self-attention (out_proj)"}
@@ -40,61 +43,109 @@ def _save(fig, path: Path) -> list[Path]:
     return [path.with_suffix(".png"), path.with_suffix(".pdf")]
 
 
-def text_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip", component: str = "text_encoder") -> list[Path]:
-    """Layers × tokens heatmaps for the first prompt, and by token role over all prompts."""
+RESTORE_LABELS = {"token": "restore one token (the paper's protocol)", "suffix": "restore the token and every later position",
+                  "span": "restore the attribute tokens through the token"}
+RESTORE_AXIS = {"token": "token", "suffix": "first restored token (it and all later ones)", "span": "last token of the restored span"}
+
+
+def protocol(table: pd.DataFrame) -> tuple[str, str]:
+    """(method, restore mode) of a table; tables from before restore modes restored one token."""
+    method = " + ".join(sorted(table.method.dropna().unique())) if "method" in table.columns else "exact"
+    restore = " + ".join(sorted(table.restore.dropna().unique())) if "restore" in table.columns and table.restore.notna().any() else "token"
+    return method or "exact", restore
+
+
+def _panels(pivots: dict, out: Path, suptitle: str, ylabel: str, cbar: str, vmin, vmax, cmaps: dict | None = None) -> list[Path]:
+    """One heatmap panel per kind (hidden, mlp, attn): rows = tokens or roles, columns = layers."""
+    n_rows = max(4, *(len(p) for p, _ in pivots.values()))
+    kinds = list(pivots)  # the traced kinds, in the order hidden, mlp, attn
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 0.45 * n_rows + 1.2), sharey=True, squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        piv, ylabels = pivots[kind]
+        hm = sns.heatmap(piv, ax=ax, cmap=(cmaps or CMAPS)[kind], vmin=vmin, vmax=vmax(piv) if callable(vmax) else vmax,
+                         cbar_kws={"label": cbar}, yticklabels=ylabels)
+        hm.collections[0].colorbar.formatter.set_useOffset(False)
+        hm.collections[0].colorbar.update_ticks()
+        ax.set_title(f"restore {TITLES[kind]}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+    fig.suptitle(suptitle, fontsize=10, y=1.0)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, out)
+
+
+def _role_index(piv: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    piv = piv.reindex([r for r in ROLES if r in piv.index])
+    return piv, [r + ("*" if "subject" in r else "") for r in piv.index]
+
+
+def text_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip", component: str = "text_encoder",
+                 uncertainty: bool = False, bootstrap: tuple[int, int] = (1000, 0)) -> list[Path]:
+    """Layers × tokens heatmaps for the prompt whose corruption drop is largest, and by token role over all prompts.
+
+    ``uncertainty``: also a companion figure per heatmap (``*_width``) of the 95% bootstrap
+    interval width of each cell's indirect effect (``bootstrap`` = (resamples, seed)).
+    """
     rows = table[table.component == component]
     if rows.empty:
         return []
-    floor = table[f"{metric}_corrupted"].mean()
-    clean = table[f"{metric}_clean"].mean()
+    method, restore = protocol(rows)
+    how = f"{method} · {RESTORE_LABELS.get(restore, 'restore ' + restore)}"
+    kinds = [k for k in ("hidden", "mlp", "attn") if (rows.kind == k).any()]  # --text-kind may trace fewer
     paths = []
-    first = rows[rows.prompt_index == rows.prompt_index.min()]
-    prompt = first.prompt.iloc[0]
+    # the per-prompt figure shows the prompt whose corruption costs the most (a prompt whose
+    # corrupted image still matches its caption has nothing to restore, and its heatmap is flat)
+    drop = (rows[f"{metric}_clean"] - rows[f"{metric}_corrupted"]).groupby(rows.prompt_index).mean()
+    first = rows[rows.prompt_index == (drop.idxmax() if drop.notna().any() else rows.prompt_index.min())]
+    prompt = first.prompt.iloc[0] + " (largest corruption drop)" if rows.prompt_index.nunique() > 1 else first.prompt.iloc[0]
     tokens = first.drop_duplicates("token").sort_values("token")
     labels = [f"{t}*" if r in ("subject", "last_subject") else t for t, r in zip(tokens.token_str, tokens.token_role)]
-    for mode, data, xcol, xlabels, name in [
-        ("prompt", first, "token", labels, f"{component}_heatmap"),
-        ("roles", rows, "token_role", [r + ("*" if "subject" in r else "") for r in ROLES], f"{component}_heatmap_roles"),
-    ]:
+    for mode, data, xcol, name in [("prompt", first, "token", f"{component}_heatmap"),
+                                   ("roles", rows, "token_role", f"{component}_heatmap_roles")]:
         own = table[table.prompt_index == first.prompt_index.iloc[0]] if mode == "prompt" else table
         floor, clean = own[f"{metric}_corrupted"].mean(), own[f"{metric}_clean"].mean()  # this prompt's own range
-        fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * max(4, len(xlabels)) + 1.2), sharey=True)
-        for ax, kind in zip(axes, ["hidden", "mlp", "attn"]):
+        pivots = {}
+        for kind in kinds:
             part = data[data.kind == kind]
             # average within each (prompt, seed) first, so prompts with more tokens of a role do not weigh more
             part = part.groupby(["prompt_index", "seed", xcol, "layer"], as_index=False)[f"{metric}_score"].mean()
             piv = part.pivot_table(index=xcol, columns="layer", values=f"{metric}_score", aggfunc="mean")
-            if xcol == "token_role":
-                piv = piv.reindex([r for r in ROLES if r in piv.index])
-                ylabels = [r + ("*" if "subject" in r else "") for r in piv.index]
-            else:
-                ylabels = xlabels
-            hm = sns.heatmap(piv, ax=ax, cmap=CMAPS[kind], vmin=floor, vmax=max(clean, piv.values.max()),
-                             cbar_kws={"label": f"{metric} score"}, yticklabels=ylabels)
-            hm.collections[0].colorbar.formatter.set_useOffset(False)
-            hm.collections[0].colorbar.update_ticks()
-            ax.set_title(f"restore {TITLES[kind]}")
-            ax.set_xlabel("layer")
-            ax.set_ylabel("token" if xcol == "token" else "token role (mean over prompts)")
+            pivots[kind] = _role_index(piv) if xcol == "token_role" else (piv, labels)
         title = prompt if mode == "prompt" else f"{rows.attribute.iloc[0]}: {rows.prompt_index.nunique()} prompts"
-        fig.suptitle(f"{component} trace — {title}\nfloor = corrupted {floor:.1f}, clean {clean:.1f}; * = attribute tokens", fontsize=10, y=1.0)
-        fig.tight_layout(rect=(0, 0, 1, 0.93))
-        paths += _save(fig, out / name)
+        ylabel = RESTORE_AXIS.get(restore, "token") if xcol == "token" else "token role (mean over prompts)"
+        paths += _panels(pivots, out / name, f"{component} trace — {title}\n{how}; floor = corrupted {floor:.1f}, "
+                         f"clean {clean:.1f}; * = attribute tokens", ylabel, f"{metric} score", floor,
+                         lambda piv, clean=clean: max(clean, piv.values.max()))
+        if uncertainty:
+            keys = SITE_KEYS + (["token"] if xcol == "token" else [])
+            boot = bootstrap_effects(data, metric, n=bootstrap[0], seed=bootstrap[1], keys=keys)
+            boot["width"] = boot.upper - boot.lower
+            widths = {}
+            for kind in kinds:
+                piv = boot[boot.kind == kind].pivot_table(index=xcol, columns="layer", values="width", aggfunc="mean")
+                widths[kind] = _role_index(piv) if xcol == "token_role" else (piv.reindex(tokens.token), labels)
+            n_pairs = len(data[["prompt_index", "seed"]].drop_duplicates())
+            top = max(1e-6, float(np.nanmax(boot.width.to_numpy()))) if boot.width.notna().any() else 1.0
+            paths += _panels(widths, out / f"{name}_width", f"{component} trace — {title}\n{how}; 95% interval width of the "
+                             f"indirect effect over {n_pairs} prompt × seed pairs ({bootstrap[0]} resamples)", ylabel,
+                             "interval width (effect units)", 0.0, top, cmaps={k: "YlOrBr" for k in CMAPS})
     return paths
 
 
-def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip") -> list[Path]:
-    """Indirect effect per UNet component, execution order, grouped by block."""
-    eff = site_effects(table[(table.component == "unet") | table.kind.isin(["clean", "corrupted"])], metric)
-    eff = eff[eff.component == "unet"]
+def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip", bootstrap: tuple[int, int] = (1000, 0)) -> list[Path]:
+    """Indirect effect per UNet component, execution order, grouped by block; error bars: 95% bootstrap interval."""
+    eff = bootstrap_effects(table[table.component == "unet"], metric, n=bootstrap[0], seed=bootstrap[1])
     if eff.empty:
         return []
+    n_pairs = len(table[table.component == "unet"][["prompt_index", "seed"]].drop_duplicates())
     windows = eff[["window_start", "window_end"]].drop_duplicates().values.tolist()
     fig, axes = plt.subplots(len(windows), 1, figsize=(max(10, 0.22 * eff.site.nunique() + 3), 4.8 * len(windows)), squeeze=False)
     for ax, (ws, we) in zip(axes[:, 0], windows):
         e = eff[(eff.window_start == ws) & (eff.window_end == we)].reset_index(drop=True)
         names = [s.split(":", 1)[1] for s in e.site]
-        ax.bar(range(len(e)), e.effect, color=[UNET_COLOURS.get(k, "grey") for k in e.kind])
+        err = np.nan_to_num(np.clip([e.effect - e.lower, e.upper - e.effect], 0, None))
+        ax.bar(range(len(e)), e.effect, color=[UNET_COLOURS.get(k, "grey") for k in e.kind],
+               yerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"})
         blocks = [n.split(".attentions")[0].split(".resnets")[0] for n in names]
         for i in range(1, len(blocks)):
             if blocks[i] != blocks[i - 1]:
@@ -110,7 +161,9 @@ def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip") -> list[Pat
         ax.set_title(f"UNet components restored at {win}", fontsize=9, pad=34, loc="left")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in UNET_COLOURS.values()]
     axes[0, 0].legend(handles, list(UNET_COLOURS), fontsize=7, loc="upper right")
-    fig.suptitle(f"{table.attribute.iloc[0]}: UNet trace ({table.prompt_index.nunique()} prompts × {table.seed.nunique()} seeds)", fontsize=10, y=1.0)
+    method, _ = protocol(table[table.component == "unet"])
+    fig.suptitle(f"{table.attribute.iloc[0]}: UNet trace, {method} ({table.prompt_index.nunique()} prompts × {table.seed.nunique()} seeds); "
+                 f"bars: ratio-of-means effect, whiskers: 95% bootstrap interval over {n_pairs} prompt × seed pairs", fontsize=10, y=1.0)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save(fig, out / "unet_effects")
 
@@ -155,18 +208,24 @@ def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 
     return _save(fig, out / "image_strip")
 
 
-def plot_run(run_dir: str | Path, metric: str = "clip") -> list[Path]:
-    """Redraw every figure of a run from its table; returns the files written."""
+def plot_run(run_dir: str | Path, metric: str = "clip", uncertainty: bool = False) -> list[Path]:
+    """Redraw every figure of a run from its table; returns the files written.
+
+    ``uncertainty``: also draw each text heatmap's 95% interval width (``*_width``). Intervals
+    use the run's ``--bootstrap`` resamples and seed from ``meta.json`` (default 1000, seed 0).
+    """
     run_dir = Path(run_dir)
     path = run_dir / "trace.parquet"
     if not path.exists():
         raise DifflocInputError(f"no trace.parquet in {run_dir}; run `diffloc trace --out {run_dir}` first")
     table = read_trace(path)
+    cfg = read_meta(run_dir / "meta.json").get("config", {}) if (run_dir / "meta.json").exists() else {}
+    boot = (int(cfg.get("bootstrap", 1000)), int(cfg.get("bootstrap_seed", 0)))
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     paths = []
     for comp in sorted(c for c in table.component.unique() if c.startswith("text_encoder")):
-        paths += text_heatmap(table, out, metric, comp)
-    paths += unet_chart(table, out, metric)
+        paths += text_heatmap(table, out, metric, comp, uncertainty=uncertainty, bootstrap=boot)
+    paths += unet_chart(table, out, metric, bootstrap=boot)
     paths += image_strip(run_dir, table, out)
     return paths

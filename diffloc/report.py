@@ -27,16 +27,18 @@ from tracing.io import atomic_write_bytes, read_json_format, read_meta, read_tab
 
 TRACE_MARKERS = ("meta.json", "trace.parquet", "causal_sites.json")
 EDIT_MARKERS = ("edit.json", "summary.json", "eval.parquet")
-FIGURE_ORDER = ("text_encoder_heatmap", "text_encoder_heatmap_roles", "text_encoder_2_heatmap",
-                "text_encoder_2_heatmap_roles", "unet_effects", "image_strip")
+FIGURE_ORDER = ("text_encoder_heatmap", "text_encoder_heatmap_width", "text_encoder_heatmap_roles", "text_encoder_heatmap_roles_width",
+                "text_encoder_2_heatmap", "text_encoder_2_heatmap_width", "text_encoder_2_heatmap_roles",
+                "text_encoder_2_heatmap_roles_width", "unet_effects", "image_strip")
 FIGURE_CAPTIONS = {
     "text_encoder_heatmap": "Text encoder, first prompt: restored score per layer × token (floor = corrupted score).",
     "text_encoder_heatmap_roles": "Text encoder, all prompts: restored score per layer × token role.",
     "text_encoder_2_heatmap": "Second text encoder, first prompt.",
     "text_encoder_2_heatmap_roles": "Second text encoder, all prompts, by token role.",
-    "unet_effects": "UNet: indirect effect of every component, in execution order.",
+    "unet_effects": "UNet: indirect effect of every component, in execution order; whiskers: 95% bootstrap interval over prompt × seed pairs.",
     "image_strip": "Clean | corrupted | best restored images of the first units.",
 }
+WIDTH_CAPTION = "Width of the 95% bootstrap interval of each cell's indirect effect (the heatmap above)."
 MAX_ROWS = 40
 
 CSS = """
@@ -174,13 +176,39 @@ def trace_config(meta: dict) -> str:
     return kv_table(rows) + (f"<h3>Prompts ({len(meta.get('prompts', []))}; [brackets] mark the attribute)</h3><ul class=\"prompts\">{prompts}</ul>" if prompts else "")
 
 
+def _caption(stem: str) -> str:
+    return FIGURE_CAPTIONS.get(stem, WIDTH_CAPTION if stem.endswith("_width") else "")
+
+
+def protocol_label(meta: dict, stem: str) -> str:
+    """The protocol a figure shows: method, and for text-encoder figures the restore mode and layer window."""
+    cfg = meta.get("config", {})
+    label = f"method {cfg.get('method', 'exact')}"
+    if cfg.get("method") == "crossattn-swap":
+        label += f", window {cfg.get('window')}, swap {cfg.get('swap')}"
+    elif stem.startswith("text_encoder"):
+        label += f", restore {cfg.get('restore', 'token')}, layer window {cfg.get('layer_window', 1)}"
+    return f"Protocol: {label}."
+
+
+def _split_half(half: dict | None) -> str:
+    if not half:
+        return ""
+    per = ", ".join(f"{c} {_fmt(r)} ({half.get('n_sites', {}).get(c, '?')} sites)" for c, r in half.get("spearman", {}).items())
+    return (f'<p class="muted">Split-half Spearman of the sites whose interval excludes 0, over {_e(half.get("n_pairs"))} '
+            f"prompt × seed pairs: {_e(per or '—')}.</p>")
+
+
 def causal_table(data: dict) -> str:
+    boot = data.get("bootstrap") or {}
     out = kv_table({"rule": data.get("rule"), "threshold": data.get("threshold"), "clean score": data.get("clean"),
-                    "corrupted score": data.get("corrupted")})
+                    "corrupted score": data.get("corrupted"), "prompt × seed pairs": data.get("n_pairs"),
+                    "bootstrap": f"{boot['n']} resamples of prompt × seed pairs, seed {boot['seed']}" if boot else None})
     for metric in data.get("metrics", []):
         entries = data.get(metric, {}).get("causal", [])
         n = data.get(metric, {}).get("n_sites_scored", "?")
         out += f"<h3>Causal sites by {_e(metric)} score: {len(entries)} of {_e(n)} scored sites</h3>"
+        out += _split_half(data.get(metric, {}).get("split_half"))
         if not entries:
             out += '<p class="muted">No site reaches the threshold.</p>'
             continue
@@ -190,24 +218,29 @@ def causal_table(data: dict) -> str:
             where = f"layer {e['layer']}, {e.get('token_role') or '—'}" if "layer" in e else "all steps"
             if "window" in e:
                 where = f"steps [{e['window'][0]}, {e['window'][1]})"
+            ci = e.get("interval")
+            ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—"
             rows += (f"<tr><td class=\"mono\">{_e(e.get('site'))}</td><td>{_e(e.get('component'))}</td><td>{_e(e.get('kind'))}</td>"
-                     f"<td>{_e(where)}</td><td class=\"num\"><span class=\"bar\" style=\"width:{max(0.0, min(eff, 1.5)) * 60:.0f}px\"></span>{eff:.3f}</td></tr>")
+                     f"<td>{_e(where)}</td><td class=\"num\"><span class=\"bar\" style=\"width:{max(0.0, min(eff, 1.5)) * 60:.0f}px\"></span>{eff:.3f}</td>"
+                     f"<td class=\"num\">{_e(ci)}</td></tr>")
         more = f'<p class="muted">… {len(entries) - MAX_ROWS} more causal sites in causal_sites.json.</p>' if len(entries) > MAX_ROWS else ""
-        out += f'<div class="scroll"><table><tr><th>site</th><th>component</th><th>kind</th><th>where</th><th>effect</th></tr>{rows}</table></div>{more}'
+        out += (f'<div class="scroll"><table><tr><th>site</th><th>component</th><th>kind</th><th>where</th><th>effect</th>'
+                f'<th>95% interval</th></tr>{rows}</table></div>{more}')
     return out
 
 
 def trace_section(folder: Path) -> str:
     out = ""
-    if (folder / "meta.json").exists():
-        out += "<h3>Configuration</h3>" + trace_config(read_meta(folder / "meta.json"))
+    meta = read_meta(folder / "meta.json") if (folder / "meta.json").exists() else {}
+    if meta:
+        out += "<h3>Configuration</h3>" + trace_config(meta)
     if (folder / "trace.parquet").exists():
         import pyarrow.parquet as pq
 
         out += f'<p class="muted">trace.parquet: {pq.ParquetFile(folder / "trace.parquet").metadata.num_rows} rows.</p>'
     figs = _sorted_pngs(folder / "figures") if (folder / "figures").is_dir() else []
     if figs:
-        out += "<h3>Figures</h3>" + "".join(figure(p, FIGURE_CAPTIONS.get(p.stem, "")) for p in figs)
+        out += "<h3>Figures</h3>" + "".join(figure(p, f"{_caption(p.stem)} {protocol_label(meta, p.stem)}") for p in figs)
     elif (folder / "trace.parquet").exists():
         out += f'<p class="muted">No figures yet: run <code>diffloc plot {_e(folder)}</code>.</p>'
     if (folder / "causal_sites.json").exists():

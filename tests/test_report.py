@@ -57,10 +57,10 @@ def fake_eval_dir(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, pixel_model, scorer):
     root = tmp_path_factory.mktemp("report")
-    cfg = TraceConfig(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0,), num_inference_steps=3, batch_size=64)
+    cfg = TraceConfig(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0, 1), num_inference_steps=3, batch_size=64)
     run = root / "colour"
     run_sweep(cfg, run, model=pixel_model, scorer=scorer)
-    plot_run(run)
+    plot_run(run, uncertainty=True)
     ev = fake_eval_dir(root / "eval")
     return write_report([run, ev], root / "report.html"), run, ev
 
@@ -80,6 +80,70 @@ def test_report_is_self_contained_and_has_every_figure(report):
     for text in (meta["scorer"]["id"], meta["scorer"]["formula"], meta["prompts"][0], "DDIMScheduler", "σ",
                  "Causal sites", "efficacy", "quickfix", "Contents", 'href="#colour"', 'href="#eval"'):
         assert text in page, text
+
+
+def test_report_shows_intervals_and_each_figures_protocol(report):
+    path, run, _ = report
+    page = path.read_text()
+    for text in ("95% interval</th>", "Split-half Spearman of the sites whose interval excludes 0, over 2 prompt × seed pairs",
+                 "1000 resamples of prompt × seed pairs, seed 0", "lower bound &gt;= threshold", "whiskers: 95% bootstrap interval"):
+        assert text in page, text
+    for stem in ("text_encoder_heatmap", "text_encoder_heatmap_width", "text_encoder_heatmap_roles_width"):
+        caption = re.search(rf"<code>{stem}\.png</code> — ([^<]*)</figcaption>", page)
+        assert caption and "Protocol: method exact, restore token, layer window 1." in caption.group(1), stem
+    assert re.search(r"<code>unet_effects\.png</code> — [^<]*Protocol: method exact\.</figcaption>", page)
+    data = json.loads((run / "causal_sites.json").read_text())
+    for e in data["clip"]["causal"]:
+        lo, hi = e["interval"]
+        assert f"[{lo:.3f}, {hi:.3f}]" in page
+
+
+def _captured(monkeypatch):
+    """Figures the plot functions would save, kept open for inspection."""
+    import diffloc.plots as plots
+
+    figs = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.setdefault(path.name, fig) and [])
+    return figs
+
+
+def test_unet_whiskers_are_the_bootstrap_interval(report, tmp_path, monkeypatch):
+    from diffloc.plots import unet_chart
+    from tracing.io import read_trace
+    from tracing.stats import bootstrap_effects
+
+    _, run, _ = report
+    table = read_trace(run / "trace.parquet")
+    figs = _captured(monkeypatch)
+    unet_chart(table, tmp_path, bootstrap=(300, 0))
+    ax = figs["unet_effects"].axes[0]
+    from matplotlib.container import BarContainer
+
+    bars = next(c for c in ax.containers if isinstance(c, BarContainer))
+    segments = bars.errorbar.lines[2][0].get_segments()
+    ref = bootstrap_effects(table[table.component == "unet"], "clip", n=300, seed=0)
+    np.testing.assert_allclose([b.get_height() for b in bars], ref.effect)
+    np.testing.assert_allclose([s[0][1] for s in segments], np.minimum(ref.lower, ref.effect))
+    np.testing.assert_allclose([s[1][1] for s in segments], np.maximum(ref.upper, ref.effect))
+    assert (ref.upper - ref.lower > 1e-6).any(), "two seeds: some interval must have width"
+
+
+def test_heatmap_titles_name_restore_mode_and_method(report, tmp_path, monkeypatch):
+    from diffloc.plots import text_heatmap
+    from tracing.io import read_trace
+
+    _, run, _ = report
+    table = read_trace(run / "trace.parquet")
+    for tab, want in ((table.drop(columns="restore"), "exact · restore one token (the paper's protocol)"),
+                      (table.assign(restore="suffix", method="exact"), "exact · restore the token and every later position")):
+        figs = _captured(monkeypatch)
+        text_heatmap(tab, tmp_path, uncertainty=True, bootstrap=(200, 0))
+        assert set(figs) == {"text_encoder_heatmap", "text_encoder_heatmap_width", "text_encoder_heatmap_roles",
+                             "text_encoder_heatmap_roles_width"}
+        for fig in figs.values():
+            assert want in fig._suptitle.get_text()
+        width = figs["text_encoder_heatmap_roles_width"].axes[0].collections[0].get_array()
+        assert np.nanmax(width) > 0, "the width heatmap shows some interval"
 
 
 def test_cli_report_and_one_line_errors(report, tmp_path, capsys):

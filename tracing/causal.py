@@ -3,14 +3,20 @@
 Usage::
 
     effects = site_effects(table, metric="clip")           # one row per site (× token role / window)
-    write_causal_sites(table, "results/colour/causal_sites.json", threshold=0.5)
+    write_causal_sites(table, "results/colour/causal_sites.json", threshold=0.5, bootstrap=1000, bootstrap_seed=0)
     best = read_causal_sites("results/colour", component="text_encoder", kind="attn")
 
 The aggregate effect of a group of rows is a ratio of means,
 ``(mean restored − mean corrupted) / (mean clean − mean corrupted)``, which is stabler than the
-mean of per-row ratios when a row's clean and corrupted scores are close. A site is *causal*
-when its aggregate effect reaches the threshold: the binarised-CLIP-score idea of the seed paper
-(restoring it brings the score most of the way back).
+mean of per-row ratios when a row's clean and corrupted scores are close. Its 95% interval is a
+bootstrap over prompt × seed pairs (:mod:`tracing.stats`). A site is *causal* when the interval's
+lower bound reaches the threshold: restoring it brings the score most of the way back (the
+binarised-CLIP-score idea of the seed paper), and not by the luck of a few prompts and seeds.
+
+``causal_sites.json`` (version 3) holds, per metric, the causal entries with their intervals,
+the split-half Spearman of the sites with a real effect (interval excludes 0) per component,
+and how many prompt × seed pairs and resamples it used. Version 2 files (no intervals, rule
+``effect >= threshold``) still read.
 """
 from __future__ import annotations
 
@@ -21,16 +27,16 @@ import pandas as pd
 
 from .errors import DifflocInputError
 from .io import read_json_format, write_json_format
+from .stats import LEVEL, SITE_KEYS, bootstrap_effects, real_effects, restored_rows, split_half
 
-RULE = "effect = (mean restored - mean corrupted) / (mean clean - mean corrupted) over prompts, seeds and noise samples; causal if effect >= threshold"
+RULE = ("effect = (mean restored - mean corrupted) / (mean clean - mean corrupted) over prompts, seeds and noise samples; "
+        "interval = 95% percentile bootstrap over prompt x seed pairs (each pair's noise samples and rows resampled together); "
+        "causal if the interval's lower bound >= threshold")
 
 
 def site_effects(table: pd.DataFrame, metric: str = "clip") -> pd.DataFrame:
     """Aggregate effect per (component, kind, site, layer, token_role, window)."""
-    rows = table[~table.kind.isin(["clean", "corrupted"])].copy()
-    keys = ["component", "kind", "site", "layer", "token_role", "window_start", "window_end"]
-    rows.loc[rows.component == "unet", "token_role"] = ""
-    g = rows.groupby(keys, sort=False, dropna=False)
+    g = restored_rows(table).groupby(SITE_KEYS, sort=False, dropna=False)
     out = g.agg(score=(f"{metric}_score", "mean"), clean=(f"{metric}_clean", "mean"), corrupted=(f"{metric}_corrupted", "mean"), n=(f"{metric}_score", "size")).reset_index()
     denom = out.clean - out.corrupted
     out["effect"] = np.where(denom.abs() > 1e-9, (out.score - out.corrupted) / denom.where(denom.abs() > 1e-9, 1.0), np.nan)
@@ -64,24 +70,43 @@ def metric_names(table: pd.DataFrame) -> list[str]:
     return sorted(names, key=lambda n: (n != "clip", n != "gt", n))
 
 
-def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5) -> dict:
+def uncertainty(table: pd.DataFrame, metric: str = "clip", bootstrap: int = 1000, bootstrap_seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Bootstrap intervals of every site (:func:`tracing.stats.bootstrap_effects`) and the split-half
+    Spearman of the sites with a real effect (:func:`tracing.stats.split_half`)."""
+    boot = bootstrap_effects(table, metric, n=bootstrap, seed=bootstrap_seed)
+    real = real_effects(boot)
+    half = split_half(table, metric, sites=real)
+    half["sites"] = "interval excludes 0"
+    half["n_real_effect"] = {str(c): int(k) for c, k in real.component.value_counts().sort_index().items()}
+    return boot, half
+
+
+def _entry(r) -> dict:
+    e = {"site": r.site, "component": r.component, "kind": r.kind, "effect": round(float(r.effect), 4),
+         "interval": [round(float(r.lower), 4), round(float(r.upper), 4)], "n_pairs": int(r.n_pairs)}
+    if r.component.startswith("text_encoder"):
+        e.update(layer=int(r.layer), token_role=r.token_role)
+    if r.window_start >= 0:
+        e["window"] = [int(r.window_start), int(r.window_end)]
+    return e
+
+
+def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5, bootstrap: int = 1000, bootstrap_seed: int = 0) -> dict:
+    """Write ``causal_sites.json``: per metric, the sites whose interval's lower bound reaches ``threshold``."""
     metrics = metric_names(table)
+    refs = table[table.kind.isin(["clean", "corrupted"])]
     result: dict = {"threshold": threshold, "rule": RULE, "metrics": metrics,
                     "clean": {m: float(table[f"{m}_clean"].mean()) for m in metrics},
-                    "corrupted": {m: float(table[f"{m}_corrupted"].mean()) for m in metrics}}
+                    "corrupted": {m: float(table[f"{m}_corrupted"].mean()) for m in metrics},
+                    "bootstrap": {"n": int(bootstrap), "seed": int(bootstrap_seed), "unit": "prompt x seed pair",
+                                  "level": LEVEL, "interval": "percentile"},
+                    "n_pairs": int(len((refs if len(refs) else table)[["prompt_index", "seed"]].drop_duplicates()))}
     for metric in metrics:
-        eff = site_effects(table, metric).sort_values("effect", ascending=False)
-        entries = []
-        for r in eff.itertuples():
-            if not (r.effect >= threshold):
-                continue
-            e = {"site": r.site, "component": r.component, "kind": r.kind, "effect": round(float(r.effect), 4)}
-            if r.component.startswith("text_encoder"):
-                e.update(layer=int(r.layer), token_role=r.token_role)
-            if r.window_start >= 0:
-                e["window"] = [int(r.window_start), int(r.window_end)]
-            entries.append(e)
-        result[metric] = {"causal": entries, "n_sites_scored": int(len(eff)), "stability_spearman": stability(table, metric)}
+        boot, half = uncertainty(table, metric, bootstrap, bootstrap_seed)
+        boot = boot.sort_values("effect", ascending=False, kind="stable")
+        entries = [_entry(r) for r in boot.itertuples() if r.lower >= threshold]
+        result[metric] = {"causal": entries, "n_sites_scored": int(len(boot)), "split_half": half,
+                          "stability_spearman": stability(table, metric)}
     write_json_format("causal_sites", result, path)
     return result
 
@@ -94,4 +119,5 @@ def read_causal_sites(trace_dir: str | Path, component: str = "text_encoder", ki
     data = read_json_format("causal_sites", path)
     if metric not in data:
         raise DifflocInputError(f"metric {metric!r} not in {path}; it has {', '.join(data['metrics'])}")
-    return [e for e in data[metric]["causal"] if e["component"] == component and (kind is None or e["kind"] == kind)]
+    return [{"interval": None, **e} for e in data[metric]["causal"]  # version 2: no interval
+            if e["component"] == component and (kind is None or e["kind"] == kind)]

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import FormatVersionError, InputFileError
 
 #: format -> current schema version. Bump a version when a reader must tell files apart.
-VERSIONS = {"trace": 2, "meta": 2, "causal_sites": 2, "edit": 2, "summary": 2, "strip": 1, "diagnosis": 1}
+VERSIONS = {"trace": 2, "meta": 2, "causal_sites": 3, "edit": 2, "summary": 2, "strip": 1, "diagnosis": 1, "stability": 1}
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -60,7 +60,7 @@ def _need(path: Path) -> Path:
     return path
 
 
-# ---- JSON formats: meta, causal_sites, edit, summary, diagnosis -------------------------------------
+# ---- JSON formats: meta, causal_sites, edit, summary, diagnosis, stability ---------------------------
 
 def write_json_format(fmt: str, obj: dict, path: str | Path) -> None:
     """Write ``obj`` as format ``fmt`` (adds its ``schema`` key)."""

@@ -204,5 +204,6 @@ def finish(out: Path, units: list[Unit], cfg: TraceConfig) -> pd.DataFrame:
     meta["generated_rows"] = int(len(exact) - meta["skipped_noop"])
     write_meta(meta, out / "meta.json")
     confirmed = table[table.method == "exact"]
-    write_causal_sites(confirmed if len(confirmed) else table, out / "causal_sites.json", cfg.threshold)
+    write_causal_sites(confirmed if len(confirmed) else table, out / "causal_sites.json", cfg.threshold,
+                       bootstrap=cfg.bootstrap, bootstrap_seed=cfg.bootstrap_seed)
     return table

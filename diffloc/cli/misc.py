@@ -66,10 +66,10 @@ def demo(
     out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="Output folder (resumes traces if it exists)."),
     model: str = typer.Option("toy", "--model", "-m", help="Model spec (the toy world by default)."),
     prompts: int = typer.Option(2, help="Prompts traced per attribute (the shipped sets have 12)."),
-    seeds: int = typer.Option(1, help="Seeds per prompt."),
+    seeds: int = typer.Option(2, help="Seeds per prompt (two give the intervals something to resample)."),
     eval_seeds: int = typer.Option(6, help="Seeds per prompt when evaluating the edit."),
 ) -> None:
-    """Trace two attributes, edit from the trace, evaluate the edit, write the report.
+    """Trace colour (suffix mode), localise style (LocoGen), edit from the trace, evaluate, write the report.
 
     Example: diffloc demo --out results/demo
     """

@@ -5,7 +5,11 @@ Usage::
     diffloc trace --model toy --attribute colour --out results/colour
     diffloc trace --model toy --attribute count --component unet --step-window 0:10 --step-window 10:20
     diffloc trace --model toy --attribute colour --executor ray --workers 2 --out results/colour
-    diffloc plot results/colour
+    diffloc trace --model toy --attribute colour --method ig --confirm-top 8 --out results/colour_ig
+    diffloc trace --model toy --attribute colour --restore suffix --bootstrap 1000 --out results/colour_suffix
+    diffloc trace --model toy --attribute style --method crossattn-swap --window 2 --out results/style_swap
+    diffloc trace --model toy --attribute count --component unet --until-stable 0.9 --max-seeds 8 --out results/count
+    diffloc plot results/colour --uncertainty
     diffloc bench trace --out results/bench_trace.json
 """
 from __future__ import annotations
@@ -55,6 +59,18 @@ def trace(
     threshold: float = typer.Option(0.5, help="Mean indirect effect a site needs to be named causal."),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    method: str = typer.Option("exact", help="exact (restore each site), atp or ig (gradient screens), crossattn-swap (LocoGen)."),
+    ig_steps: int = typer.Option(8, help="Method ig: points on the path from corrupted to clean."),
+    confirm_top: int = typer.Option(0, help="Screens: also trace the K best-screened sites exactly (causal_sites.json names only those)."),
+    restore: str = typer.Option("token", help="Text encoder: token (one position), suffix (it and every later one) or span (attribute tokens through an end)."),
+    span_end: Optional[int] = typer.Option(None, help="Restore span: the one end token (-1: through all padding); default every end."),
+    heads: bool = typer.Option(False, help="Also trace every attention head as its own site."),
+    text_kind: List[str] = typer.Option(["hidden", "attn", "mlp"], "--text-kind", help="Text-encoder states to restore: hidden, attn, mlp (repeat the flag)."),
+    window: int = typer.Option(2, help="Method crossattn-swap: cross-attention layers per sliding window (LocoGen: 2)."),
+    swap: str = typer.Option("value", help="Method crossattn-swap: the altered prompt sets another value (value) or drops it (remove)."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples of prompt x seed pairs for the 95% intervals."),
+    until_stable: Optional[float] = typer.Option(None, help="Add seeds in rounds until the split-half Spearman of real effects reaches this, in (0, 1]."),
+    max_seeds: int = typer.Option(8, help="With --until-stable: stop at this many seeds."),
     plot: bool = typer.Option(True, help="Draw the figures when the sweep ends."),
 ) -> None:
     """Causal tracing sweep for one attribute: clean, corrupted and restored runs, scored by CLIP.
@@ -69,23 +85,33 @@ def trace(
     cfg = TraceConfig(model=model, attribute=attribute, component=component, prompts=prompts, max_prompts=max_prompts,
                       seeds=tuple(seeds), noise_samples=noise_samples, noise_scale=noise_scale, num_inference_steps=steps,
                       guidance_scale=guidance, layer_window=layer_window, step_windows=_windows(step_window),
-                      batch_size=batch_size, scorer=scorer, executor=executor, threshold=threshold, dtype=dtype, device=device)
+                      batch_size=batch_size, scorer=scorer, executor=executor, threshold=threshold, dtype=dtype, device=device,
+                      method=method, ig_steps=ig_steps, confirm_top=confirm_top, restore=restore, span_end=span_end, heads=heads, text_kinds=tuple(text_kind),
+                      window=window, swap=swap, bootstrap=bootstrap)
     executor_kw = dict(address=ray_address, num_workers=workers) if executor == "ray" else None
     if executor == "ray":
         from tracing.executors import import_ray
 
         import_ray()  # one-line error before any model loads when Ray is missing
-    table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
+    if until_stable is None:
+        table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
+    else:
+        from tracing.stable import run_until_stable
+
+        table, history = run_until_stable(cfg, out, target=until_stable, max_seeds=max_seeds,
+                                          progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
+        say(f"stability: {history[-1]}")
     say(f"{len(table)} rows -> {out / 'trace.parquet'}")
     say(f"causal sites -> {out / 'causal_sites.json'}")
     if plot:
         from diffloc.plots import plot_run
 
-        paths = plot_run(out)
+        paths = plot_run(out, uncertainty=True)
         say(f"figures -> {out / 'figures'} ({len(paths)} files)")
 
 
-def plot(run: Path = typer.Argument(..., help="A trace output folder."), metric: str = typer.Option("clip", help="clip or gt.")) -> None:
+def plot(run: Path = typer.Argument(..., help="A trace output folder."), metric: str = typer.Option("clip", help="clip or gt."),
+         uncertainty: bool = typer.Option(False, help="Also draw each heatmap's 95% interval width.")) -> None:
     """Redraw a run's figures from its trace.parquet alone.
 
     Example: diffloc plot results/colour
@@ -94,7 +120,7 @@ def plot(run: Path = typer.Argument(..., help="A trace output folder."), metric:
 
     if metric not in ("clip", "gt"):
         raise UsageError(f"unknown metric {metric!r}; allowed: clip, gt")
-    for p in plot_run(run, metric):
+    for p in plot_run(run, metric, uncertainty=uncertainty):
         say(str(p))
 
 
@@ -103,8 +129,9 @@ def bench_trace(
     model: str = typer.Option("toy", "--model", "-m"),
     rows: int = typer.Option(32, help="Restored rows per batch."),
     repeats: int = typer.Option(3, help="Timed repeats (median is reported)."),
+    screens: bool = typer.Option(True, help="Also time gradient screens against exact text-encoder and head sweeps."),
 ) -> None:
-    """Sweep cost against plain batched generation: sweep_over_plain, naive_over_sweep, peak_mem_ratio.
+    """Sweep cost against plain batched generation, and screens against exact sweeps, as ratios of one run.
 
     Example: diffloc bench trace --out results/bench_trace.json
     """
@@ -112,6 +139,10 @@ def bench_trace(
     from tracing.io import write_plain_json
 
     result = run(model, rows=rows, repeats=repeats)
+    if screens:
+        from diffloc.bench_screens import bench_screens
+
+        result.update(bench_screens(model))
     write_plain_json(result, out)
     for k, v in result.items():
         if not isinstance(v, dict):
