@@ -10,9 +10,13 @@ Usage::
 Only the closed-form maths is timed, never key gathering:
 
 - ``quickfix_ms_sd_sized``: ``least_squares_update`` on a 768×768 layer
-  (``self_attn.out_proj`` of the SD v1 text encoder) with 300 key/value pairs, λ = 0.01.
-- ``rank_one_ms_sd_sized``: ``rank_one_update`` on an fc2-sized layer, ``W [768,3072]``,
-  with ``C [3072,3072]`` already computed (the solve ``C⁻¹k*`` dominates).
+  (``self_attn.out_proj`` of the SD v1 text encoder) with 300 key/value pairs, λ = 0.01, as
+  shipped: 300 pairs < 768 dims, so it solves in the [300, 300] pair space (Woodbury,
+  ``quickfix_space``); ``quickfix_direct_ms`` forces the [768, 768] input-space solve.
+- ``rank_one_ms_sd_sized``: ``rank_one_update`` on an fc2-sized layer, ``W [768,d_ff]``
+  (``d_ff`` 3072), with ``C [d_ff,d_ff]`` already computed (the solve ``C⁻¹k̄`` dominates);
+  ``rank_one_cached_ms`` the same update from C's cached Cholesky factor (ReFACT's editor caches
+  it with C), and ``cholesky_ms`` the one-off factorisation.
 - ``batched_ms`` / ``naive_ms``: ``n_edits`` edits of ``n_pairs // n_edits`` pairs each, as one
   stacked solve (``editing.batch``) against one solve per edit (applied one after another).
 - ``woodbury_max_rel_diff``: the direct solve against the pair-space (Woodbury) form
@@ -32,7 +36,8 @@ import time
 
 import torch
 
-from editing.closed_form import least_squares_update, rank_one_update
+from editing import closed_form
+from editing.closed_form import least_squares_update
 
 __all__ = ["bench_edit_closed_form", "bench_edit_all"]
 
@@ -47,7 +52,38 @@ def _times_ms(fn, repeats: int) -> list[float]:
     return times
 
 
-def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0, n_edits: int = 24) -> dict:
+def _ms(times: list[float]) -> tuple[float, float]:
+    return round(statistics.median(times), 2), round(min(times), 2)
+
+
+def quickfix_times(W0: torch.Tensor, K: torch.Tensor, V: torch.Tensor, repeats: int) -> dict:
+    """Diff-QuickFix's solve as shipped (the smaller space) and forced into the [in, in] input space."""
+    shipped = _times_ms(lambda: closed_form.least_squares_update(W0, K, V, lam=0.01), repeats)
+    direct = _times_ms(lambda: closed_form.least_squares_update(W0, K, V, lam=0.01, space="input"), repeats)
+    (med, low), (dmed, dlow) = _ms(shipped), _ms(direct)
+    return {"quickfix_ms_sd_sized": med, "quickfix_ms_min": low, "quickfix_direct_ms": dmed, "quickfix_direct_ms_min": dlow,
+            "quickfix_space": closed_form.solve_space(*K.shape)}
+
+
+def rank_one_times(g: torch.Generator, repeats: int, d_ff: int = 3072) -> dict:
+    """ReFACT's rank-one update on fc2 ``[768, d_ff]``: solving with C each time, and from C's cached factor."""
+    W = torch.randn(768, d_ff, generator=g) / d_ff ** 0.5   # [out,in]
+    X = torch.nn.functional.gelu(torch.randn(4096, d_ff, generator=g))  # [m,in] GELU-like keys
+    C = X.T @ X / X.shape[0]                                # [in,in], computed outside the timing
+    del X
+    k_star, k_bar = (torch.nn.functional.gelu(torch.randn(d_ff, generator=g)) for _ in range(2))  # [in]
+    v_star = torch.randn(768, generator=g)                  # [out]
+    uncached = _times_ms(lambda: closed_form.rank_one_update(W, k_star, v_star, C, k_dir=k_bar), repeats)
+    t0 = time.perf_counter()
+    L = closed_form.cholesky_factor(C)
+    chol_ms = (time.perf_counter() - t0) * 1000.0
+    cached = _times_ms(lambda: closed_form.rank_one_update(W, k_star, v_star, chol=L, k_dir=k_bar), repeats)
+    (med, low), (cmed, clow) = _ms(uncached), _ms(cached)
+    return {"rank_one_ms_sd_sized": med, "rank_one_ms_min": low, "rank_one_cached_ms": cmed, "rank_one_cached_ms_min": clow,
+            "cholesky_ms": round(chol_ms, 2), "rank_one_shape": {"W": [768, d_ff], "C": [d_ff, d_ff]}}
+
+
+def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0, n_edits: int = 24, d_ff: int = 3072) -> dict:
     """Return median wall times (ms) of the closed-form editors at SD layer sizes."""
     g = torch.Generator().manual_seed(seed)
 
@@ -55,7 +91,7 @@ def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0,
     W0 = torch.randn(768, 768, generator=g) / 768 ** 0.5    # [out,in]
     K = torch.randn(n_pairs, 768, generator=g)              # [n,in]
     V = torch.randn(n_pairs, 768, generator=g)              # [n,out]
-    quickfix = _times_ms(lambda: least_squares_update(W0, K, V, lam=0.01), repeats)
+    quickfix = quickfix_times(W0, K, V, repeats)
 
     # Many edits: one stacked solve against one solve per edit.
     chunks = list(zip(K.chunk(n_edits), V.chunk(n_edits)))
@@ -70,30 +106,18 @@ def bench_edit_closed_form(repeats: int = 20, n_pairs: int = 300, seed: int = 0,
     Kd, Vd, W0d = K.double().T, V.double().T, W0.double()   # [d,n], [d,n], [out,in]
     small = torch.linalg.solve(0.01 * torch.eye(Kd.shape[1], dtype=torch.float64) + Kd.T @ Kd, (Vd - W0d @ Kd).T)  # [n,out]
     woodbury = W0d + small.T @ Kd.T                                                      # [out,in]
-    direct = least_squares_update(W0.double(), K.double(), V.double(), lam=0.01)
+    direct = least_squares_update(W0.double(), K.double(), V.double(), lam=0.01, space="input")  # the direct form, not pair space
     wood_diff = float((direct - woodbury).norm() / woodbury.norm())
 
-    # ReFACT: fc2 768×3072; C from 4096 GELU-like keys, computed outside the timing.
-    W = torch.randn(768, 3072, generator=g) / 3072 ** 0.5   # [out,in]
-    X = torch.nn.functional.gelu(torch.randn(4096, 3072, generator=g))  # [m,in]
-    C = X.T @ X / X.shape[0]                                # [in,in]
-    del X
-    k_star = torch.nn.functional.gelu(torch.randn(3072, generator=g))  # [in]
-    v_star = torch.randn(768, generator=g)                  # [out]
-    rank_one = _times_ms(lambda: rank_one_update(W, k_star, v_star, C), repeats)
-
     return {
-        "quickfix_ms_sd_sized": round(statistics.median(quickfix), 2),
+        **quickfix,
+        **rank_one_times(g, repeats, d_ff),
         "batched_ms": round(statistics.median(batched), 2),
         "naive_ms": round(statistics.median(naive_t), 2),
         "n_edits": n_edits,
         "woodbury_max_rel_diff": wood_diff,
-        "rank_one_ms_sd_sized": round(statistics.median(rank_one), 2),
-        # minima: the least-disturbed estimate when the machine is shared
-        "quickfix_ms_min": round(min(quickfix), 2),
-        "rank_one_ms_min": round(min(rank_one), 2),
+        # *_min: the least-disturbed estimate when the machine is shared
         "quickfix_shape": {"W0": [768, 768], "K": [n_pairs, 768], "V": [n_pairs, 768]},
-        "rank_one_shape": {"W": [768, 3072], "C": [3072, 3072]},
         "repeats": repeats,
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
@@ -106,8 +130,9 @@ def bench_edit_all(model_spec: str = "toy", repeats: int = 5) -> dict:
     """The numbers ``diffloc bench edit`` writes: SD-sized closed form, and whole edits on the toy model.
 
     ``quickfix_ms_toy`` is a whole Diff-QuickFix edit (key/value gathering through the hooks,
-    solve, apply) followed by its undo; ``refact_s_toy`` a whole ReFACT edit with the
-    covariance already cached (the first, uncached run is reported separately).
+    solve, apply) followed by its undo; ``refact_s_toy`` a whole ReFACT edit in its default
+    configuration (ReFACT's templates, no contrastive captions) with the covariance and its
+    factor already cached (the first, uncached run is reported separately), with its final p.
     """
     from editing.corpus import read_corpus
     from editing.quickfix import quickfix
@@ -122,11 +147,11 @@ def bench_edit_all(model_spec: str = "toy", repeats: int = 5) -> dict:
         for rec in quickfix(model, "red", "blue"):
             undo_edit(model, rec)
 
-    corpus, contrastive = read_corpus(None, model)
+    corpus, _ = read_corpus(None, model)
     info = {}
 
     def rf():
-        recs = refact(model, "red", "blue", corpus=corpus, contrastive=contrastive)
+        recs = refact(model, "red", "blue", corpus=corpus)
         info.update(recs[0].info)
         for rec in recs:
             undo_edit(model, rec)
@@ -138,6 +163,7 @@ def bench_edit_all(model_spec: str = "toy", repeats: int = 5) -> dict:
     out["refact_s_toy"] = round(statistics.median(_times_ms(rf, max(1, repeats // 2))) / 1000, 3)
     out["refact_s_toy_first_run"] = round(first, 3)
     out["refact_toy_opt_steps"] = info.get("opt_steps")
+    out["refact_toy_final_p"], out["refact_toy_edited_p"] = info.get("final_p"), info.get("edited_p")
     out["targets"] = {"quickfix_ms_sd_sized": "<= 50", "refact_s_toy": "<= 5"}
     return out
 

@@ -93,8 +93,8 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
         edited = edited.assign(method="edited")  # the edited model on the original prompts
         table = pd.concat([table, edited], ignore_index=True)
     else:
-        corpus, contrastive = read_corpus(None, model)
-        options = {"refact": {"corpus": corpus, "contrastive": contrastive}}
+        corpus, _ = read_corpus(None, model)
+        options = {"refact": {"corpus": corpus}}  # ReFACT's best configuration: no extra contrastive captions
         if refact_layer is not None:
             options["refact"]["layer"] = refact_layer
         table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options,
@@ -138,8 +138,8 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, 
     columns = {"unedited": generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat),
                "oracle": generate(model, [p["new"] if s != "negative" else p["prompt"] for s, p in prompts], cfg=cfg, latents=lat)}
     if options is None:
-        corpus, contrastive = read_corpus(None, model) if any(as_method(m).editor == "refact" for m in methods) else ([], [])
-        options = {"refact": {"corpus": corpus, "contrastive": contrastive}}
+        corpus, _ = read_corpus(None, model) if any(as_method(m).editor == "refact" for m in methods) else ([], [])
+        options = {"refact": {"corpus": corpus}}  # ReFACT's best configuration: no extra contrastive captions
     for m in methods:
         records = edit_case(m, model, case, options)
         try:

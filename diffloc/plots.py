@@ -158,7 +158,11 @@ def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip", bootstrap: 
         ax.axhline(0, color="k", lw=0.5)
         ax.set_ylabel(f"indirect effect ({metric})")
         win = "all steps" if ws < 0 else f"steps [{ws}, {we})"
-        ax.set_title(f"UNet components restored at {win}", fontsize=9, pad=34, loc="left")
+        swap = "window_size" in table.columns and table.method.eq("crossattn-swap").any()
+        what = (f"windows of {int(table.window_size.dropna().iloc[0])} cross-attention layers reading the altered prompt "
+                f"(labelled by their first layer); effect 1 = the attribute follows the altered prompt") if swap else \
+            f"UNet components restored at {win}"
+        ax.set_title(what, fontsize=9, pad=34, loc="left")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in UNET_COLOURS.values()]
     axes[0, 0].legend(handles, list(UNET_COLOURS), fontsize=7, loc="upper right")
     method, _ = protocol(table[table.component == "unet"])
@@ -184,7 +188,8 @@ def _short(site: str) -> str:
 
 def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 4) -> list[Path]:
     """Clean, corrupted and best restored images for the first few units."""
-    shards = sorted((run_dir / "shards").glob("*.npz"))[:max_units]
+    units = set(table.unit)  # a shard folder may hold units the table left out (e.g. seeds a resume dropped)
+    shards = [p for p in sorted((run_dir / "shards").glob("*.npz")) if p.stem in units][:max_units]
     if not shards:
         return []
     fig, axes = plt.subplots(len(shards), 5, figsize=(10, 2.3 * len(shards)), squeeze=False)

@@ -8,9 +8,10 @@ Usage::
     W = least_squares_update(W0, K, V, lam=0.01)            # W0 [out,in], K [n,in], V [n,out]
     W = least_squares_update(W0, K, V, lam=0.5, K_preserve=Kp)  # UCE: keep W0 on Kp rows
 
-    # ROME / ReFACT: one key k*, one target value v*, key statistics C.
+    # ROME / ReFACT: one key k*, one target value v*, key statistics C (factorised once).
     C = second_moment(K_corpus)                              # [in,in], uncentred
-    delta = rank_one_update(W, k_star, v_star, C)            # (W + delta) @ k_star == v_star
+    L = cholesky_factor(C)                                   # C = L Lᵀ, cache it with C
+    delta = rank_one_update(W, k_star, v_star, chol=L, k_dir=k_bar)   # (W + delta) @ k_star == v_star
 
 Conventions. Every weight is in torch ``nn.Linear`` layout ``[out, in]``, so a layer maps a
 key ``k [in]`` to ``y = W @ k [out]``. Rows of ``K`` / ``V`` are keys / values. The
@@ -25,7 +26,9 @@ import torch
 __all__ = [
     "least_squares_update",
     "least_squares_delta",
+    "solve_space",
     "rank_one_update",
+    "cholesky_factor",
     "second_moment",
     "MomentAccumulator",
     "clamp_delta",
@@ -64,7 +67,39 @@ def _check_keys_values(W0, K, V, kname: str, vname: str, allow_missing_v: bool) 
         )
 
 
-def _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_space(n: int, d: int, space: str = "auto") -> str:
+    """Where the least-squares system is solved: ``"pairs"`` ([n, n], Woodbury) or ``"input"`` ([d, d]).
+
+    ``"auto"`` picks the smaller: pairs when the stacked pairs are fewer than the input dims.
+    """
+    if space == "auto":
+        return "pairs" if n < d else "input"
+    if space not in ("pairs", "input"):
+        raise ValueError(f"space must be 'auto', 'pairs' or 'input', got {space!r}")
+    return space
+
+
+def _input_space(W0d, Ka, Va, lam: float) -> torch.Tensor:
+    """W (λI + KᵀK) = λW0 + VᵀK solved in the [in,in] input space (rows of Ka/Va are pairs)."""
+    A = lam * W0d + Va.T @ Ka                                # [out,in]  λW0 + Σ v kᵀ
+    B = Ka.T @ Ka                                            # [in,in]   Σ k kᵀ
+    B.diagonal().add_(lam)                                   # + λI
+    return torch.linalg.solve(B, A, left=False)              # W B = A, no explicit inverse
+
+
+def _pair_space(W0d, Ka, Va, lam: float) -> torch.Tensor:
+    """The same W in the [n,n] pair space (Woodbury): ``W0 + (V − W0K)(λI + KᵀK)⁻¹Kᵀ``.
+
+    Written for K, V as [d, n] columns; here the rows of Ka [n,in] / Va [n,out] are the pairs, so
+    ``KᵀK`` is ``Ka Kaᵀ`` and the update is ``W0 + ((λI + Ka Kaᵀ)⁻¹ (Va − Ka W0ᵀ))ᵀ Ka``.
+    """
+    R = Va - Ka @ W0d.T                                      # [n,out]  residuals v − W0 k
+    S = Ka @ Ka.T                                            # [n,n]    Gram matrix
+    S.diagonal().add_(lam)                                   # + λI
+    return W0d + torch.linalg.solve(S, R).T @ Ka             # [out,in]
+
+
+def _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve, space="auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Return (W, W0) in float64 on W0's device; see ``least_squares_update``."""
     _check_ndim("W0", W0, 2, "[out, in]")
     _check_keys_values(W0, K, V, "K", "V", allow_missing_v=False)
@@ -78,26 +113,16 @@ def _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve) -> tuple[torch.Ten
 
     dev = W0.device
     W0d = W0.detach().to(device=dev, dtype=_F64)            # [out,in]
-    Kd = K.detach().to(device=dev, dtype=_F64)              # [n,in]
-    Vd = V.detach().to(device=dev, dtype=_F64)              # [n,out]
-    in_dim = W0d.shape[1]
-
-    # Normal equations of  min_W  Σ‖W k − v‖² + Σ‖W k_p − v_p‖² + λ‖W − W0‖²_F :
-    #   W (λI + KᵀK + K_pᵀK_p) = λW0 + VᵀK + V_pᵀK_p
-    A = lam * W0d + Vd.T @ Kd                                # [out,in]  λW0 + Σ v kᵀ
-    B = Kd.T @ Kd                                            # [in,in]   Σ k kᵀ
+    Ka = K.detach().to(device=dev, dtype=_F64)              # [n,in]
+    Va = V.detach().to(device=dev, dtype=_F64)              # [n,out]
     if K_preserve is not None:
+        # min_W Σ‖W k − v‖² + Σ‖W k_p − v_p‖² + λ‖W − W0‖²: preserve pairs are more rows.
         Kp = K_preserve.detach().to(device=dev, dtype=_F64)  # [m,in]
-        if V_preserve is None:
-            Vp = Kp @ W0d.T                                  # [m,out]   v_p = W0 k_p
-        else:
-            Vp = V_preserve.detach().to(device=dev, dtype=_F64)
-        A = A + Vp.T @ Kp                                    # + Σ v_p k_pᵀ
-        B = B + Kp.T @ Kp                                    # + Σ k_p k_pᵀ
-    B = B + lam * torch.eye(in_dim, dtype=_F64, device=dev)  # + λI
-    # W B = A  ->  solve from the right; no explicit inverse.
-    W = torch.linalg.solve(B, A, left=False)                 # [out,in]
-    return W, W0d
+        Vp = Kp @ W0d.T if V_preserve is None else V_preserve.detach().to(device=dev, dtype=_F64)  # [m,out]
+        Ka, Va = torch.cat([Ka, Kp]), torch.cat([Va, Vp])
+    if solve_space(Ka.shape[0], Ka.shape[1], space) == "pairs":
+        return _pair_space(W0d, Ka, Va, lam), W0d
+    return _input_space(W0d, Ka, Va, lam), W0d
 
 
 def least_squares_update(
@@ -107,6 +132,7 @@ def least_squares_update(
     lam: float = 0.01,
     K_preserve: torch.Tensor | None = None,
     V_preserve: torch.Tensor | None = None,
+    space: str = "auto",
 ) -> torch.Tensor:
     """Regularised least-squares edit of one linear map; returns the new weight.
 
@@ -125,12 +151,18 @@ def least_squares_update(
 
     with ``torch.linalg.solve`` in float64. Preserve values default to ``v_p = W0 k_p``,
     which gives UCE's ``Σ W0 k_p k_pᵀ`` term. λ from the papers: Diff-QuickFix 0.01,
-    LocoEdit 0.01, TIME 0.1, UCE 0.5. ``lam = 0`` is allowed when the stacked keys span
-    the input space; otherwise the system is singular and ``torch.linalg.solve`` raises.
+    LocoEdit 0.01, TIME 0.1, UCE 0.5.
+
+    ``space`` picks the system solved (:func:`solve_space`): with n stacked pairs (edit and
+    preserve) fewer than the ``in`` dims, ``"auto"`` solves the [n, n] pair-space (Woodbury)
+    form ``W0 + (V − W0K)(λI + KᵀK)⁻¹Kᵀ`` (K, V as [d, n] columns), else the [in, in] form
+    above; both give the same W. ``lam = 0`` needs the system's matrix to be invertible: keys
+    spanning the input space (``"input"``), or linearly independent keys (``"pairs"``, the
+    exact-fit edit of least change); otherwise ``torch.linalg.solve`` raises.
     Bias terms are not touched (Diff-QuickFix leaves the bias as is): pass values with the
     bias already subtracted if the layer has one.
     """
-    W, _ = _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve)
+    W, _ = _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve, space)
     return W.to(dtype=W0.dtype)
 
 
@@ -157,32 +189,74 @@ def least_squares_delta(
     return (W - W0d).to(dtype=W0.dtype)
 
 
+def cholesky_factor(C: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor ``L`` of a symmetric positive definite ``C [in,in]`` (``C = L Lᵀ``), float64.
+
+    Usage::
+
+        L = cholesky_factor(C)                       # once per layer (O(d³)); cache it with C
+        delta = rank_one_update(W, k_star, v_star, chol=L)   # then each edit is O(d²)
+    """
+    _check_ndim("C", C, 2, "[in, in]")
+    L, info = torch.linalg.cholesky_ex(C.detach().to(_F64))
+    if int(info) != 0:
+        raise ValueError(f"C is not positive definite (leading minor {int(info)} fails); add a ridge to C")
+    return L
+
+
+def _check_rank_one(W, k_star, v_star, C, chol, k_dir) -> None:
+    _check_ndim("W", W, 2, "[out, in]")
+    out_dim, in_dim = W.shape
+    for name, t in (("k_star", k_star), ("k_dir", k_dir)):
+        if t is None:
+            continue
+        _check_ndim(name, t, 1, f"[{in_dim}] (in = W.shape[1])")
+        if t.shape[0] != in_dim:
+            raise ValueError(f"{name} has shape {_shape(t)}; expected [{in_dim}] (in = W.shape[1])")
+    _check_ndim("v_star", v_star, 1, f"[{out_dim}] (out = W.shape[0])")
+    if v_star.shape[0] != out_dim:
+        raise ValueError(f"v_star has shape {_shape(v_star)}; expected [{out_dim}] (out = W.shape[0])")
+    if (C is None) == (chol is None):
+        raise ValueError("give exactly one of C (the key second moment) and chol (its Cholesky factor)")
+    name, M = ("C", C) if C is not None else ("chol", chol)
+    _check_ndim(name, M, 2, f"[{in_dim}, {in_dim}] (in = W.shape[1])")
+    if tuple(M.shape) != (in_dim, in_dim):
+        raise ValueError(f"{name} has shape {_shape(M)}; expected [{in_dim}, {in_dim}] (in = W.shape[1])")
+
+
 def rank_one_update(
     W: torch.Tensor,
     k_star: torch.Tensor,
     v_star: torch.Tensor,
-    C: torch.Tensor,
+    C: torch.Tensor | None = None,
+    *,
+    chol: torch.Tensor | None = None,
+    k_dir: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ROME / ReFACT rank-one edit; returns ``ΔW [out,in]`` with ``(W + ΔW) k* = v*``.
 
     Usage::
 
         C = second_moment(K_corpus)                 # [in,in], uncentred fc2-input moment
-        k_star = K_templates.mean(0)                # [in]   ReFACT's k̄ over templates
         delta = rank_one_update(fc2.weight, k_star, v_star, C)
+        delta = rank_one_update(fc2.weight, k_star, v_star, chol=cholesky_factor(C), k_dir=k_bar)
         fc2.weight.data += delta
 
     Shapes: ``W [out,in]`` (torch ``nn.Linear`` layout, ``y = W k``), ``k_star [in]``,
-    ``v_star [out]``, ``C [in,in]`` symmetric positive definite. Returns ``ΔW`` in
-    ``W``'s dtype and device. Computed in float64 as::
+    ``v_star [out]``, ``C [in,in]`` symmetric positive definite, or instead ``chol``, its lower
+    Cholesky factor (:func:`cholesky_factor`; two triangular solves, O(in²), instead of an
+    O(in³) solve). ``k_dir [in]`` (default ``k_star``) sets the update's direction: ReFACT's
+    ``compute_u`` takes ``u ∝ C⁻¹ k̄`` with ``k̄`` the key averaged over its context prompts,
+    while the residual and the denominator use the edit prompt's key ``k*``. Returns ``ΔW``
+    in ``W``'s dtype and device. Computed in float64 as::
 
-        c  = C⁻¹ k*                      (torch.linalg.solve, no explicit inverse)
+        c  = C⁻¹ k_dir                   (torch.linalg.solve, or two triangular solves; no inverse)
         ΔW = (v* − W k*) cᵀ / (cᵀ k*)
 
-    so ``ΔW k* = v* − W k*`` exactly (in exact arithmetic), and among all ΔW achieving it,
-    this one minimises the change measured by ``C`` (ROME's constrained least squares).
-    ``v_star`` is the target of ``W k*`` alone: for a layer with bias ``b`` whose output
-    should become ``v``, pass ``v_star = v − b`` (the bias is not edited).
+    so ``ΔW k* = v* − W k*`` exactly (in exact arithmetic); with ``k_dir = k*``, among all ΔW
+    achieving it this one minimises the change measured by ``C`` (ROME's constrained least
+    squares). ``v_star`` is the target of ``W k*`` alone: for a layer with bias ``b`` whose
+    output should become ``v``, pass ``v_star = v − b`` (the bias is not edited).
 
     Equivalence with the formula in the ReFACT / ROME text, written for the transposed
     (GPT-2 ``Conv1D``) layout ``W_T [in,out]`` with ``y = W_Tᵀ k``::
@@ -193,30 +267,22 @@ def rank_one_update(
     ``u = c / ‖c‖``, the factor ``1/‖c‖`` appears in both numerator and denominator and
     cancels: ``(v* − W k) cᵀ / (cᵀ k)``, which is what is implemented here.
     """
-    _check_ndim("W", W, 2, "[out, in]")
-    out_dim, in_dim = W.shape
-    _check_ndim("k_star", k_star, 1, f"[{in_dim}] (in = W.shape[1])")
-    if k_star.shape[0] != in_dim:
-        raise ValueError(f"k_star has shape {_shape(k_star)}; expected [{in_dim}] (in = W.shape[1])")
-    _check_ndim("v_star", v_star, 1, f"[{out_dim}] (out = W.shape[0])")
-    if v_star.shape[0] != out_dim:
-        raise ValueError(f"v_star has shape {_shape(v_star)}; expected [{out_dim}] (out = W.shape[0])")
-    _check_ndim("C", C, 2, f"[{in_dim}, {in_dim}] (in = W.shape[1])")
-    if tuple(C.shape) != (in_dim, in_dim):
-        raise ValueError(f"C has shape {_shape(C)}; expected [{in_dim}, {in_dim}] (in = W.shape[1])")
-
+    _check_rank_one(W, k_star, v_star, C, chol, k_dir)
     dev = W.device
     Wd = W.detach().to(device=dev, dtype=_F64)              # [out,in]
     k = k_star.detach().to(device=dev, dtype=_F64)          # [in]
     v = v_star.detach().to(device=dev, dtype=_F64)          # [out]
-    Cd = C.detach().to(device=dev, dtype=_F64)              # [in,in]
-
-    c = torch.linalg.solve(Cd, k)                           # [in]   C⁻¹ k*
-    denom = torch.dot(c, k)                                 # scalar cᵀ k* = k*ᵀ C⁻¹ k*
+    kd = k if k_dir is None else k_dir.detach().to(device=dev, dtype=_F64)  # [in]
+    if chol is not None:  # C⁻¹ k = L⁻ᵀ (L⁻¹ k): two triangular solves (torch.cholesky_solve copies L, ~10x slower)
+        Ld = chol.detach().to(device=dev, dtype=_F64)
+        c = torch.linalg.solve_triangular(Ld.T, torch.linalg.solve_triangular(Ld, kd[:, None], upper=False), upper=True)[:, 0]
+    else:
+        c = torch.linalg.solve(C.detach().to(device=dev, dtype=_F64), kd)                    # [in]  C⁻¹ k_dir
+    denom = torch.dot(c, k)                                 # scalar cᵀ k*
     if not torch.isfinite(denom) or denom.abs() <= torch.finfo(_F64).tiny:
-        raise ValueError(f"k_star' C^-1 k_star = {denom.item()}; need a nonzero key and a positive definite C")
+        raise ValueError(f"k_dir' C^-1 k_star = {denom.item()}; need a nonzero key and a positive definite C")
     residual = v - Wd @ k                                   # [out]  v* − W k*
-    delta = torch.outer(residual, c) / denom                # [out,in]
+    delta = torch.outer(residual / denom, c)                # [out,in]
     return delta.to(dtype=W.dtype)
 
 

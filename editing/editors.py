@@ -21,7 +21,6 @@ label is only a name in result tables, parsed once by :func:`as_method`.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Sequence
 
@@ -109,16 +108,24 @@ class CrossattnOptions:
 
 @dataclass(frozen=True)
 class RefactOptions:
-    """ReFACT: the text-encoder layer of the edited fc2 (None: scaled layer 7 of 12), corpus, prompts."""
+    """ReFACT: the fc2 layer (None: scaled layer 7 of 12, never the last), corpus, prompts, optimiser.
+
+    ``templates`` are the context templates (None: ReFACT's nine) and ``targets`` one marked target
+    prompt per template (the cases' grammatical ones, as quickfix gets them); ``contrastive`` adds
+    captions to the candidates (ReFACT's KL prompts; none in its best configuration);
+    ``cov_positions`` ``all`` (the 77 positions the UNet reads) or ``tokens`` (BOS..EOS: leaks).
+    """
 
     layer: int | None = None
     component: str = "text_encoder"
     corpus: tuple[str, ...] = ()
     contrastive: tuple[str, ...] = ()
     templates: tuple[str, ...] | None = None    # None: ReFACT's templates
-    targets: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None      # one marked target prompt per template
     lr: float = 0.05
     max_steps: int = 100
+    weight_decay: float = 0.01
+    cov_positions: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("corpus", "contrastive", "templates", "targets"):
@@ -130,6 +137,10 @@ class RefactOptions:
             raise EditError(f"ReFACT edits a text encoder; got component {self.component!r}")
         if not self.lr > 0 or not isinstance(self.max_steps, int) or self.max_steps < 1:
             raise EditError(f"ReFACT needs lr > 0 and max_steps >= 1, got lr={self.lr}, max_steps={self.max_steps}")
+        if not self.weight_decay >= 0:
+            raise EditError(f"ReFACT's weight decay must be >= 0, got {self.weight_decay}")
+        if self.cov_positions not in ("all", "tokens"):
+            raise EditError(f"cov_positions {self.cov_positions!r} unknown; allowed: all, tokens")
 
 
 @dataclass(frozen=True)
@@ -209,10 +220,7 @@ def _crossattn_many(model, edits, options: CrossattnOptions):
 def _refact(model, source, target, options: RefactOptions):
     from .refact import refact
 
-    kw = _kw(options)
-    if "targets" in kw and "targets" not in inspect.signature(refact).parameters:
-        raise EditError("this ReFACT takes no target prompts; leave targets out")
-    return refact(model, source, target, **kw)
+    return refact(model, source, target, **_kw(options))
 
 
 EDITORS: Registry[Editor] = Registry("method")
@@ -282,22 +290,13 @@ def case_options(method: "str | Method", case: dict, overrides: dict | None = No
     opts = dict(overrides.get(method.label, overrides.get(method.editor, {})))
     if case.get("templates") and "templates" not in opts:
         opts["templates"] = list(case["templates"])
-        if case.get("targets") and editor.takes_targets and "targets" not in opts and _targets_ok(editor):
+        if case.get("targets") and editor.takes_targets and "targets" not in opts:
             opts["targets"] = list(case["targets"])
     if method.uses_preserve and case.get("preserve") and "preserve" not in opts:
         opts["preserve"] = list(case["preserve"])
     if method.preserve and not opts.get("preserve"):
         raise EditError(f"{method.label} needs preserve captions; case {case.get('id', case['source'])!r} has none")
     return editor.make_options(opts)
-
-
-def _targets_ok(editor: Editor) -> bool:
-    """ReFACT gets target prompts once its function takes them."""
-    if editor.name != "refact":
-        return True
-    from .refact import refact
-
-    return "targets" in inspect.signature(refact).parameters
 
 
 def edit_case(method: "str | Method", model, case: dict, overrides: dict | None = None) -> list:

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from diffloc.plots import plot_run
-from tracing.causal import site_effects
+from tracing.causal import uncertainty
 from tracing.io import atomic_write_bytes, read_json_format, read_trace, write_plain_json
 from tracing.sweep import run_sweep
 from tracing.trace_config import TraceConfig
@@ -28,45 +28,86 @@ from tracing.trace_config import TraceConfig
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 
 
-def summarise(text_run: Path, unet_run: Path, attribute: str) -> dict:
-    """One row of findings from an attribute's text-encoder run and its UNet run."""
-    text_table = read_trace(text_run / "trace.parquet")
-    unet_table = read_trace(unet_run / "trace.parquet")
-    tc = read_json_format("causal_sites", text_run / "causal_sites.json")
-    uc = read_json_format("causal_sites", unet_run / "causal_sites.json")
-    row = {"attribute": attribute, "text_prompts_x_seeds": f"{text_table.prompt_index.nunique()}x{text_table.seed.nunique()}",
-           "unet_prompts_x_seeds": f"{unet_table.prompt_index.nunique()}x{unet_table.seed.nunique()}"}
-    for metric in tc["metrics"]:
-        row[f"{metric}_clean"] = round(uc["clean"][metric], 3)
-        row[f"{metric}_corrupted"] = round(uc["corrupted"][metric], 3)
-    for metric in tc["metrics"]:
-        eff = site_effects(text_table, metric).sort_values("effect", ascending=False)
-        best = eff.iloc[0]
-        row[f"text_best_{metric}"] = f"{best.site.split(':', 1)[1]} @ {best.token_role}"
-        row[f"text_best_effect_{metric}"] = round(float(best.effect), 3)
-        row[f"text_causal_{metric}"] = [f"{r.site.split(':', 1)[1]} @ {r.token_role} ({r.effect:.2f})"
-                                       for r in eff.itertuples() if r.effect >= tc["threshold"]]
-        ueff = site_effects(unet_table, metric).sort_values("effect", ascending=False)
-        row[f"unet_causal_{metric}"] = [f"{r.site.split(':', 1)[1]} ({r.effect:.2f})" for r in ueff.itertuples() if r.effect >= uc["threshold"]]
-        row[f"unet_top3_{metric}"] = [f"{r.site.split(':', 1)[1]} ({r.effect:.2f})" for r in ueff.head(3).itertuples()]
-    row["stability_text"] = tc["clip"].get("stability_spearman", {}).get("text_encoder")
-    row["stability_unet"] = uc["clip"].get("stability_spearman", {}).get("unet")
-    row["stability_unet_gt"] = uc.get("gt", {}).get("stability_spearman", {}).get("unet")
+def _fmt(r) -> str:
+    return f"{r.effect:.2f} [{r.lower:.2f}, {r.upper:.2f}]"
+
+
+def _short(site: str) -> str:
+    return site.split(":", 1)[1].replace("transformer_blocks.0.", "").replace("attentions.", "att")
+
+
+def _unet(run: Path, metric: str, threshold: float) -> dict:
+    table = read_trace(run / "trace.parquet")
+    boot, half = uncertainty(table, metric)
+    boot = boot.sort_values("effect", ascending=False)
+    causal = boot[boot.lower >= threshold]
+    attn2 = boot[boot.kind == "attn2"].head(1)
+    return {"pairs": half["n_pairs"], "split_half": half["spearman"].get("unet"), "n_causal": len(causal),
+            "causal": [f"{_short(r.site)} {_fmt(r)}" for r in causal.itertuples()],
+            "top_attn2": [f"{_short(r.site)} {_fmt(r)}" for r in attn2.itertuples()],
+            "clean": float(table[f"{metric}_clean"].mean()), "corrupted": float(table[f"{metric}_corrupted"].mean())}
+
+
+def _text(run: Path, metric: str, threshold: float) -> dict:
+    table = read_trace(run / "trace.parquet")
+    boot, half = uncertainty(table, metric)
+    boot = boot.sort_values("effect", ascending=False)
+    paper = boot[(boot.kind == "attn") & (boot.layer == 0) & (boot.token_role == "last_subject")]
+    best = boot.head(1)
+    layer0 = boot[(boot.kind == "hidden") & (boot.layer == 0)].set_index("token_role")
+    return {"pairs": half["n_pairs"], "split_half": half["spearman"].get("text_encoder"),
+            "n_real": half["n_real_effect"].get("text_encoder", 0),
+            "paper_state": _fmt(paper.iloc[0]) if len(paper) else None,
+            "best": f"{best.kind.iloc[0]} L{int(best.layer.iloc[0])} @ {best.token_role.iloc[0]} {_fmt(best.iloc[0])}",
+            "n_causal": int((boot.lower >= threshold).sum()),
+            "layer0_hidden_by_role": {role: _fmt(r) for role, r in layer0.iterrows()}}
+
+
+def _swap(run: Path, metric: str) -> dict:
+    table = read_trace(run / "trace.parquet")
+    boot, half = uncertainty(table, metric)
+    boot = boot.sort_values("effect", ascending=False)
+    top = boot.head(2)
+    return {"pairs": half["n_pairs"], "split_half": half["spearman"].get("unet"), "n_windows": len(boot),
+            "controlling": [f"{_short(r.site)} (window {int(r.layer)}) {_fmt(r)}" for r in top.itertuples()]}
+
+
+def summarise(out: Path, attribute: str, threshold: float = 0.5) -> dict:
+    """One attribute's findings over every protocol run that exists, CLIP and ground truth."""
+    row: dict = {"attribute": attribute}
+    for name, fn in (("unet", _unet), ("text", _text), ("text_suffix", _text), ("swap", _swap)):
+        run = out / f"{attribute}_{name}"
+        if not (run / "trace.parquet").exists():
+            continue
+        for metric in ("clip", "gt"):
+            row[f"{name}_{metric}"] = fn(run, metric) if name == "swap" else fn(run, metric, threshold)
     return row
 
 
 def markdown(rows: list[dict]) -> str:
-    """Text-encoder columns by CLIP effect (the paper's metric), UNet columns by CLIP and ground truth."""
-    lines = ["| attribute | CLIP clean → corrupted | GT clean → corrupted | strongest text state (CLIP effect) | text states ≥ 0.5 | UNet sites ≥ 0.5, CLIP / GT | top UNet sites (GT effect) | Spearman text / UNet |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The README's findings tables: UNet, text encoder (token and suffix), LocoGen windows."""
+    lines = ["| attribute | pairs | UNet sites with lower bound ≥ 0.5, CLIP / GT | strongest attn2 (GT) [95% CI] | split-half, CLIP / GT |",
+             "|---|---|---|---|---|"]
     for r in rows:
-        gt_top = r.get("unet_top3_gt", [])
-        lines.append(
-            f"| {r['attribute']} | {r['clip_clean']:.1f} → {r['clip_corrupted']:.1f} | "
-            f"{r.get('gt_clean', float('nan')):.2f} → {r.get('gt_corrupted', float('nan')):.2f} | "
-            f"`{r['text_best_clip']}` ({r['text_best_effect_clip']:.2f}) | {len(r['text_causal_clip'])} | "
-            f"{len(r['unet_causal_clip'])} / {len(r.get('unet_causal_gt', []))} | {', '.join(gt_top)} | "
-            f"{r['stability_text']} / {r['stability_unet']} |")
+        if "unet_clip" in r:
+            c, g = r["unet_clip"], r["unet_gt"]
+            lines.append(f"| {r['attribute']} | {c['pairs']} | {c['n_causal']} / {g['n_causal']} | {', '.join(g['top_attn2'])} | "
+                         f"{c['split_half']} / {g['split_half']} |")
+    lines += ["", "| attribute | pairs | paper's state: L0 attn @ last subject, CLIP / GT | strongest state (CLIP) | "
+              "suffix from EOS at L0 (GT) | suffix from after-subject at L0 (GT) | split-half token / suffix (CLIP) |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "text_clip" in r:
+            t, tg = r["text_clip"], r["text_gt"]
+            sg = r.get("text_suffix_gt", {}).get("layer0_hidden_by_role", {})
+            sc = r.get("text_suffix_clip", {})
+            lines.append(f"| {r['attribute']} | {t['pairs']} | {t['paper_state']} / {tg['paper_state']} | {t['best']} | "
+                         f"{sg.get('eos', '—')} | {sg.get('after', '—')} | {t['split_half']} / {sc.get('split_half', '—')} |")
+    lines += ["", "| attribute | pairs | controlling windows, CLIP | controlling windows, GT | split-half, GT |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "swap_clip" in r:
+            lines.append(f"| {r['attribute']} | {r['swap_clip']['pairs']} | {'; '.join(r['swap_clip']['controlling'])} | "
+                         f"{'; '.join(r['swap_gt']['controlling'])} | {r['swap_gt']['split_half']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,7 +120,7 @@ PROTOCOLS = {
 }
 
 
-def run_protocols(out: Path, attributes, protocols, model=None) -> None:
+def run_protocols(out: Path, attributes, protocols, model=None, seeds: tuple[int, ...] | None = None) -> None:
     """Run (or resume) every protocol sweep of every attribute into ``out/<attribute>_<protocol>``."""
     from tracing.models import load_model
 
@@ -87,7 +128,8 @@ def run_protocols(out: Path, attributes, protocols, model=None) -> None:
     for name in protocols:
         for attribute in attributes:
             run = out / f"{attribute}_{name}"
-            cfg = TraceConfig(model="toy", attribute=attribute, batch_size=128, **PROTOCOLS[name])
+            over = dict(PROTOCOLS[name], **({"seeds": seeds} if seeds else {}))  # fewer seeds first; a resume adds the rest
+            cfg = TraceConfig(model="toy", attribute=attribute, batch_size=128, **over)
             run_sweep(cfg, run, model=model)
             print(f"done {run}", flush=True)  # figures: drawn by --summarise-only, once every run is in
 
@@ -97,17 +139,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="results/findings")
     p.add_argument("--protocols", default=",".join(PROTOCOLS))
     p.add_argument("--attributes", default=",".join(ATTRIBUTES))
+    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of each protocol's own")
     p.add_argument("--summarise-only", action="store_true")
     args = p.parse_args(argv)
     out, attributes = Path(args.out), args.attributes.split(",")
     if not args.summarise_only:
-        run_protocols(out, attributes, args.protocols.split(","))
+        seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else None
+        run_protocols(out, attributes, args.protocols.split(","), seeds=seeds)
     rows = []
     for attribute in attributes:
-        text_run, unet_run = out / f"{attribute}_text", out / f"{attribute}_unet"
-        if (text_run / "trace.parquet").exists() and (unet_run / "trace.parquet").exists():
-            rows.append(summarise(text_run, unet_run, attribute))
-            print(json.dumps(rows[-1]))
+        rows.append(summarise(out, attribute))
+        print(json.dumps(rows[-1]), flush=True)
+        for run in sorted(out.glob(f"{attribute}_*/")):
+            if (run / "trace.parquet").exists() and args.summarise_only:
+                plot_run(run, uncertainty=True)
     write_plain_json(rows, out / "findings.json")
     atomic_write_bytes(out / "findings.md", markdown(rows).encode())
     print(markdown(rows))

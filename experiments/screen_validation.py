@@ -29,7 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from tracing.causal import site_effects
-from tracing.io import atomic_write_bytes, read_meta, read_trace, write_plain_json
+from experiments.findings import PROTOCOLS
+from tracing.io import atomic_write_bytes, read_trace, write_plain_json
 from tracing.sweep import run_sweep
 from tracing.trace_config import TraceConfig
 
@@ -38,12 +39,12 @@ METHODS = ("atp", "ig")
 KEYS = ["site", "token_role", "window_start", "window_end"]
 
 
-def run_screens(exact: Path, out: Path, attribute: str, model=None) -> None:
-    meta = read_meta(exact / f"{attribute}_text" / "meta.json")
-    c = meta["config"]
+def run_screens(out: Path, attribute: str, model=None, seeds: tuple[int, ...] | None = None) -> None:
+    """Both screens on the prompts and seeds of the findings' exact text-encoder protocol."""
+    c = PROTOCOLS["text"]
     for method in METHODS:
         cfg = TraceConfig(model="toy", attribute=attribute, component="all", method=method, max_prompts=c["max_prompts"],
-                          seeds=tuple(c["seeds"]), batch_size=c["batch_size"])
+                          seeds=seeds or c["seeds"], batch_size=128)
         run_sweep(cfg, out / f"{attribute}_{method}", model=model)
 
 
@@ -127,6 +128,7 @@ def main(argv=None) -> None:
     p.add_argument("--exact", default="results/findings_v4")
     p.add_argument("--out", default="results/reference/screen_validation")
     p.add_argument("--attributes", default=",".join(ATTRIBUTES))
+    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the protocol's own")
     p.add_argument("--summarise-only", action="store_true")
     a = p.parse_args(argv)
     exact, out, attributes = Path(a.exact), Path(a.out), a.attributes.split(",")
@@ -134,8 +136,9 @@ def main(argv=None) -> None:
         from tracing.models import load_model
 
         model = load_model("toy")
+        seeds = tuple(int(x) for x in a.seeds.split(",")) if a.seeds else None
         for attr in attributes:
-            run_screens(exact, out, attr, model)
+            run_screens(out, attr, model, seeds)
     rows = summarise(exact, out, attributes)
     write_plain_json(rows, out / "summary.json")
     atomic_write_bytes(out / "summary.md", markdown(rows).encode())

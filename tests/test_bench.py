@@ -32,6 +32,18 @@ def test_woodbury_check_detects_a_wrong_solve(monkeypatch):
     import diffloc.bench_edit as be
 
     real = be.least_squares_update
-    monkeypatch.setattr(be, "least_squares_update", lambda W0, K, V, lam=0.01: real(W0, K, V, lam=lam * 100))
+    monkeypatch.setattr(be, "least_squares_update", lambda W0, K, V, lam=0.01, **kw: real(W0, K, V, lam=lam * 100, **kw))
     result = be.bench_edit_closed_form(repeats=1, n_pairs=32, n_edits=4)
     assert result["woodbury_max_rel_diff"] > 1e-6
+
+
+def test_bench_edit_solves_in_the_smaller_space_and_reuses_cs_factor():
+    """96 pairs << 768 dims: the shipped (pair-space) QuickFix solve beats the [768, 768] one; a
+    rank-one update from C's cached Cholesky factor (O(d²)) beats solving with C (O(d³))."""
+    from diffloc.bench_edit import bench_edit_closed_form
+
+    r = bench_edit_closed_form(repeats=3, n_pairs=96, n_edits=12, d_ff=1024)
+    assert r["quickfix_space"] == "pairs"
+    assert r["quickfix_ms_min"] < 0.5 * r["quickfix_direct_ms_min"], r
+    assert r["rank_one_cached_ms_min"] < 0.2 * r["rank_one_ms_min"] and r["rank_one_cached_ms_min"] < r["cholesky_ms"], r
+    assert r["rank_one_shape"]["C"] == [1024, 1024]

@@ -7,11 +7,13 @@ import torch
 
 from editing.closed_form import (
     MomentAccumulator,
+    cholesky_factor,
     clamp_delta,
     least_squares_delta,
     least_squares_update,
     rank_one_update,
     second_moment,
+    solve_space,
 )
 
 
@@ -111,6 +113,56 @@ def test_uce_explicit_preserve_values_equal_default():
     a = least_squares_update(W0, K, V, lam=0.5, K_preserve=Kp)
     b = least_squares_update(W0, K, V, lam=0.5, K_preserve=Kp, V_preserve=Kp @ W0.T)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, m", [(7, 0), (5, 4), (40, 0), (9, 30)])  # pairs < in, = with preserve, > in, > in with preserve
+def test_pair_space_woodbury_equals_the_direct_form(n, m):
+    """``W0 + (V − W0K)(λI + KᵀK)⁻¹Kᵀ`` (pairs) = ``(λW0 + VKᵀ)(λI + KKᵀ)⁻¹`` (input space), both regimes."""
+    g = _gen(20 + n)
+    d_out, d_in = 11, 24
+    W0, K, V = _rand(g, d_out, d_in), _rand(g, n, d_in), _rand(g, n, d_out)
+    Kp = _rand(g, m, d_in) if m else None
+    for lam in (0.01, 0.5):
+        pairs = least_squares_update(W0, K, V, lam=lam, K_preserve=Kp, space="pairs")
+        direct = least_squares_update(W0, K, V, lam=lam, K_preserve=Kp, space="input")
+        auto = least_squares_update(W0, K, V, lam=lam, K_preserve=Kp)
+        assert float((pairs - direct).norm() / direct.norm()) < 1e-11, (n, m, lam)
+        torch.testing.assert_close(auto, pairs if n + m < d_in else direct, rtol=0, atol=0)
+        np.testing.assert_allclose(pairs.numpy(), _stacked_lstsq(W0, K, V, lam, Kp), rtol=1e-9, atol=1e-9)
+
+
+def test_solve_space_picks_the_smaller_system():
+    assert solve_space(300, 768) == "pairs" and solve_space(768, 768) == "input" and solve_space(2000, 768) == "input"
+    assert solve_space(2000, 768, "pairs") == "pairs"
+    with pytest.raises(ValueError, match="space must be"):
+        solve_space(3, 4, "woodbury")
+
+
+def test_pair_space_fits_exactly_at_lambda_zero_with_least_change():
+    g = _gen(30)
+    W0, K, V = _rand(g, 6, 20), _rand(g, 5, 20), _rand(g, 5, 6)
+    W = least_squares_update(W0, K, V, lam=0.0)  # 5 pairs < 20 dims: pair space, exact fit
+    torch.testing.assert_close(K @ W.T, V, rtol=1e-10, atol=1e-10)
+    # the change lies in the keys' row space (least Frobenius change among exact fits)
+    P = K.T @ torch.linalg.solve(K @ K.T, K)
+    torch.testing.assert_close((W - W0) @ P, W - W0, rtol=1e-10, atol=1e-10)
+
+
+def test_rank_one_with_cached_cholesky_and_a_direction_key():
+    g = _gen(31)
+    W, C = _rand(g, 7, 12), second_moment(_rand(g, 100, 12))
+    k, k_bar, v = _rand(g, 12), _rand(g, 12), _rand(g, 7)
+    L = cholesky_factor(C)
+    torch.testing.assert_close(L @ L.T, C, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rank_one_update(W, k, v, chol=L), rank_one_update(W, k, v, C), rtol=1e-10, atol=1e-12)
+    delta = rank_one_update(W, k, v, chol=L, k_dir=k_bar)
+    torch.testing.assert_close((W + delta) @ k, v, rtol=1e-10, atol=1e-10)  # v* reached at k*, not at k̄
+    u = torch.linalg.solve(C, k_bar)  # every row of ΔW is parallel to C⁻¹ k̄
+    torch.testing.assert_close(delta, torch.outer(delta @ u / (u @ u), u), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="exactly one of C"):
+        rank_one_update(W, k, v, C, chol=L)
+    with pytest.raises(ValueError, match="not positive definite"):
+        cholesky_factor(-C)
 
 
 def test_rank_one_hits_target_exactly():

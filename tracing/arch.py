@@ -96,7 +96,8 @@ def detect_arch(unet_config: Any, text_encoder_configs: Mapping[str, Any] | Sequ
 def site_table(unet_config: Any, text_encoder_configs: Mapping[str, Any] | Sequence[Any]) -> SiteTable:
     """The site table of a model, under its detected architecture."""
     arch = detect_arch(unet_config, text_encoder_configs)
-    texts = {k: SimpleNamespace(num_hidden_layers=int(_get(v, "num_hidden_layers")))
+    texts = {k: SimpleNamespace(num_hidden_layers=int(_get(v, "num_hidden_layers")),
+                                num_attention_heads=int(_get(v, "num_attention_heads")))  # head sites need it
              for k, v in sorted(_text_mapping(text_encoder_configs).items())}
     return build_site_table(arch, unet_config, texts)
 

@@ -8,7 +8,8 @@ altered prompt. Usage::
 
     cfg = TraceConfig(model="toy", attribute="style", method="crossattn-swap", window=2, swap="value", component="unet")
     table = run_sweep(cfg, "results/style_locogen")      # one row per window of cfg.window attn2 layers
-    images = swap_generate(model, "a red circle", "a blue circle", [windows[0]], generator, scfg)
+    windows = layer_windows(model.sites, 2)                # [(attn2 site, attn2 site), ...] in execution order
+    images = swap_generate(model, "a red circle", "a blue circle", windows, generator, scfg)  # [2 + len(windows), 3, H, W]
 
     diffloc trace --model toy --attribute style --method crossattn-swap --window 2 --swap value --out DIR
 

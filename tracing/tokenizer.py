@@ -4,12 +4,27 @@ Usage::
 
     tok = clip_tokenizer()                       # transformers CLIPTokenizer, 49408 ids
     ids = tok("a red circle", padding="max_length", max_length=77).input_ids
+    from open_clip.tokenizer import basic_clean, whitespace_clean
+    ids = tok(whitespace_clean(basic_clean("“Crème” &amp; ﬁsh"))).input_ids   # CLIP's ids, any text
 
 Stable Diffusion's tokenizer folder is used when a model has one; when it does not (the toy
 world, replicas, bare folders), this builds the identical tokenizer from open_clip's
 ``bpe_simple_vocab_16e6.txt.gz``. transformers 5 takes ``vocab=`` (dict) and ``merges=``
-(list); its old ``vocab_file=`` is silently ignored, so ids are tested against open_clip's own
-tokenizer in ``tests/test_tokenizer.py``.
+(list); its old ``vocab_file=`` is silently ignored.
+
+The BPE is CLIP's, id for id; the text cleaning before it is not. transformers 5's
+``CLIPTokenizer`` runs on the ``tokenizers`` backend, whose normalizer is NFC, whitespace and
+lower case only, while CLIP's own tokenizer (open_clip's ``tokenize``) first runs
+``ftfy.fix_text`` and a double ``html.unescape`` (``open_clip.tokenizer.basic_clean``). Text
+that this cleaning changes (curly quotes, ligatures such as ``ﬁ``, full-width letters, HTML
+entities, mojibake) gets other ids. The tokenizer deliberately stays without it: a Stable
+Diffusion tokenizer folder (``vocab.json`` + ``merges.txt``) loads into the same class and
+backend, so these are the ids SD's pipeline feeds its text encoder under transformers 5, and
+the class saves into a stock diffusers folder. Clean the prompt first, as in the usage above,
+for CLIP's exact ids. ``tests/test_tokenizer.py`` checks all of this against
+``open_clip.tokenize`` on 200 captions with mixed case, punctuation and unicode, at all 77
+positions (padding aside: open_clip pads with id 0, SD v1 and this tokenizer with
+``<|endoftext|>``).
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def method_options(method: str, model, site: Optional[str], layer: Optional[int]
             raise UsageError("--lam applies to quickfix and crossattn; refact is a rank-one update")
         opts["lam"] = lam
     if method == "refact":
-        opts["corpus"], opts["contrastive"] = read_corpus(corpus, model)
+        opts["corpus"], _ = read_corpus(corpus, model)  # C from the corpus; candidates are the target and source (ReFACT's best)
     return opts
 
 
