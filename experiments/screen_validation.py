@@ -13,10 +13,11 @@ prompt × seed pairs both have, site by site (text: site × token role; UNet: si
 - ``spearman``: rank correlation of the screen's and exact patching's mean effects (CLIP);
 - ``top5_recall``: the share of exact patching's 5 strongest sites among the screen's 5;
 - ``misses``: exact top-5 sites the screen ranks outside its top 10, each with a reason:
-  ``saturation`` when ig's estimate is at least twice atp's (the score's gradient at the
-  corrupted run understates a change that the path integral sees), ``cancellation`` when
-  the per-token / per-step contributions cancel (|Σ| < ½ Σ|·|), else ``nonlinear`` (the
-  first-order term misses an interaction that no point on the path shows).
+  ``cancellation`` when the per-token / per-step contributions cancel (|Σ| < ½ Σ|·|; a UNet
+  site restored at every step also overrides its own downstream effect, which a sum of
+  first-order terms counts again), ``saturation`` when ig's estimate is at least twice atp's
+  (the gradient at the corrupted run understates a change that the path integral sees), else
+  ``nonlinear``.
 
 Writes ``OUT/<attribute>_<method>/`` (the screen sweeps), ``OUT/summary.json`` and ``OUT/summary.md``.
 """
@@ -91,11 +92,11 @@ def _abs(table: pd.DataFrame, pairs: set, component: str) -> pd.DataFrame:
 def _miss(r, row, est: dict) -> dict:
     eff = {m: e[(e.site == r.site) & (e.token_role == r.token_role) & (e.window_start == r.window_start)] for m, e in est.items()}
     atp, ig = (float(eff[m].effect.iloc[0]) if len(eff[m]) else float("nan") for m in METHODS)
-    absolute = float(eff["ig"].screen_abs_effect.iloc[0]) if len(eff["ig"]) else float("nan")
-    if ig >= 2 * max(atp, 1e-9):
+    absolute = abs(float(eff["ig"].screen_abs_effect.iloc[0])) if len(eff["ig"]) else float("nan")
+    if abs(ig) < 0.5 * absolute:
+        reason = "cancellation"  # per-token / per-step contributions of opposite sign
+    elif ig >= 2 * max(atp, 1e-9):
         reason = "saturation"
-    elif abs(ig) < 0.5 * absolute:
-        reason = "cancellation"
     else:
         reason = "nonlinear"
     return {"site": r.site.split(":", 1)[1], "token_role": r.token_role, "exact": round(float(r.effect), 3),

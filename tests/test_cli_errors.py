@@ -30,6 +30,16 @@ def _cli(*args):
     (["plot", "OUT"], "no trace.parquet in"),
     (["report", "OUT/missing"], "is not a folder"),
     (["evaluate", "--out", "OUT", "--method", "rome"], "unknown method 'rome'"),
+    (["trace", "--attribute", "colour", "--component", "unet", "--restore", "suffix", "--out", "OUT"], "a UNet-only sweep (--component unet) has none"),
+    (["trace", "--attribute", "colour", "--restore", "middle", "--out", "OUT"], "unknown --restore 'middle'; allowed: token, suffix, span"),
+    (["trace", "--attribute", "style", "--component", "unet", "--method", "crossattn-swap", "--window", "99", "--out", "OUT"],
+     "window 99 larger than the"),
+    (["trace", "--attribute", "colour", "--until-stable", "1.5", "--out", "OUT"], "--until-stable must be a rank correlation in (0, 1]"),
+    (["trace", "--attribute", "colour", "--until-stable", "0", "--out", "OUT"], "--until-stable must be a rank correlation in (0, 1]"),
+    (["trace", "--attribute", "colour", "--bootstrap", "0", "--out", "OUT"], "--bootstrap must be >= 1"),
+    (["trace", "--attribute", "colour", "--method", "magic", "--out", "OUT"], "unknown trace method 'magic'"),
+    (["evaluate", "--cases", "experiments/cases/toy_edits.jsonl", "--method", "quickfix", "--together", "99", "--out", "OUT"],
+     "--together 99 out of range; allowed 1..24"),
 ])
 def test_documented_bad_inputs_are_one_line_with_exit_code_2(tmp_path, args, msg):
     r = _cli(*[a.replace("OUT", str(tmp_path / "out")) for a in args])

@@ -112,7 +112,7 @@ def _table(unit: Unit, ctx: UnitContext, cfg: TraceConfig, res, prompt, position
     labels += [(r.component, r.kind, r.site, r.layer, r.token, r.window) for r in unit.rows]
     scores = [res.clean_score, res.corrupted_score] + list(res.corrupted_score + res.estimates)
     denom = res.clean_score - res.corrupted_score
-    absolute = [np.nan, np.nan] + list(res.estimates_abs / denom if denom else np.full(len(unit.rows), np.nan))
+    absolute = [np.nan, np.nan] + list(res.estimates_abs / abs(denom) if denom else np.full(len(unit.rows), np.nan))
     recs = []
     for i, (comp, kind, site, layer, tok, win) in enumerate(labels):
         recs.append(dict(base, row=i, component=comp, kind=kind, site=site, layer=layer, token=tok,
