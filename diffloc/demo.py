@@ -67,9 +67,10 @@ def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 2, ev
                           seeds=tuple(range(seeds)), batch_size=128, **overrides)
         run = out / name
         run_sweep(cfg, run, model=m, progress=progress)
-        plot_run(run)
+        plot_run(run, uncertainty=True)
         runs.append(run)
-        say(f"[{time.perf_counter() - t0:5.0f}s] {cfg.method} {attribute} ({overrides.get('restore', 'token')}) -> {run}")
+        how = f"restore {cfg.restore}" if cfg.method == "exact" else f"swap {cfg.swap}, window {cfg.window}"
+        say(f"[{time.perf_counter() - t0:5.0f}s] {cfg.method} {attribute} ({how}) -> {run}")
     case = next(c for c in load_cases(DEMO["cases"]) if c["id"] == DEMO["edit"])  # its in-grammar edit templates
     method = Method("quickfix", preserve=True)  # Diff-QuickFix with the case's preserve captions
     opts = options_from_trace(runs[0], method.editor, say=say)
