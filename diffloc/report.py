@@ -31,9 +31,9 @@ FIGURE_ORDER = ("text_encoder_heatmap", "text_encoder_heatmap_width", "text_enco
                 "text_encoder_2_heatmap", "text_encoder_2_heatmap_width", "text_encoder_2_heatmap_roles",
                 "text_encoder_2_heatmap_roles_width", "unet_effects", "image_strip")
 FIGURE_CAPTIONS = {
-    "text_encoder_heatmap": "Text encoder, first prompt: restored score per layer × token (floor = corrupted score).",
+    "text_encoder_heatmap": "Text encoder, the prompt with the largest corruption drop: restored score per layer × token (floor = corrupted score).",
     "text_encoder_heatmap_roles": "Text encoder, all prompts: restored score per layer × token role.",
-    "text_encoder_2_heatmap": "Second text encoder, first prompt.",
+    "text_encoder_2_heatmap": "Second text encoder, the prompt with the largest corruption drop.",
     "text_encoder_2_heatmap_roles": "Second text encoder, all prompts, by token role.",
     "unet_effects": "UNet: indirect effect of every component, in execution order; whiskers: 95% bootstrap interval over prompt × seed pairs.",
     "image_strip": "Clean | corrupted | best restored images of the first units.",
