@@ -3,7 +3,7 @@
 Usage::
 
     cases = load_cases("experiments/cases/toy_edits.jsonl")[:4]
-    records = apply_cases(model, "quickfix+preserve", cases)                  # one solve, one record per site
+    records = apply_cases(model, Method("quickfix", preserve=True), cases)  # one solve, one record per site
     records = apply_cases(model, "refact", cases, overrides, sequential=True)  # stacked records
     for rec in reversed(records): undo_edit(model, rec)                        # bit-exact, in reverse order
     groups = consecutive_groups(cases, 4)          # evaluate --together 4: cases 0-3, 4-7, ...
