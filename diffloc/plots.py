@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from tracing.errors import DifflocInputError  # noqa: E402
+from tracing.causal import site_effects  # noqa: E402
 from tracing.io import read_meta, read_strip, read_trace  # noqa: E402
 from tracing.stats import SITE_KEYS, bootstrap_effects  # noqa: E402
 
@@ -134,7 +135,8 @@ def text_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip", component
 
 def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip", bootstrap: tuple[int, int] = (1000, 0)) -> list[Path]:
     """Indirect effect per UNet component, execution order, grouped by block; error bars: 95% bootstrap interval."""
-    eff = bootstrap_effects(table[table.component == "unet"], metric, n=bootstrap[0], seed=bootstrap[1])
+    unet = table[(table.component == "unet") & ~table.kind.str.endswith("_head")]  # heads: head_heatmap
+    eff = bootstrap_effects(unet, metric, n=bootstrap[0], seed=bootstrap[1])
     if eff.empty:
         return []
     n_pairs = len(table[table.component == "unet"][["prompt_index", "seed"]].drop_duplicates())
@@ -232,5 +234,29 @@ def plot_run(run_dir: str | Path, metric: str = "clip", uncertainty: bool = Fals
     for comp in sorted(c for c in table.component.unique() if c.startswith("text_encoder")):
         paths += text_heatmap(table, out, metric, comp, uncertainty=uncertainty, bootstrap=boot)
     paths += unet_chart(table, out, metric, bootstrap=boot)
+    paths += head_heatmap(table, out, metric)
     paths += image_strip(run_dir, table, out)
     return paths
+
+
+def head_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip") -> list[Path]:
+    """Per-head effects (``--heads``): attention module × head; text heads at their strongest token role."""
+    from tracing.sites import Site
+
+    heads = table[table.kind.str.endswith("_head")]
+    if heads.empty:
+        return []
+    eff = site_effects(heads, metric)
+    eff["module"] = [Site.parse(s).attn_path for s in eff.site]
+    eff["head"] = [Site.parse(s).head for s in eff.site]
+    eff = eff.groupby(["component", "module", "head"], as_index=False).effect.max()  # text: max over token roles
+    comps = list(dict.fromkeys(eff.component))
+    fig, axes = plt.subplots(1, len(comps), figsize=(6 * len(comps), 0.35 * eff.module.nunique() + 2), squeeze=False)
+    for ax, comp in zip(axes[0], comps):
+        piv = eff[eff.component == comp].pivot_table(index="module", columns="head", values="effect", sort=False)
+        sns.heatmap(piv, ax=ax, cmap="Reds", vmin=0, vmax=max(1.0, float(np.nanmax(piv.values))), cbar_kws={"label": f"indirect effect ({metric})"})
+        ax.set_yticklabels([_short(f"{comp}:{m}") for m in piv.index], fontsize=6, rotation=0)
+        ax.set_title(f"{comp} heads" + (" (strongest token role)" if comp.startswith("text") else ""), fontsize=9)
+    fig.suptitle(f"{table.attribute.iloc[0]}: one attention head restored at a time", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / "head_effects")

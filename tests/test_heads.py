@@ -241,6 +241,18 @@ def test_sweep_with_heads_has_head_rows(tmp_path, pixel_model, scorer):
     assert (table.kind == "attn").sum() == pixel_model.sites.text_layers["text_encoder"] * n_tok  # layer rows kept
     assert unet.clip_score.notna().all() and unet.clip_score.nunique() > 1
     assert text.skipped_noop.sum() == len(pixel_model.sites.heads("text_encoder")) * PROMPT.positions(pixel_model.tokenizer)[0]
+    # the figures: head rows get their own heatmap (one cell per head), not grey bars in the UNet chart
+    from matplotlib.image import imread
+
+    from diffloc.plots import head_heatmap, unet_chart
+
+    fig = tmp_path / "fig"
+    fig.mkdir()
+    heat = imread(head_heatmap(table, fig)[0])
+    assert heat.shape[0] > 100 and heat[..., :3].std() > 0.05  # drawn, not blank
+    with_heads = imread(unet_chart(table, fig)[0]).shape
+    without = imread(unet_chart(table[~table.kind.str.endswith("_head")], fig)[0]).shape
+    assert with_heads == without  # head rows add no bars to the UNet chart
 
 
 @pytest.fixture(scope="module")
