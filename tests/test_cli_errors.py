@@ -38,6 +38,8 @@ def _cli(*args):
     (["trace", "--attribute", "colour", "--until-stable", "0", "--out", "OUT"], "--until-stable must be a rank correlation in (0, 1]"),
     (["trace", "--attribute", "colour", "--bootstrap", "0", "--out", "OUT"], "--bootstrap must be >= 1"),
     (["trace", "--attribute", "colour", "--method", "magic", "--out", "OUT"], "unknown trace method 'magic'"),
+    (["trace", "--attribute", "colour", "--bogus", "--out", "OUT"], "No such option: --bogus"),
+    (["trace", "--attribute", "colour"], "Missing option '--out'"),
     (["evaluate", "--cases", "experiments/cases/toy_edits.jsonl", "--method", "quickfix", "--together", "99", "--out", "OUT"],
      "--together 99 out of range; allowed 1..24"),
 ])

@@ -77,10 +77,21 @@ def _no_library_bars() -> None:
     dlog.disable_progress_bar()
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: input errors become one line and exit code 2; bugs keep their traceback."""
+def _usage_errors() -> tuple:
+    """click's usage errors (unknown option, missing value): typer >= 0.29 vendors click as
+    ``typer._click``, whose exceptions are not ``click``'s own; older typer raises ``click``'s."""
     import click
 
+    kinds = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as Vendored
+    except ImportError:
+        return tuple(kinds)
+    return tuple(kinds + [Vendored])
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: input errors become one line and exit code 2; bugs keep their traceback."""
     _no_library_bars()
     app = build_app()
     try:
@@ -96,8 +107,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         typer.echo(f"error: {msg}", err=True)
         sys.exit(2)
-    except click.ClickException as err:  # click's own usage errors carry their exit code
-        err.show()
+    except _usage_errors() as err:  # click's usage errors: one line too, with their exit code (2)
+        if DEBUG["on"]:
+            raise
+        typer.echo(f"error: {err.format_message()} (see --help)", err=True)
         sys.exit(err.exit_code)
 
 
