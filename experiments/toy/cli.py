@@ -43,10 +43,10 @@ def toy_train(
     """
     import dataclasses
 
-    from .plugin import TOY
+    from .paths import WEIGHTS_DIR
     from .train import ToyTrainConfig, train
 
-    shipped = TOY.model_dir().parent.resolve()
+    shipped = WEIGHTS_DIR.resolve()
     if out.resolve() == shipped or shipped in out.resolve().parents:
         raise UsageError(f"--out {out} would overwrite the shipped toy weights in {shipped}; choose another folder")
     wanted = tuple(s.strip() for s in stages.split(",") if s.strip())

@@ -29,13 +29,12 @@ import numpy as np
 import torch
 
 from . import world
+from .paths import MODEL_DIR
 from .scorer import load_toy_scorer, image_features, text_features
 
 
 def toy_model_dir() -> Path:
-    from .plugin import TOY
-
-    return TOY.model_dir()
+    return MODEL_DIR
 
 
 def balanced_attrs(n_per_value: int, seed: int) -> list[dict[str, str]]:

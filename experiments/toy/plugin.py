@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from .paths import MODEL_DIR, PROMPT_DIR
 
 
 class ToyWorld:
@@ -23,7 +23,7 @@ class ToyWorld:
 
     name = "toy"
     attributes = ("object", "colour", "style", "viewpoint", "count")
-    prompt_dir = HERE.parent / "prompts" / "toy"
+    prompt_dir = PROMPT_DIR
     has_readers = True
     has_scorer = True
 
@@ -50,7 +50,7 @@ class ToyWorld:
         return [world.caption(a) for a in world.all_attrs()]
 
     def model_dir(self) -> Path:
-        return HERE / "weights" / "model"
+        return MODEL_DIR
 
     def scorer(self) -> tuple[Any, Any, str]:
         from .scorer import load_toy_scorer

@@ -18,9 +18,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .paths import WEIGHTS_DIR
+
 
 def toy_scorer_dir() -> Path:
-    return Path(__file__).resolve().parent / "weights" / "scorer"
+    return WEIGHTS_DIR / "scorer"
 
 
 def load_toy_scorer(path: str | Path | None = None):
