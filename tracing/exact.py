@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .sampler import Corruption, Restore, SamplerConfig, make_corruption, patched_generate
+from .sampler import Corruption, Restore, make_corruption, patched_embeddings, patched_generate
 from .trace_config import TraceConfig, Unit, UnitContext, plan_units
 
 NOISE_SEED_BASE = 1_000_000  # noise generator seed = BASE + 1000 * seed + noise_index
@@ -97,38 +97,21 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, skip_noops: bool | 
     return df, {"images": (images[keep] * 255).round().byte().numpy(), "rows": keep}
 
 
-class _Embedded(Exception):
-    """Stops a sampler call at its first UNet call, carrying what the UNet was given."""
-
-
 def noop_rows(model, prompt: str, rows: list[Restore], corruption: Corruption) -> np.ndarray:
-    """Which restored rows cannot change the image (rules (a) and (b) of the module docstring): bool [len(rows)]."""
+    """Which restored rows cannot change the image (rules (a) and (b) of the module docstring): bool [len(rows)].
+
+    Rule (b) encodes the checked rows once more (text encoder only), a small cost beside the
+    20-step UNet run they are spared."""
     first = min(corruption.positions)
     text = [all(s.component != "unet" for s in r.sites) for r in rows]
     skip = np.array([t and r.tokens is not None and all(p < first for p in r.tokens) for t, r in zip(text, rows)], bool)
     check = [i for i, t in enumerate(text) if t and not skip[i]]
     if check:
-        embeds, pooled = _unet_inputs(model, prompt, [Restore()] + [rows[i] for i in check], corruption)  # rows: clean, corrupted, checked
+        # rows: clean, corrupted, then the checked ones
+        embeds, pooled = patched_embeddings(model, prompt, [Restore()] + [rows[i] for i in check], corruption)
         for j, i in enumerate(check, start=2):
             skip[i] = torch.equal(embeds[j], embeds[1]) and (pooled is None or torch.equal(pooled[j], pooled[1]))
     return skip
-
-
-def _unet_inputs(model, prompt: str, rows: list[Restore], corruption: Corruption):
-    """The prompt embeddings [1 + len(rows), 77, D] (and SDXL's pooled [.., P], or None) that
-    :func:`~tracing.sampler.patched_generate` hands the UNet for these rows; no UNet runs."""
-    def stop(module, args, kwargs):
-        raise _Embedded(kwargs["encoder_hidden_states"], (kwargs.get("added_cond_kwargs") or {}).get("text_embeds"))
-
-    cfg = SamplerConfig(num_inference_steps=1, guidance_scale=1.0)  # no CFG: the UNet gets the prompt rows only
-    handle = model.unet.register_forward_pre_hook(stop, with_kwargs=True)
-    try:
-        patched_generate(model, prompt, rows, corruption, torch.Generator().manual_seed(0), cfg)
-    except _Embedded as got:
-        return got.args
-    finally:
-        handle.remove()
-    raise RuntimeError("the sampler never called the UNet")
 
 
 def _role(tok: int, positions: tuple[int, ...], n_tokens: int) -> str:

@@ -299,6 +299,28 @@ def _check_rows(model: Model, rows: Sequence[Restore], cfg: SamplerConfig) -> No
 
 
 @torch.no_grad()
+def patched_embeddings(model: Model, prompt: str, rows: Sequence[Restore], corruption: Corruption) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt embeddings [1 + len(rows), 77, D] (and SDXL's pooled [.., P], or None) that
+    :func:`patched_generate` hands the UNet: row 0 clean, then one corrupted row per
+    :class:`Restore` with its text-encoder sites restored from row 0. No UNet runs."""
+    R = 1 + len(rows)
+    text_hooks = corruption_hooks(corruption, first_row=1)
+    text_pairs: dict[Site, list[tuple[int, int]]] = {}
+    n_tok = model.tokenizer.model_max_length
+    for r, row in enumerate(rows, start=1):
+        for site in row.sites:
+            if site.component != "unet":
+                toks = row.tokens if row.tokens is not None else range(n_tok)
+                text_pairs.setdefault(site, []).extend((r, t) for t in toks)
+    for site, pairs in text_pairs.items():
+        dst = torch.tensor([r for r, _ in pairs])
+        tok = torch.tensor([t for _, t in pairs])
+        text_hooks.setdefault(site, []).append(_copy_rows(dst, torch.zeros_like(dst), tok))
+    ids = model.tokenize([prompt]).expand(R, -1)
+    return _encode(model, ids, text_hooks)
+
+
+@torch.no_grad()
 def patched_generate(model: Model, prompt: str, rows: Sequence[Restore], corruption: Corruption, generator: torch.Generator | None = None, cfg: SamplerConfig | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
     """Clean row 0 plus one corrupted row per :class:`Restore`: images [1 + len(rows), 3, H, W]."""
     cfg = cfg or SamplerConfig.for_model(model)
@@ -307,21 +329,10 @@ def patched_generate(model: Model, prompt: str, rows: Sequence[Restore], corrupt
     if latents is None:
         latents = initial_latents(model, generator)
     latents = latents[:1].expand(R, -1, -1, -1)  # one initial noise shared by every row
-    text_hooks = corruption_hooks(corruption, first_row=1)
     unet_patches: dict[Site, list] = {}
-    text_pairs: dict[Site, list[tuple[int, int]]] = {}
-    n_tok = model.tokenizer.model_max_length
     for r, row in enumerate(rows, start=1):
         for site in row.sites:
             if site.component == "unet":
                 unet_patches.setdefault(site, []).append((r, row.window))
-            else:
-                toks = row.tokens if row.tokens is not None else range(n_tok)
-                text_pairs.setdefault(site, []).extend((r, t) for t in toks)
-    for site, pairs in text_pairs.items():
-        dst = torch.tensor([r for r, _ in pairs])
-        tok = torch.tensor([t for _, t in pairs])
-        text_hooks.setdefault(site, []).append(_copy_rows(dst, torch.zeros_like(dst), tok))
-    ids = model.tokenize([prompt]).expand(R, -1)
-    cond, pooled = _encode(model, ids, text_hooks)
+    cond, pooled = patched_embeddings(model, prompt, rows, corruption)
     return _sample(model, cond, pooled, latents, cfg, unet_patches)
