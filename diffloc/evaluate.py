@@ -99,8 +99,9 @@ def evaluate_methods(model, cases: list[dict], methods: Iterable = ("quickfix",)
                      scorer=None, truth: Any = None, cfg: SamplerConfig | None = None, batch: int = 256,
                      options: dict | None = None, baselines: Sequence[str] = ("unedited", "oracle"),
                      progress: Callable | None = None, groups: Sequence[Group] | None = None,
-                     sequential: bool = False) -> pd.DataFrame:
-    """Rows for every case × method (plus unedited and oracle) × prompt × seed."""
+                     sequential: bool = False, compose: bool | None = None) -> pd.DataFrame:
+    """Rows for every case × method (plus unedited and oracle) × prompt × seed; with ``groups``,
+    each group's edits are made together (``compose``: as :func:`editing.batch.apply_cases`)."""
     cfg = cfg or SamplerConfig.for_model(model)
     seeds = list(seeds)
     methods = [as_method(m) for m in methods]
@@ -117,7 +118,7 @@ def evaluate_methods(model, cases: list[dict], methods: Iterable = ("quickfix",)
             rows += _rows(case, "oracle", prompts, _generate(model, oracle_texts, seeds, cfg, batch), seeds, scorer, truth)
     for g in groups:
         for method in methods:
-            rows += _group_rows(model, cases, g, method, seeds, scorer, truth, cfg, batch, options, sequential, many)
+            rows += _group_rows(model, cases, g, method, seeds, scorer, truth, cfg, batch, options, (sequential, compose), many)
         if bar is not None:
             bar.update(len(g.cases))
     if bar is not None:
@@ -125,13 +126,14 @@ def evaluate_methods(model, cases: list[dict], methods: Iterable = ("quickfix",)
     return pd.DataFrame(rows)
 
 
-def _group_rows(model, cases, group: Group, method, seeds, scorer, truth, cfg, batch, options, sequential, many) -> list[dict]:
-    """Edit the group's cases in, evaluate each of its cases, undo."""
+def _group_rows(model, cases, group: Group, method, seeds, scorer, truth, cfg, batch, options, how, many) -> list[dict]:
+    """Edit the group's cases in (``how``: (sequential, compose)), evaluate each of its cases, undo."""
+    sequential, compose = how
     edited = [cases[i] for i in group.edited]
     if len(edited) == 1:
         records = edit_case(method, model, edited[0], options)
     else:
-        records = apply_cases(model, method, edited, options, sequential=sequential)
+        records = apply_cases(model, method, edited, options, sequential=sequential, compose=compose)
     rows = []
     try:
         for i in group.cases:
@@ -145,7 +147,7 @@ def _group_rows(model, cases, group: Group, method, seeds, scorer, truth, cfg, b
     if many:
         mode = "sequential" if sequential and len(edited) > 1 else "batched"
         for r in rows:
-            r.update(n_edits=len(edited), mode=mode)
+            r.update(n_edits=len(edited), mode=mode, composed=bool((not sequential if compose is None else compose) and len(edited) > 1))
     return rows
 
 

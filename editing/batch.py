@@ -19,6 +19,15 @@ such a caption would ask the solve to keep the very keys another edit moves.
 Sequential (every editor): each case is applied to the model the previous one left, with its
 own options and preserve captions; the records stack and undo bit-exactly in reverse order.
 
+Batched, each case's target prompts first expect every other edit of the set
+(:func:`editing.compose.compose_cases`, written with the model's world's ``rewrite`` where it
+has one): without that, a case's values at its context words ('striped' in 'two red circles on
+a striped background') contradict another case's edit of those words, and one solve averages
+the two (``compose=False`` turns it off, to measure exactly that). Sequential cases are not
+composed by default: each reads its values off the model the earlier edits left, so it already
+expects those, and composing would make it expect later edits the model does not carry yet
+(measured on the toy world, N = 19: specificity 0.39 composed against 0.50 not).
+
 A batch that maps the same source to two targets is a conflict: one-line
 :class:`~editing.records.EditError`.
 """
@@ -28,6 +37,9 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from tracing.worlds import world_of
+
+from .compose import compose_cases
 from .editors import EDITORS, as_method, case_options, edit_case, edit_many
 from .quickfix import PAPER_TEMPLATES
 from .records import EditError, EditRecord
@@ -67,13 +79,20 @@ def batch_preserve(cases: Sequence[dict]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def apply_cases(model, method, cases: Sequence[dict], overrides: dict | None = None, sequential: bool = False) -> list[EditRecord]:
-    """Apply every case's edit to ``model`` in place (one solve, or one after another); returns the records."""
+def apply_cases(model, method, cases: Sequence[dict], overrides: dict | None = None, sequential: bool = False,
+                compose: bool | None = None) -> list[EditRecord]:
+    """Apply every case's edit to ``model`` in place (one solve, or one after another); returns the records.
+
+    ``compose`` (default: batched only) writes the other edits into each case's target prompts."""
     method = as_method(method)
     cases = list(cases)
     if not cases:
         raise EditError("no cases to apply; the cases file is empty")
     check_conflicts(cases)
+    if compose is None:
+        compose = not sequential
+    if compose:
+        cases = compose_cases(cases, getattr(world_of(model), "rewrite", None))
     if sequential:
         records: list[EditRecord] = []
         try:

@@ -13,7 +13,11 @@ two targets each (red, blue, striped, two, top), so at most 19 edits fit one mod
 not a conflict-free batch. The method is the best editor, quickfix with the cases' preserve
 captions; ``batched`` is one stacked solve (preserve captions of the group together, minus
 those naming another case's source), ``sequential`` one solve per edit on the model the last
-one left. Each (N, mode) writes its own ``n{N}_{mode}.parquet`` (a rerun skips finished
+one left. Batched, each case's target prompts expect the other edits of its model
+(:mod:`editing.compose`), ``batched-independent`` takes each case's values from its own target
+prompts alone, as before that fix, to measure what it is worth. ``sequential`` is not composed
+(each edit reads its values off the model the earlier ones left); ``sequential-composed``
+composes with all the others anyway, to show that this costs specificity. Each (N, mode) writes its own ``n{N}_{mode}.parquet`` (a rerun skips finished
 ones); ``summary.json`` and ``many_edits.png`` are rebuilt from whatever files exist.
 """
 from __future__ import annotations
@@ -33,6 +37,8 @@ from tracing.models import load_model
 from tracing.worlds import world_of
 
 METHOD = Method("quickfix", preserve=True)
+MODES = {"batched": (False, True), "batched-independent": (False, False),  # mode: (sequential, compose)
+         "sequential": (True, False), "sequential-composed": (True, True)}
 RATES = {"gt_efficacy": "edit", "gt_generalization": "positive", "gt_specificity": "negative"}
 
 
@@ -68,11 +74,12 @@ def run(out: Path, cases_path: str, seeds: int, every: int, ns: list[int], modes
     for n in ns:
         for mode in modes:
             path = out / f"n{n}_{mode}.parquet"
-            if path.exists() or (n == 1 and mode == "sequential"):  # one edit: the two modes are the same
+            if path.exists() or (n == 1 and mode != "batched"):  # one edit: every mode is the same
                 continue
             t0 = time.perf_counter()
             table = evaluate_methods(model, cases, methods=[METHOD], seeds=range(seeds), truth=truth, baselines=(),
-                                     groups=subset_groups(cases, n, evaluated), sequential=mode == "sequential")
+                                     groups=subset_groups(cases, n, evaluated), sequential=MODES[mode][0],
+                                     compose=MODES[mode][1])
             write_table(table.assign(seconds=time.perf_counter() - t0), path)
             say(f"N={n} {mode}: {time.perf_counter() - t0:.0f}s " + str(rates(table)))
     return summarise(out, cases_path, seeds, sorted(evaluated))
@@ -103,7 +110,7 @@ def plot(result: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.2), sharey=True)
     runs = result["runs"].values()
     for ax, key in zip(axes, ("gt_efficacy", "gt_generalization", "gt_specificity", "gt_others")):
-        for mode, style in (("batched", "o-"), ("sequential", "s--")):
+        for mode, style in (("batched", "o-"), ("sequential", "s-"), ("batched-independent", "o:"), ("sequential-composed", "s:")):
             pts = sorted((r["n_edits"], r[key]) for r in runs if r["mode"] == mode or r["n_edits"] == 1)
             if pts:
                 ax.plot(*zip(*pts), style, label=mode)
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--every", type=int, default=1, help="evaluate every k-th case (all cases are still edited in)")
     p.add_argument("--n", type=int, nargs="*", default=None, help="N values (default: 1, 4, 12 and the largest conflict-free N)")
-    p.add_argument("--modes", nargs="*", default=["batched", "sequential"])
+    p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
     args = p.parse_args(argv)
     ns = args.n or [1, 4, 12, len({c["source"] for c in load_cases(args.cases)})]
     run(Path(args.out), args.cases, args.seeds, args.every, ns, args.modes)

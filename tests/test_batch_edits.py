@@ -38,17 +38,32 @@ def _lstsq(W0: np.ndarray, K: np.ndarray, V: np.ndarray, lam: float) -> np.ndarr
     return np.linalg.lstsq(A, B, rcond=None)[0].T
 
 
-def test_batched_quickfix_equals_an_independent_stacked_lstsq(model):
+def _stacked_reference(model, targets: dict) -> np.ndarray:
+    """Weight of one lstsq over HAND's keys and values, case c's values from ``targets[c]`` where given."""
     W0 = model.module(SITE).weight.detach().double().numpy()
-    Ks, Vs = zip(*[qf.keys_values(model, SITE, c["source"], c["target"], c["templates"]) for c in HAND])
+    Ks, Vs = zip(*[qf.keys_values(model, SITE, c["source"], c["target"], c["templates"], targets.get(c["id"])) for c in HAND])
     Kp = qf.preserve_keys(model, SITE, ["one blue circle", "a red diamond"]).double().numpy()
     K = np.vstack([k.double().numpy() for k in Ks] + [Kp])
     V = np.vstack([v.double().numpy() for v in Vs] + [Kp @ W0.T])  # preserved keys keep W0 k
-    want = _lstsq(W0, K, V, 0.01)
-    recs = apply_cases(model, "quickfix", HAND, {"quickfix": {"preserve": ["one blue circle", "a red diamond"]}})
+    return _lstsq(W0, K, V, 0.01)
+
+
+def test_batched_quickfix_equals_an_independent_stacked_lstsq(model):
+    want = _stacked_reference(model, {})
+    recs = apply_cases(model, "quickfix", HAND, {"quickfix": {"preserve": ["one blue circle", "a red diamond"]}}, compose=False)
     assert len(recs) == 1 and recs[0].info["n_edits"] == 3 and recs[0].info["source"] == ["red", "green", "square"]
     got = model.module(SITE).weight.detach().double().numpy()
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+
+
+def test_batched_values_expect_the_other_edits(model):
+    """Case c's template 'a red {}' also holds case a's source: its value must come from 'a blue triangle'
+    (written here by hand), and a's and b's templates hold no other source, so theirs stay."""
+    want, independent = _stacked_reference(model, {"c": ["a blue [triangle]"]}), _stacked_reference(model, {})
+    apply_cases(model, "quickfix", HAND, {"quickfix": {"preserve": ["one blue circle", "a red diamond"]}})
+    got = model.module(SITE).weight.detach().double().numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+    assert np.abs(got - independent).max() / np.abs(want).max() > 1e-3
 
 
 def test_each_stacked_edit_maps_its_keys_to_its_values(model, monkeypatch):

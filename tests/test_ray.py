@@ -52,6 +52,15 @@ def _stamps(out):
     return {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
 
 
+def _wait_dead(ray, workers, timeout=30.0):
+    """Block until every killed actor answers with RayActorError, so no shard can appear afterwards."""
+    from ray.exceptions import RayActorError
+
+    for w in workers:
+        with pytest.raises(RayActorError):
+            ray.get(w.info.remote(), timeout=timeout)
+
+
 def test_ray_table_equals_local(ray, tmp_path, models, local_table):
     import os
 
@@ -98,6 +107,7 @@ def test_all_workers_killed_then_rerun_resumes(ray, tmp_path, models, local_tabl
         if n_done == 2:
             for w in workers:
                 ray.kill(w)
+            _wait_dead(ray, workers)  # ray.kill is asynchronous: a worker may finish an (atomic) shard first
             before.update(_stamps(out))
 
     with pytest.raises(RuntimeError, match="all Ray workers died.*re-run"):

@@ -43,6 +43,10 @@ class World(Protocol):
     def read(self, image: Any) -> dict[str, str | None]:
         """Attribute values an image shows, read exactly (only worlds with readers)."""
 
+    # Optional: ``rewrite(marked_caption, {attribute: value}) -> str | None``, the caption with
+    # other attribute values in its own grammar (used when many edits are made together,
+    # editing.compose); worlds without it get whole-word substitution.
+
     def corpus(self) -> list[str]:
         """Captions in the world's own style (covariances, σ of token embeddings)."""
 

@@ -32,6 +32,12 @@ class ToyWorld:
 
         return world.parse_caption(text)
 
+    def rewrite(self, text: str, changes: dict[str, str]) -> str | None:
+        """A marked caption with other attribute values, in its own template and grammar."""
+        from . import world
+
+        return world.rewrite(text, changes)
+
     def read(self, image: Any) -> dict[str, str | None]:
         from . import world
 

@@ -152,6 +152,25 @@ def parse_caption(text: str) -> dict[str, str]:
     return out
 
 
+def rewrite(text: str, changes: Mapping[str, str]) -> str | None:
+    """``text`` (a caption with one marked word) with other attributes set to ``changes``, in the
+    same template and grammar; None where ``text`` is no template's caption.
+
+    ``rewrite('a picture of [one] green triangle at the top on a plain background', {'viewpoint':
+    'middle'})`` → ``'a picture of [one] green triangle in the middle on a plain background'``.
+    The marked attribute itself is never changed."""
+    plain, words = unmark(text)
+    attrs = parse_caption(plain)
+    if len(words) != 1 or words[0] not in _LOOKUP or set(attrs) != set(ATTRIBUTES):
+        return None
+    marked = _LOOKUP[words[0]][0]
+    template = next((i for i in range(len(TEMPLATES)) if mark(attrs, marked, i) == text), None)
+    if template is None:
+        return None
+    new = {**attrs, **{k: v for k, v in changes.items() if k != marked}}
+    return mark(new, marked, template)
+
+
 # ----------------------------------------------------------------------------- renderer
 _SS = (np.arange(SIZE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
 _YY, _XX = np.meshgrid(_SS, _SS, indexing="ij")
