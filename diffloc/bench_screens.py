@@ -17,7 +17,7 @@ All figures are ratios measured in this one run, on the same prompt, seed and co
   the table and scaled to all rows (a naive call costs the same for every row).
 - ``peak_mem_ratio_screen``: peak memory of an ``atp`` screen ÷ plain generation of the
   same batch (one prompt with classifier-free guidance), as in :mod:`diffloc.bench_trace`.
-- ``skipped_noop``: rows the exact sweep did not generate, of all rows.
+- ``skipped_noop``: rows the exact sweep did not generate (no-ops and duplicates), of all rows.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from tracing.sampler import generate, initial_latents, make_corruption, patched_
 from tracing.sweep import prepare
 from tracing.trace_config import TraceConfig
 
-from .bench_trace import _median_peak
+from .bench_trace import _median_peak, _mem_figures
 
 
 def _sweep_seconds(cfg: TraceConfig, ctx) -> tuple[float, list]:
@@ -68,8 +68,8 @@ def _screen_mem(cfg: TraceConfig, ctx, repeats: int) -> dict:
     mem_screen = _median_peak(lambda: method.run_unit(unit, ctx, replace(cfg, method="atp")), repeats)
     with torch.no_grad():
         mem_plain = _median_peak(lambda: generate(model, [prompt.text], cfg=ctx.scfg, latents=lat), repeats)
-    return {"peak_mem_ratio_screen": round(mem_screen / max(mem_plain, 1), 3),
-            "peak_mem_mb_screen": {"screen": round(mem_screen / 2**20, 1), "plain": round(mem_plain / 2**20, 1)}}
+    mem = _mem_figures("screen", mem_screen, mem_plain)
+    return {"peak_mem_ratio_screen": mem["ratio"], "peak_mem_mb_screen": mem["mb"], "peak_rss_mb_screen": mem["rss_mb"]}
 
 
 def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "colour", naive_sample: int = 12,
@@ -88,8 +88,9 @@ def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "
         out["seconds"][f"exact_{scope}"] = round(t_exact, 3)
         if scope == "text_encoder":
             n_rows = sum(len(t) - 2 for t in tables)
-            skipped = int(sum(t.skipped_noop.sum() for t in tables))
-            out["skipped_noop"] = {"rows": n_rows, "skipped": skipped}
+            noop = int(sum(t.skipped_noop.sum() for t in tables))
+            dup = int(sum(t.skipped_duplicate.sum() for t in tables))
+            out["skipped_noop"] = {"rows": n_rows, "skipped": noop + dup, "noop": noop, "duplicate": dup}
         for name in ("atp", "ig"):
             t_screen, _ = _sweep_seconds(replace(cfg, method=name), ctx)
             out["seconds"][f"{name}_{scope}"] = round(t_screen, 3)

@@ -10,9 +10,10 @@ Usage::
 - ``naive_over_sweep``: one pipeline call per restored configuration, as the reference codes
   do (each re-running the clean and corrupted passes it needs: here one call per row), over
   the batched sweep.
-- ``peak_mem_ratio``: peak memory of the sweep call over plain generation at equal batch
-  (CUDA: max allocated above the model; CPU: growth of the resident-set high-water mark,
-  reset before each call, median of ``repeats``).
+- ``peak_mem_ratio``: peak memory of the sweep call over plain generation at equal batch:
+  live tensor bytes above the start (CUDA: max allocated; CPU: the same count, kept by a
+  dispatch mode, :mod:`diffloc.bench_memory`), median of ``repeats``; ``peak_rss_mb`` gives the
+  resident-set growth beside it.
 - ``ms_per_image``: sweep wall time per image.
 - ``ms_per_image_threads``: the sweep's ms per image with 1 torch thread (before threads were
   fitted to the cores) and with :func:`tracing.models.fit_threads` (after), the kept speed-up
@@ -21,16 +22,15 @@ Usage::
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from tracing.sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
+
+from .bench_memory import peak_bytes
 
 
 def _time(fn, repeats: int) -> float:
@@ -43,37 +43,19 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _proc_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
+def _median_peak(fn, repeats: int) -> dict:
+    """Median over ``repeats`` of :func:`diffloc.bench_memory.peak_bytes` ({"tensors", "rss"} bytes)."""
+    runs = [peak_bytes(fn) for _ in range(repeats)]
+    return {k: (None if runs[0][k] is None else int(statistics.median(r[k] for r in runs))) for k in runs[0]}
 
 
-def _peak_bytes(fn) -> int:
-    """Peak memory growth while ``fn`` runs. CUDA: max allocated. CPU (Linux): the process's
-    resident-set high-water mark, reset just before (``/proc/self/clear_refs`` = 5) after
-    returning freed heap to the OS (``malloc_trim``), minus the resident set at the start."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    base = _proc_status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
-    fn()
-    return (_proc_status_kib("VmHWM") - base) * 1024
-
-
-def _median_peak(fn, repeats: int) -> int:
-    return int(statistics.median(_peak_bytes(fn) for _ in range(repeats)))
+def _mem_figures(name: str, mem: dict, base: dict) -> dict:
+    """The ratio from live tensor bytes, with both measures in MB beside it."""
+    mb = {k: (None if v is None else round(v / 2**20, 1)) for k, v in mem.items()}
+    mb_base = {k: (None if v is None else round(v / 2**20, 1)) for k, v in base.items()}
+    return {"ratio": round(mem["tensors"] / max(base["tensors"], 1), 3),
+            "mb": {name: mb["tensors"], "plain": mb_base["tensors"]},
+            "rss_mb": {name: mb["rss"], "plain": mb_base["rss"]}}
 
 
 @torch.no_grad()
@@ -111,13 +93,13 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None)
     t_naive = _time(naive, max(1, repeats // 3))
     restores2 = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(2 * rows)]
     t_sweep2 = _time(lambda: sweep(restores2), max(1, repeats // 2))
-    mem_sweep = _median_peak(sweep, repeats)
-    mem_plain = _median_peak(plain, repeats)
+    mem = _mem_figures("sweep", _median_peak(sweep, repeats), _median_peak(plain, repeats))
     return {
         "sweep_over_plain": round(t_sweep / t_plain, 3),
         "naive_over_sweep": round(t_naive / t_sweep, 2),
-        "peak_mem_ratio": round(mem_sweep / max(mem_plain, 1), 3),
-        "peak_mem_mb": {"sweep": round(mem_sweep / 2**20, 1), "plain": round(mem_plain / 2**20, 1)},
+        "peak_mem_ratio": mem["ratio"],
+        "peak_mem_mb": mem["mb"],
+        "peak_rss_mb": mem["rss_mb"],
         "ms_per_image": round(1000 * t_sweep / n_images, 2),
         "ms_per_image_threads": {"before_1_thread": round(1000 * t_one / n_images, 2),
                                  f"after_{fitted}_threads": round(1000 * t_sweep / n_images, 2)},

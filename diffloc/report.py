@@ -195,8 +195,10 @@ def _split_half(half: dict | None) -> str:
     if not half:
         return ""
     per = ", ".join(f"{c} {_fmt(r)} ({half.get('n_sites', {}).get(c, '?')} sites)" for c, r in half.get("spearman", {}).items())
+    agree = "; ".join(f"{c}: mean |Δ effect| {_fmt(a.get('mean_abs_diff'))} against a spread of {_fmt(a.get('spread'))}, "
+                      f"causal sets overlap {_fmt(a.get('causal_jaccard'))}" for c, a in half.get("agreement", {}).items())
     return (f'<p class="muted">Split-half Spearman of the sites whose interval excludes 0, over {_e(half.get("n_pairs"))} '
-            f"prompt × seed pairs: {_e(per or '—')}.</p>")
+            f"prompt × seed pairs: {_e(per or '—')}. Agreement of the halves' effects: {_e(agree or '—')}.</p>")
 
 
 def causal_table(data: dict) -> str:

@@ -9,7 +9,8 @@ For each attribute: a text-encoder sweep (``<attribute>_text``: fewer prompts an
 ~190 rows per prompt) and a UNet sweep (``<attribute>_unet``: one row per UNet site, 32 on the toy model), then
 one summary row: clean and corrupted scores (CLIP and ground truth), the strongest
 text-encoder state (site and token role), the UNet sites past the threshold, and the
-stability of site effects between two disjoint seed halves (Spearman). Writes
+stability of site effects between two disjoint seed halves (Spearman, and the halves' absolute
+agreement: mean |effect difference| beside the sites' spread, and the causal sets' overlap). Writes
 ``OUT/findings.json`` (the rows) and ``OUT/findings.md`` (the README table), for the
 attributes of this call.
 """
@@ -42,7 +43,8 @@ def _unet(run: Path, metric: str, threshold: float) -> dict:
     boot = boot.sort_values("effect", ascending=False)
     causal = boot[boot.lower >= threshold]
     attn2 = boot[boot.kind == "attn2"].head(1)
-    return {"pairs": half["n_pairs"], "split_half": half["spearman"].get("unet"), "n_causal": len(causal),
+    return {"pairs": half["n_pairs"], "split_half": half["spearman"].get("unet"), "agreement": half["agreement"].get("unet"),
+            "n_causal": len(causal),
             "causal": [f"{_short(r.site)} {_fmt(r)}" for r in causal.itertuples()],
             "top_attn2": [f"{_short(r.site)} {_fmt(r)}" for r in attn2.itertuples()],
             "clean": float(table[f"{metric}_clean"].mean()), "corrupted": float(table[f"{metric}_corrupted"].mean())}
@@ -56,7 +58,7 @@ def _text(run: Path, metric: str, threshold: float) -> dict:
     best = boot.head(1)
     layer0 = boot[(boot.kind == "hidden") & (boot.layer == 0)].set_index("token_role")
     return {"pairs": half["n_pairs"], "split_half": half["spearman"].get("text_encoder"),
-            "n_real": half["n_real_effect"].get("text_encoder", 0),
+            "agreement": half["agreement"].get("text_encoder"), "n_real": half["n_real_effect"].get("text_encoder", 0),
             "paper_state": _fmt(paper.iloc[0]) if len(paper) else None,
             "best": f"{best.kind.iloc[0]} L{int(best.layer.iloc[0])} @ {best.token_role.iloc[0]} {_fmt(best.iloc[0])}",
             "n_causal": int((boot.lower >= threshold).sum()),
@@ -84,25 +86,34 @@ def summarise(out: Path, attribute: str, threshold: float = 0.5) -> dict:
     return row
 
 
+def _agree(a: dict | None) -> str:
+    """'|Δ| 0.03 of 0.40, J 1.00': split-half mean |effect difference|, the sites' spread, causal-set overlap."""
+    if not a or a.get("mean_abs_diff") is None:
+        return "—"
+    j = "—" if a["causal_jaccard"] is None else f"{a['causal_jaccard']:.2f}"
+    return f"\\|Δ\\| {a['mean_abs_diff']:.2f} of {a['spread']:.2f}, J {j}"
+
+
 def markdown(rows: list[dict]) -> str:
     """The README's findings tables: UNet, text encoder (token and suffix), LocoGen windows."""
-    lines = ["| attribute | pairs | UNet sites with lower bound ≥ 0.5, CLIP / GT | strongest attn2 (GT) [95% CI] | split-half, CLIP / GT |",
-             "|---|---|---|---|---|"]
+    lines = ["| attribute | pairs | UNet sites with lower bound ≥ 0.5, CLIP / GT | strongest attn2 (GT) [95% CI] | split-half Spearman, CLIP / GT "
+             "| split-half agreement (CLIP) |", "|---|---|---|---|---|---|"]
     for r in rows:
         if "unet_clip" in r:
             c, g = r["unet_clip"], r["unet_gt"]
             lines.append(f"| {r['attribute']} | {c['pairs']} | {c['n_causal']} / {g['n_causal']} | {', '.join(g['top_attn2'])} | "
-                         f"{c['split_half']} / {g['split_half']} |")
+                         f"{c['split_half']} / {g['split_half']} | {_agree(c.get('agreement'))} |")
     lines += ["", "| attribute | pairs | paper's state: L0 attn @ last subject, CLIP / GT | strongest state (CLIP) | "
-              "suffix from EOS at L0 (GT) | suffix from after-subject at L0 (GT) | split-half token / suffix (CLIP) |",
-              "|---|---|---|---|---|---|---|"]
+              "suffix from EOS at L0 (GT) | suffix from after-subject at L0 (GT) | split-half Spearman token / suffix (CLIP) | "
+              "agreement token; suffix (CLIP) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "text_clip" in r:
             t, tg = r["text_clip"], r["text_gt"]
             sg = r.get("text_suffix_gt", {}).get("layer0_hidden_by_role", {})
             sc = r.get("text_suffix_clip", {})
             lines.append(f"| {r['attribute']} | {t['pairs']} | {t['paper_state']} / {tg['paper_state']} | {t['best']} | "
-                         f"{sg.get('eos', '—')} | {sg.get('after', '—')} | {t['split_half']} / {sc.get('split_half', '—')} |")
+                         f"{sg.get('eos', '—')} | {sg.get('after', '—')} | {t['split_half']} / {sc.get('split_half', '—')} | "
+                         f"{_agree(t.get('agreement'))}; {_agree(sc.get('agreement'))} |")
     lines += ["", "| attribute | pairs | controlling windows, CLIP | controlling windows, GT | split-half, GT |", "|---|---|---|---|---|"]
     for r in rows:
         if "swap_clip" in r:

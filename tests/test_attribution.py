@@ -127,6 +127,22 @@ def test_checkpointing_does_not_change_estimates(setup, method):
     assert hook_count(setup[0].modules) == 0
 
 
+def test_checkpointed_screen_holds_less_and_leaves_the_unet_setting(setup):
+    """Checkpointing (each step, and diffusers' blocks inside a step's recomputation) lowers the
+    screen's live tensor peak, and the UNet's own checkpointing flag is left as it was."""
+    from diffloc.bench_memory import LiveTensorPeak
+
+    rows, unet = _fd_rows(setup[3]), setup[0].unet
+    peaks = {}
+    for ckpt in (True, False):
+        mode = LiveTensorPeak()
+        with mode:
+            _screen(setup, rows, method="atp", checkpoint=ckpt)
+        peaks[ckpt] = mode.peak
+        assert not unet.is_gradient_checkpointing
+    assert peaks[True] < peaks[False] / 2, peaks
+
+
 def test_ig_is_complete_on_the_input_cut_and_beats_atp(setup):
     """Restoring every token embedding is a complete cut on IG's straight path: exact effect 1."""
     model, fn, corr, _ = setup

@@ -36,9 +36,30 @@ def runs(tmp_path_factory, pixel_model, scorer):
 
 def test_skipping_sweep_equals_full_run(runs):
     skipped, full = runs
-    assert not full.skipped_noop.any(), "the switch turns skipping off"
-    cols = [c for c in full.columns if c != "skipped_noop"]
+    assert not (full.skipped_noop.any() or full.skipped_duplicate.any()), "the switch turns skipping off"
+    assert skipped.skipped_duplicate.sum() > 0, "the tiny model has rows that repeat another row's embeddings"
+    cols = [c for c in full.columns if c not in ("skipped_noop", "skipped_duplicate")]
     pd.testing.assert_frame_equal(skipped[cols], full[cols], check_exact=True)
+
+
+def test_duplicate_rows_repeat_an_earlier_row_of_their_unit(pixel_model):
+    """Rule (c) against an independent encoding of each (duplicate, source) pair on its own."""
+    from tracing.exact import reused_rows
+    from tracing.sampler import patched_embeddings
+
+    prompt = MarkedPrompt.parse(PROMPTS[0])
+    corruption = make_corruption(pixel_model, prompt.positions(pixel_model.tokenizer), torch.Generator().manual_seed(3))
+    rows = [r.restore for r in text_rows(pixel_model, prompt, _cfg(), "text_encoder")]
+    source = reused_rows(pixel_model, prompt.text, rows, corruption)
+    dups = [(i, s - 2) for i, s in enumerate(source) if s >= 2]
+    assert dups and all(j < i and source[j] == -1 for i, j in dups), "a duplicate points to an earlier generated row"
+    for i, j in dups:
+        e, _ = patched_embeddings(pixel_model, prompt.text, [rows[j], rows[i]], corruption)
+        assert torch.equal(e[1], e[2]) and not torch.equal(e[1], e[0])
+    generated = [i for i, s in enumerate(source) if s == -1]
+    e, _ = patched_embeddings(pixel_model, prompt.text, [rows[i] for i in generated], corruption)
+    flat = e[1:].flatten(1)
+    assert len(torch.unique(flat, dim=0)) == len(generated), "the generated rows are all different"
 
 
 def test_skipped_rows_are_exactly_those_before_the_first_corrupted_token(runs, pixel_model):

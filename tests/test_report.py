@@ -96,6 +96,8 @@ def test_report_shows_intervals_and_each_figures_protocol(report):
     for e in data["clip"]["causal"]:
         lo, hi = e["interval"]
         assert f"[{lo:.3f}, {hi:.3f}]" in page
+    for comp, agree in data["clip"]["split_half"]["agreement"].items():  # the halves' absolute agreement, as stored
+        assert agree["mean_abs_diff"] is not None and f"{comp}: mean |Δ effect| {agree['mean_abs_diff']:.4g}" in page
 
 
 def _captured(monkeypatch):

@@ -153,6 +153,20 @@ def test_split_half_known_answers():
     assert split_half(synthetic(EFFECTS, n_prompts=1, n_seeds=1), "clip")["spearman"]["unet"] is None  # one pair
 
 
+def test_split_half_agreement_known_answer():
+    """Halves that differ by exactly 0.2 at every site: mean |Δ| 0.2, and the causal sets
+    {0.55, 0.7, 1.0} against {0.5, 0.8} (threshold 0.5) overlap in 2 of 3; ranks agree fully."""
+    base = {"unet_a": 0.3, "unet_b": 0.45, "unet_c": 0.6, "unet_d": 0.9}
+    table = synthetic({k: (lambda pi, e=e: e + 0.1 if pi % 2 == 0 else e - 0.1) for k, e in base.items()}, n_prompts=2, n_seeds=2)
+    res = split_half(table, "clip", threshold=0.5)
+    agree = res["agreement"]["unet"]
+    assert res["spearman"] == {"unet": 1.0}
+    assert agree["mean_abs_diff"] == pytest.approx(0.2, abs=1e-4)
+    assert agree["spread"] == pytest.approx(float(np.std(list(base.values()))), abs=1e-4)
+    assert agree["causal_jaccard"] == pytest.approx(2 / 3, abs=1e-4)
+    assert split_half(table, "clip", threshold=2.0)["agreement"]["unet"]["causal_jaccard"] is None  # no causal site in either half
+
+
 def test_real_effects_exclude_zero():
     table = synthetic({"unet_zero": 0.0, "unet_pos": 0.5, "unet_neg": -0.5}, n_prompts=4, n_seeds=3, jitter=0.2)
     real = real_effects(bootstrap_effects(table, "clip", n=500))

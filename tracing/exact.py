@@ -19,7 +19,11 @@ token (under the causal mask those states are the same in the clean and the corr
 row's bit for bit, checked by running only the text encoders of the unit's batch (this finds,
 e.g., SDXL's first text encoder's last layer, whose output the pipeline never reads). UNet rows
 are never skipped. A skipped row takes the corrupted row's image and scores and is marked
-``skipped_noop``; a table with skipping equals one without, but for that column.
+``skipped_noop``. (c) A text-encoder row whose embeddings equal an earlier restored row's bit
+for bit takes that row's image and is marked ``skipped_duplicate``: at a token after the
+corrupted ones (whose own embedding is clean), restoring layer 0's attention output makes the
+token's whole layer-0 output clean, exactly as restoring that layer's residual does.
+A table with skipping equals one without, but for those two columns.
 """
 from __future__ import annotations
 
@@ -65,15 +69,15 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, skip_noops: bool | 
     corruption = make_corruption(model, positions, torch.Generator().manual_seed(noise_seed(unit.seed, unit.noise_index)), cfg.noise_scale)
     restores = [r.restore for r in unit.rows]
     if SKIP_NOOPS if skip_noops is None else skip_noops:
-        skip = noop_rows(model, prompt.text, restores, corruption)
+        source = reused_rows(model, prompt.text, restores, corruption)
     else:
-        skip = np.zeros(len(restores), bool)
-    kept = [Restore()] + [r for r, s in zip(restores, skip) if not s]
+        source = np.full(len(restores), -1)
+    kept = [Restore()] + [r for r, s in zip(restores, source) if s < 0]
     images = patched_generate(model, prompt.text, kept, corruption, torch.Generator().manual_seed(unit.seed), ctx.scfg)
-    index, k = [0, 1], 2  # the generated image of each row: a skipped row shows the corrupted one (row 1)
-    for s in skip:
-        index.append(1 if s else k)
-        k += not s
+    index, k = [0, 1], 2  # the generated image of each row: a skipped row shows the row it equals
+    for s in source:
+        index.append(index[s] if s >= 0 else k)
+        k += s < 0
     images = images[index]
     scores = score_rows(images, [prompt.text] * len(images), ctx)
     clip = ctx.metrics[0]
@@ -87,7 +91,8 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, skip_noops: bool | 
         rec = dict(base, row=i, component=comp, kind=kind, site=site, layer=layer, token=tok,
                    token_str=tokens[tok] if tok >= 0 else "", token_role=_role(tok, positions, len(tokens)),
                    is_last_subject=tok == positions[-1], window_start=-1 if win is None else win[0],
-                   window_end=-1 if win is None else win[1], skipped_noop=bool(i >= 2 and skip[i - 2]))
+                   window_end=-1 if win is None else win[1], skipped_noop=bool(i >= 2 and source[i - 2] == 1),
+                   skipped_duplicate=bool(i >= 2 and source[i - 2] >= 2))
         rec.update({f"{name}_score": float(s[i]) for name, s in scores.items()})
         recs.append(rec)
     df = with_effects(pd.DataFrame(recs), scores)
@@ -98,20 +103,41 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, skip_noops: bool | 
 
 
 def noop_rows(model, prompt: str, rows: list[Restore], corruption: Corruption) -> np.ndarray:
-    """Which restored rows cannot change the image (rules (a) and (b) of the module docstring): bool [len(rows)].
+    """Which restored rows cannot change the image (rules (a) and (b) of the module docstring): bool [len(rows)]."""
+    return reused_rows(model, prompt, rows, corruption) == 1
 
-    Rule (b) encodes the checked rows once more (text encoder only), a small cost beside the
-    20-step UNet run they are spared."""
+
+def reused_rows(model, prompt: str, rows: list[Restore], corruption: Corruption) -> np.ndarray:
+    """For each restored row, the batch row whose image it would repeat: 1 (the corrupted row:
+    rules (a), (b)), 2 + j (an earlier restored row j with the same embeddings: rule (c)), or -1
+    (generate it). int [len(rows)].
+
+    Rules (b) and (c) encode the checked rows once more (text encoder only), a small cost beside
+    the 20-step UNet run they are spared."""
     first = min(corruption.positions)
     text = [all(s.component != "unet" for s in r.sites) for r in rows]
-    skip = np.array([t and r.tokens is not None and all(p < first for p in r.tokens) for t, r in zip(text, rows)], bool)
-    check = [i for i, t in enumerate(text) if t and not skip[i]]
-    if check:
-        # rows: clean, corrupted, then the checked ones
-        embeds, pooled = patched_embeddings(model, prompt, [Restore()] + [rows[i] for i in check], corruption)
-        for j, i in enumerate(check, start=2):
-            skip[i] = torch.equal(embeds[j], embeds[1]) and (pooled is None or torch.equal(pooled[j], pooled[1]))
-    return skip
+    source = np.full(len(rows), -1)
+    for i, (t, r) in enumerate(zip(text, rows)):
+        if t and r.tokens is not None and all(p < first for p in r.tokens):
+            source[i] = 1
+    check = [i for i, t in enumerate(text) if t and source[i] < 0]
+    if not check:
+        return source
+    # rows: clean, corrupted, then the checked ones
+    embeds, pooled = patched_embeddings(model, prompt, [Restore()] + [rows[i] for i in check], corruption)
+    seen = {_fingerprint(embeds[1], None if pooled is None else pooled[1]): 1}
+    for j, i in enumerate(check, start=2):
+        key = _fingerprint(embeds[j], None if pooled is None else pooled[j])
+        if key in seen:
+            source[i] = seen[key]
+        else:
+            seen[key] = 2 + i
+    return source
+
+
+def _fingerprint(embeds: torch.Tensor, pooled: torch.Tensor | None) -> tuple[bytes, ...]:
+    """Bit-exact identity of what the UNet reads from one row (embeddings [77, D], pooled [P])."""
+    return tuple(x.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() for x in (embeds, pooled) if x is not None)
 
 
 def _role(tok: int, positions: tuple[int, ...], n_tokens: int) -> str:

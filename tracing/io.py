@@ -129,6 +129,8 @@ def read_trace(path: str | Path):
             table["method"] = "exact"
         if "skipped_noop" not in table.columns:
             table["skipped_noop"] = False
+    if "skipped_duplicate" not in table.columns:  # added within version 2: older files generated every such row
+        table["skipped_duplicate"] = False
     return table
 
 

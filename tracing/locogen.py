@@ -273,7 +273,7 @@ class CrossAttnSwapMethod:
         for i, (comp, kind, site, layer, layers, ref) in enumerate(labels):
             rec = dict(base, row=i, component=comp, kind=kind, reference=ref, site=site, layer=layer,
                        window_layers=[str(s) for s in layers], token=-1, token_str="", token_role="",
-                       is_last_subject=False, window_start=-1, window_end=-1, skipped_noop=False)
+                       is_last_subject=False, window_start=-1, window_end=-1, skipped_noop=False, skipped_duplicate=False)
             rec.update({f"{name}_score": float(s[i]) for name, s in scores.items()})
             recs.append(rec)
         # clean := the altered reference (row 1), corrupted := the original (row 0): effect 1 = follows the altered prompt

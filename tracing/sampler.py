@@ -19,7 +19,7 @@ batched call serves many restorations.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -163,12 +163,14 @@ def _sample(model: Model, cond: torch.Tensor, pooled: torch.Tensor | None, laten
         fns.setdefault(site, []).extend(fn if isinstance(fn, (list, tuple)) else [fn])
 
     recompute = checkpoint and torch.is_grad_enabled()
+    if recompute and not latents.requires_grad:
+        latents = latents.detach().requires_grad_()  # a reentrant checkpoint passes gradients only when an input needs them
 
     def guided_eps(x: torch.Tensor, embeds: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         step["i"] = i  # set here, so that a checkpoint's recomputation sees its own step
         # under checkpointing the hooks live inside the step: the backward pass's recomputation
         # (after this function has returned) must see the same hooks as the forward pass
-        with hooks(model.modules, fns) if recompute else nullcontext():
+        with hooks(model.modules, fns) if recompute else nullcontext(), _block_checkpointing(model.unet, recompute):
             eps = model.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample  # [2R or R, C, h, w]
         if cfg.cfg:
             e_un, e_text = eps.chunk(2)
@@ -179,14 +181,30 @@ def _sample(model: Model, cond: torch.Tensor, pooled: torch.Tensor | None, laten
         for i, t in enumerate(scheduler.timesteps):
             x = torch.cat([latents] * 2) if cfg.cfg else latents  # [2R, C, h, w]
             x = scheduler.scale_model_input(x, t)
-            if recompute:
-                eps = torch.utils.checkpoint.checkpoint(guided_eps, x, embeds, i, t, use_reentrant=False)
+            if recompute:  # reentrant: the forward runs without a graph (non-reentrant keeps every step's nodes: 3× the RSS)
+                eps = torch.utils.checkpoint.checkpoint(guided_eps, x, embeds, i, t, use_reentrant=True)
             else:
                 eps = guided_eps(x, embeds, i, t)
             if not torch.isfinite(eps).all():
                 raise NonFiniteError(f"non-finite UNet output at denoising step {i}; try --dtype float32")
             latents = scheduler.step(eps, t, latents).prev_sample
     return _decode(model, latents)
+
+
+@contextmanager
+def _block_checkpointing(unet, on: bool):
+    """diffusers' own per-block gradient checkpointing, on only while a checkpointed step is
+    recomputed with gradients (so a step's backward holds one block's graph, not the whole UNet's:
+    the toy screen's live peak fell from 30.5 to 12.0 MB). Restores the model's setting after."""
+    if not (on and torch.is_grad_enabled() and getattr(unet, "_supports_gradient_checkpointing", False)) \
+            or unet.is_gradient_checkpointing:
+        yield
+        return
+    unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        unet.disable_gradient_checkpointing()
 
 
 def _sdxl_added(model: Model, pooled: torch.Tensor, latents: torch.Tensor) -> dict:

@@ -118,7 +118,7 @@ def _table(unit: Unit, ctx: UnitContext, cfg: TraceConfig, res, prompt, position
         recs.append(dict(base, row=i, component=comp, kind=kind, site=site, layer=layer, token=tok,
                          token_str=tokens[tok] if tok >= 0 else "", token_role=role_of(tok, positions, len(tokens)),
                          is_last_subject=tok == positions[-1], window_start=-1 if win is None else win[0],
-                         window_end=-1 if win is None else win[1], skipped_noop=False,
+                         window_end=-1 if win is None else win[1], skipped_noop=False, skipped_duplicate=False,
                          **{f"{metric.name}_score": float(scores[i])}, screen_abs_effect=float(absolute[i]),
                          screen_seconds=float(res.seconds["total"])))
     return with_effects(pd.DataFrame(recs), [metric.name])

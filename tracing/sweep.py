@@ -201,7 +201,8 @@ def finish(out: Path, units: list[Unit], cfg: TraceConfig) -> pd.DataFrame:
     meta = read_meta(out / "meta.json")
     exact = table[(table.method == "exact") & ~table.kind.isin(["clean", "corrupted"])]
     meta["skipped_noop"] = int(exact.skipped_noop.sum())  # rows that reused the corrupted image
-    meta["generated_rows"] = int(len(exact) - meta["skipped_noop"])
+    meta["skipped_duplicate"] = int(exact.skipped_duplicate.sum())  # rows that reused an equal restored row's
+    meta["generated_rows"] = int(len(exact) - meta["skipped_noop"] - meta["skipped_duplicate"])
     write_meta(meta, out / "meta.json")
     confirmed = table[table.method == "exact"]
     write_causal_sites(confirmed if len(confirmed) else table, out / "causal_sites.json", cfg.threshold,
