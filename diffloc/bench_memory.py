@@ -4,6 +4,7 @@ Usage::
 
     peak = peak_bytes(lambda: generate(model, ["a red circle"], cfg=cfg, latents=lat))
     peak["tensors"], peak["rss"]          # live tensor bytes above the start; CPU resident-set growth
+    mem_figures("sweep", median_peak(sweep, 3), median_peak(plain, 3))["ratio"]
 
 - ``tensors``: CUDA: ``max_memory_allocated`` above what was allocated at the start. Other
   devices: the peak of the bytes of tensor storages created inside the call and still alive
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import statistics
 import weakref
 from pathlib import Path
 
@@ -104,3 +106,17 @@ def peak_bytes(fn) -> dict:
     with mode:
         fn()
     return {"tensors": mode.peak, "rss": _rss_peak(fn)}  # a second call: the tracker's own objects stay out of RSS
+
+
+def median_peak(fn, repeats: int) -> dict:
+    """Median over ``repeats`` calls of :func:`peak_bytes` ({"tensors", "rss"} bytes)."""
+    runs = [peak_bytes(fn) for _ in range(repeats)]
+    return {k: None if runs[0][k] is None else int(statistics.median(r[k] for r in runs)) for k in runs[0]}
+
+
+def mem_figures(name: str, mem: dict, plain: dict) -> dict:
+    """The ratio of live tensor bytes ``mem`` ÷ ``plain``, with both measures in MB beside it."""
+    mb = lambda v: None if v is None else round(v / 2**20, 1)  # noqa: E731
+    return {"ratio": round(mem["tensors"] / max(plain["tensors"], 1), 3),
+            "mb": {name: mb(mem["tensors"]), "plain": mb(plain["tensors"])},
+            "rss_mb": {name: mb(mem["rss"]), "plain": mb(plain["rss"])}}

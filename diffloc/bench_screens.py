@@ -35,7 +35,7 @@ from tracing.sampler import generate, initial_latents, make_corruption, patched_
 from tracing.sweep import prepare
 from tracing.trace_config import TraceConfig
 
-from .bench_trace import _median_peak, _mem_figures
+from .bench_memory import mem_figures, median_peak
 
 
 def _sweep_seconds(cfg: TraceConfig, ctx) -> tuple[float, list]:
@@ -65,10 +65,10 @@ def _screen_mem(cfg: TraceConfig, ctx, repeats: int) -> dict:
     lat = initial_latents(model, torch.Generator().manual_seed(cfg.seeds[0]))
     method = TRACE_METHODS.get("atp")
     unit = method.plan(replace(cfg, method="atp"), model, ctx.prompts, ctx.scfg.num_inference_steps)[0]
-    mem_screen = _median_peak(lambda: method.run_unit(unit, ctx, replace(cfg, method="atp")), repeats)
+    mem_screen = median_peak(lambda: method.run_unit(unit, ctx, replace(cfg, method="atp")), repeats)
     with torch.no_grad():
-        mem_plain = _median_peak(lambda: generate(model, [prompt.text], cfg=ctx.scfg, latents=lat), repeats)
-    mem = _mem_figures("screen", mem_screen, mem_plain)
+        mem_plain = median_peak(lambda: generate(model, [prompt.text], cfg=ctx.scfg, latents=lat), repeats)
+    mem = mem_figures("screen", mem_screen, mem_plain)
     return {"peak_mem_ratio_screen": mem["ratio"], "peak_mem_mb_screen": mem["mb"], "peak_rss_mb_screen": mem["rss_mb"]}
 
 

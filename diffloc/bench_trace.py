@@ -30,7 +30,7 @@ import torch
 
 from tracing.sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
 
-from .bench_memory import peak_bytes
+from .bench_memory import mem_figures, median_peak
 
 
 def _time(fn, repeats: int) -> float:
@@ -41,21 +41,6 @@ def _time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def _median_peak(fn, repeats: int) -> dict:
-    """Median over ``repeats`` of :func:`diffloc.bench_memory.peak_bytes` ({"tensors", "rss"} bytes)."""
-    runs = [peak_bytes(fn) for _ in range(repeats)]
-    return {k: (None if runs[0][k] is None else int(statistics.median(r[k] for r in runs))) for k in runs[0]}
-
-
-def _mem_figures(name: str, mem: dict, base: dict) -> dict:
-    """The ratio from live tensor bytes, with both measures in MB beside it."""
-    mb = {k: (None if v is None else round(v / 2**20, 1)) for k, v in mem.items()}
-    mb_base = {k: (None if v is None else round(v / 2**20, 1)) for k, v in base.items()}
-    return {"ratio": round(mem["tensors"] / max(base["tensors"], 1), 3),
-            "mb": {name: mb["tensors"], "plain": mb_base["tensors"]},
-            "rss_mb": {name: mb["rss"], "plain": mb_base["rss"]}}
 
 
 @torch.no_grad()
@@ -93,7 +78,7 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None)
     t_naive = _time(naive, max(1, repeats // 3))
     restores2 = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(2 * rows)]
     t_sweep2 = _time(lambda: sweep(restores2), max(1, repeats // 2))
-    mem = _mem_figures("sweep", _median_peak(sweep, repeats), _median_peak(plain, repeats))
+    mem = mem_figures("sweep", median_peak(sweep, repeats), median_peak(plain, repeats))
     return {
         "sweep_over_plain": round(t_sweep / t_plain, 3),
         "naive_over_sweep": round(t_naive / t_sweep, 2),

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import torch
 
-from editing.batch import Group, apply_cases
+from editing.batch import Group, apply_cases, composes
 from editing.cases import case_prompts
 from editing.editors import as_method, edit_case
 from editing.records import undo_edit
@@ -147,7 +147,7 @@ def _group_rows(model, cases, group: Group, method, seeds, scorer, truth, cfg, b
     if many:
         mode = "sequential" if sequential and len(edited) > 1 else "batched"
         for r in rows:
-            r.update(n_edits=len(edited), mode=mode, composed=bool((not sequential if compose is None else compose) and len(edited) > 1))
+            r.update(n_edits=len(edited), mode=mode, composed=composes(sequential, compose) and len(edited) > 1)
     return rows
 
 

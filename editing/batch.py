@@ -79,6 +79,11 @@ def batch_preserve(cases: Sequence[dict]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def composes(sequential: bool, compose: bool | None) -> bool:
+    """:func:`apply_cases`'s rule: one solve composes unless told not to, sequential edits only when asked."""
+    return not sequential if compose is None else compose
+
+
 def apply_cases(model, method, cases: Sequence[dict], overrides: dict | None = None, sequential: bool = False,
                 compose: bool | None = None) -> list[EditRecord]:
     """Apply every case's edit to ``model`` in place (one solve, or one after another); returns the records.
@@ -89,9 +94,7 @@ def apply_cases(model, method, cases: Sequence[dict], overrides: dict | None = N
     if not cases:
         raise EditError("no cases to apply; the cases file is empty")
     check_conflicts(cases)
-    if compose is None:
-        compose = not sequential
-    if compose:
+    if composes(sequential, compose):
         cases = compose_cases(cases, getattr(world_of(model), "rewrite", None))
     if sequential:
         records: list[EditRecord] = []

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional, Sequence
 
-from .quickfix import PAPER_TEMPLATES
+from .quickfix import PAPER_TEMPLATES, prompt_pairs
 
 Rewrite = Callable[[str, dict], Optional[str]]
 _MARK = re.compile(r"\[[^\]]*\]")
@@ -58,10 +58,9 @@ def substitute(text: str, edits: Sequence[dict]) -> str:
 
 
 def _prompt_pairs(case: dict) -> list[tuple[str, str]]:
-    """(source prompt, marked target prompt) per template of ``case``."""
-    templates = case.get("templates") or PAPER_TEMPLATES
-    targets = case.get("targets") or [t.replace("{}", f"[{case['target']}]") for t in templates]
-    return [(t.replace("{}", case["source"]), tgt) for t, tgt in zip(templates, targets)]
+    """(source prompt, marked target prompt) per template of ``case``, as the editors pair them."""
+    src, tgt = prompt_pairs(case["source"], case["target"], list(case.get("templates") or PAPER_TEMPLATES), case.get("targets"))
+    return [(s.text, t.marked) for s, t in zip(src, tgt)]
 
 
 def composed_target(source_prompt: str, target_prompt: str, others: Sequence[dict], rewrite: Rewrite | None = None) -> str:
