@@ -73,35 +73,63 @@ def _screen_mem(cfg: TraceConfig, ctx, repeats: int) -> dict:
 
 
 def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "colour", naive_sample: int = 12,
-                  repeats: int = 1, heads: bool = True) -> dict:
-    """Time screens and exact sweeps of one prompt × seed (see the module docstring)."""
-    base = TraceConfig(model=spec, attribute=attribute, component="text_encoder", max_prompts=1, seeds=(0,), batch_size=128)
+                  repeats: int = 1, heads: bool = True, batch_size: int = 128, steps: int | None = None,
+                  text_kinds: tuple[str, ...] | None = None, scorer_spec: str = "auto", device: str = "cpu",
+                  dtype: str = "float32") -> dict:
+    """Time screens and exact sweeps of one prompt × seed (see the module docstring).
+
+    ``text_kinds`` limits the text-encoder scope to some states (e.g. ``("attn",)``) where the
+    full exact sweep would take too long; the screens then cover the same sites.
+    """
+    base = TraceConfig(model=spec, attribute=attribute, component="text_encoder", max_prompts=1, seeds=(0,),
+                       batch_size=batch_size, num_inference_steps=steps, scorer=scorer_spec, device=device, dtype=dtype,
+                       **({"text_kinds": tuple(text_kinds)} if text_kinds else {}))
+    ctx = screen_context(base, model, scorer)
+    out = scope_figures(base, ctx, "text_encoder")
+    if heads and _has_heads(ctx.model):
+        figs = scope_figures(replace(base, component="all", heads=True), ctx, "heads")
+        out["seconds"].update(figs["seconds"])
+        out["rows_heads"] = figs["rows_heads"]
+        for name, ratios in figs["screen_over_exact"].items():
+            out["screen_over_exact"][name].update(ratios)
+    out.update(text_figures(base, ctx, naive_sample, repeats, out["seconds"]["exact_text_encoder"]))
+    return out
+
+
+def screen_context(base: TraceConfig, model=None, scorer=None):
+    """The sweep context (model, scorer, prompts, sampler config) every timing below shares."""
     with tempfile.TemporaryDirectory() as tmp:
         runner, _ = prepare(base, Path(tmp), model, scorer)
-        ctx = runner.context()
+        return runner.context()
+
+
+def scope_figures(cfg: TraceConfig, ctx, scope: str) -> dict:
+    """Exact sweep, ``atp`` and ``ig`` over the sites of ``cfg`` (``scope`` names the figures)."""
     out: dict = {"screen_over_exact": {}, "seconds": {}}
-    scopes = {"text_encoder": base}
-    if heads and _has_heads(ctx.model):
-        scopes["heads"] = replace(base, component="all", heads=True)
-    for scope, cfg in scopes.items():
-        t_exact, tables = _sweep_seconds(cfg, ctx)
-        out["seconds"][f"exact_{scope}"] = round(t_exact, 3)
-        if scope == "text_encoder":
-            n_rows = sum(len(t) - 2 for t in tables)
-            noop = int(sum(t.skipped_noop.sum() for t in tables))
-            dup = int(sum(t.skipped_duplicate.sum() for t in tables))
-            out["skipped_noop"] = {"rows": n_rows, "skipped": noop + dup, "noop": noop, "duplicate": dup}
-        for name in ("atp", "ig"):
-            t_screen, _ = _sweep_seconds(replace(cfg, method=name), ctx)
-            out["seconds"][f"{name}_{scope}"] = round(t_screen, 3)
-            out["screen_over_exact"].setdefault(name, {})[scope] = round(t_screen / t_exact, 4)
+    t_exact, tables = _sweep_seconds(cfg, ctx)
+    out["seconds"][f"exact_{scope}"] = round(t_exact, 3)
+    out[f"rows_{scope}"] = int(sum(len(t) - 2 for t in tables))
+    if scope == "text_encoder":
+        noop = int(sum(t.skipped_noop.sum() for t in tables))
+        dup = int(sum(t.skipped_duplicate.sum() for t in tables))
+        out["skipped_noop"] = {"rows": out["rows_text_encoder"], "skipped": noop + dup, "noop": noop, "duplicate": dup}
+    for name in ("atp", "ig"):
+        t_screen, _ = _sweep_seconds(replace(cfg, method=name), ctx)
+        out["seconds"][f"{name}_{scope}"] = round(t_screen, 3)
+        out["screen_over_exact"].setdefault(name, {})[scope] = round(t_screen / t_exact, 4)
+    return out
+
+
+def text_figures(base: TraceConfig, ctx, naive_sample: int, repeats: int, t_exact_text: float) -> dict:
+    """``naive_over_sweep_text``, the screen's peak memory, and the setup they were measured in."""
     per_row, n_rows = _naive_seconds(base, ctx, naive_sample)
-    out["naive_over_sweep_text"] = round(per_row * n_rows / out["seconds"]["exact_text_encoder"], 2)
-    out["seconds"]["naive_text_estimated"] = round(per_row * n_rows, 2)
+    out = {"naive_over_sweep_text": round(per_row * n_rows / t_exact_text, 2),
+           "naive_text_estimated_s": round(per_row * n_rows, 2)}
     out.update(_screen_mem(base, ctx, repeats))
-    out["screen_setup"] = {"model": ctx.model.name, "attribute": attribute, "prompt": ctx.prompts[0].marked,
+    out["screen_setup"] = {"model": ctx.model.name, "attribute": base.attribute, "prompt": ctx.prompts[0].marked,
                            "steps": ctx.scfg.num_inference_steps, "ig_steps": base.ig_steps, "naive_sample": naive_sample,
-                           "threads": torch.get_num_threads()}
+                           "text_kinds": list(base.text_kinds), "batch_size": base.batch_size,
+                           "device": str(ctx.model.device), "threads": torch.get_num_threads()}
     out["screen_targets"] = {"atp text_encoder": "<= 0.1", "atp heads": "<= 0.05", "naive_over_sweep_text": ">= 3",
                              "peak_mem_ratio_screen": "<= 3"}
     return out

@@ -37,18 +37,26 @@ def _time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
-def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None) -> dict:
+def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None, device: str = "cpu",
+                dtype: str = "float32", steps: int | None = None) -> dict:
     from tracing.models import load_model
 
-    model = model or load_model(spec)
-    cfg = SamplerConfig.for_model(model)
+    model = model or load_model(spec, dtype=dtype, device=device)
+    cfg = SamplerConfig.for_model(model, **({"num_inference_steps": steps} if steps else {}))
     prompt = "a photo of two red circles at the top on a striped background"
     sites = list(model.sites.unet)
     restores = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(rows)]
@@ -68,11 +76,13 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None)
 
     from tracing.models import fit_threads
 
+    cuda = model.device.type == "cuda"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t_one = _time(sweep, max(1, repeats // 2))
-    torch.set_num_threads(threads)
-    fitted = fit_threads()
+    if not cuda:  # the CPU thread count is item 5's kept speed-up; on a GPU it does not apply
+        torch.set_num_threads(1)
+        t_one = _time(sweep, max(1, repeats // 2))
+        torch.set_num_threads(threads)
+    fitted = threads if cuda else fit_threads()
     t_sweep = _time(sweep, repeats)
     t_plain = _time(plain, repeats)
     t_naive = _time(naive, max(1, repeats // 3))
@@ -86,13 +96,20 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None)
         "peak_mem_mb": mem["mb"],
         "peak_rss_mb": mem["rss_mb"],
         "ms_per_image": round(1000 * t_sweep / n_images, 2),
-        "ms_per_image_threads": {"before_1_thread": round(1000 * t_one / n_images, 2),
-                                 f"after_{fitted}_threads": round(1000 * t_sweep / n_images, 2)},
+        "ms_per_image_threads": None if cuda else {"before_1_thread": round(1000 * t_one / n_images, 2),
+                                                   f"after_{fitted}_threads": round(1000 * t_sweep / n_images, 2)},
+        "images_per_s_plain": round(n_images / t_plain, 2),
         "linearity_ms_per_row": {"rows": rows, "at_rows": round(1000 * t_sweep / n_images, 2),
                                  "at_2x_rows": round(1000 * t_sweep2 / (2 + 2 * rows), 2)},
         "targets": {"sweep_over_plain": "<= 1.15", "naive_over_sweep": ">= 3", "peak_mem_ratio": "<= 1.3"},
         "setup": {"model": model.name, "images_per_call": n_images, "steps": cfg.num_inference_steps,
                   "guidance": cfg.guidance_scale, "repeats": repeats, "threads": torch.get_num_threads(),
-                  "device": str(model.device), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                  "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."), "machine": _machine(model),
                   "seconds": {"sweep": round(t_sweep, 3), "plain": round(t_plain, 3), "naive": round(t_naive, 3)}},
     }
+
+
+def _machine(model) -> str:
+    if model.device.type == "cuda":
+        return torch.cuda.get_device_name(model.device)
+    return f"{platform.machine()} {torch.get_num_threads()} threads"

@@ -155,7 +155,7 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, 
     for c, (name, imgs) in enumerate(columns.items()):
         axes[0, c].set_title(name, fontsize=9)
         for r in range(len(prompts)):
-            axes[r, c].imshow(imgs[r].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[r, c].imshow(imgs[r].permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
     for r, (split, p) in enumerate(prompts):
         axes[r, 0].set_ylabel(f"{split}\n{p['prompt'][:38]}", fontsize=6, rotation=0, ha="right", va="center")

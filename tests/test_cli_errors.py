@@ -26,6 +26,8 @@ def _cli(*args):
     (["trace", "--model", "nope", "--attribute", "colour", "--out", "OUT"], "unknown model spec 'nope'"),
     (["trace", "--attribute", "colour", "--step-window", "5", "--out", "OUT"], "bad step window '5'"),
     (["trace", "--attribute", "colour", "--dtype", "float8", "--out", "OUT"], "unknown dtype 'float8'"),
+    (["bench", "trace", "--steps", "0", "--out", "OUT/b.json"], "--steps must be >= 1, got 0"),
+    (["bench", "trace", "--model", "random-sd3", "--out", "OUT/b.json"], "unknown model spec 'random-sd3'"),
     (["sites", "--model", "tiny-sd1", "--component", "vae"], "unknown component 'vae'"),
     (["plot", "OUT"], "no trace.parquet in"),
     (["report", "OUT/missing"], "is not a folder"),

@@ -241,3 +241,31 @@ def test_saved_replica_runs_in_stock_pipeline(family, replica, tmp_path_factory)
     image = out.images
     assert image.shape == (1, 64, 64, 3)
     assert torch.isfinite(torch.as_tensor(image)).all()
+
+
+# (e) random full-size models for benchmarks --------------------------------------------------
+
+def test_random_spec_is_the_full_published_model_with_random_weights():
+    """`random-sd1` (what `experiments/gpu_bench.py` times) is the published model, not a replica:
+    the released checkpoint's parameter counts, its site table, and weights that are not zero."""
+    from tracing.models import load_model
+
+    state = torch.random.get_rng_state()
+    model = load_model("random-sd1")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
+    counts = {k: sum(p.numel() for p in getattr(model, k).parameters()) for k in ("unet", "text_encoder", "vae")}
+    assert counts == {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
+    real = build_published("sd1")
+    assert [n for n, _ in model.unet.named_modules()] == [n for n, _ in real["unet"].named_modules()]
+    assert model.unet.conv_in.weight.abs().sum() > 0 and model.module("text_encoder:encoder.layers.0.mlp.fc2").weight.std() > 0
+    assert model.sites.unet == load_model("tiny-sd1").sites.unet  # same spelling of every UNet site
+
+
+def test_random_scorer_is_open_clip_with_random_weights():
+    from tracing.scoring import load_scorer
+
+    scorer = load_scorer("ViT-B-32/random")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    scores = scorer.score(images, ["a red car", "a blue car"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    assert scorer.image_size == 224 and scorer.model_id == "ViT-B-32/random"

@@ -152,6 +152,8 @@ class _Taps:
 
         def fn(probe: torch.Tensor) -> None:
             prod = (self.delta[key] * probe.grad).double()
+            if self.values[site].device != prod.device:  # sums stay on the model's device (no sync per probe)
+                self.values[site] = self.values[site].to(prod.device)
             if step < 0:
                 self.values[site] += prod.flatten(2).sum(-1).sum(0)  # [77]: per token, rows summed
             else:
@@ -257,6 +259,7 @@ def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Cor
         for v in taps.values.values():
             v /= ig_steps
         t3 = time.perf_counter()
+    taps.values = {s: v.cpu() for s, v in taps.values.items()}
     both = np.array([_row_estimate(r, taps.values) for r in rows], dtype=float).reshape(-1, 2)
     estimates, absolute = both[:, 0], both[:, 1]
     denom = clean - corrupted

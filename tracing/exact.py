@@ -99,7 +99,7 @@ def run_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, skip_noops: bool | 
     first = scores[clip.name]
     best = np.argsort(-first[2:])[:3] + 2 if len(first) > 2 else np.array([], dtype=int)
     keep = np.concatenate([[0, 1], best]).astype(int)
-    return df, {"images": (images[keep] * 255).round().byte().numpy(), "rows": keep}
+    return df, {"images": (images[keep] * 255).round().byte().cpu().numpy(), "rows": keep}
 
 
 def noop_rows(model, prompt: str, rows: list[Restore], corruption: Corruption) -> np.ndarray:

@@ -10,7 +10,8 @@ Usage::
     model.sites.unet[:3], model.module("unet:mid_block.resnets.0")
 
 Specs: ``toy``; ``tiny-sd1``, ``tiny-sd2``, ``tiny-sdxl`` (random replicas, for tests and
-demos); a local folder (diffusers layout, or the toy layout with ``diffloc.json``); a single
+demos); ``random-sd1``, ``random-sd2``, ``random-sdxl`` (the full-size published models with
+random weights, for speed and memory benchmarks: ``diffloc bench trace --model random-sdxl``); a local folder (diffusers layout, or the toy layout with ``diffloc.json``); a single
 ``.safetensors``/``.ckpt`` file; a hub id ``owner/name`` (honours ``HF_HUB_OFFLINE``).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .sites import Site, SiteTable, build_site_table, resolve
 from .worlds import WORLDS
 
 REPLICAS = ("tiny-sd1", "tiny-sd2", "tiny-sdxl")
+RANDOM = ("random-sd1", "random-sd2", "random-sdxl")  # full-size published configs, random weights (benchmarks)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -201,12 +203,21 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
     device = check_device(device)
     if str(device) == "cpu":
         fit_threads()
-    model = _load(spec, dtype)
+    if spec in RANDOM:  # built where it will run: SDXL's 3.5 B parameters initialise in seconds on a GPU
+        from .replicas import build_random
+
+        model = _from_parts(build_random(spec.removeprefix("random-"), device=str(device)), spec)
+    else:
+        model = _load(spec, dtype)
     for m in [model.text_encoder, model.text_encoder_2, model.unet, model.vae]:
         if m is not None and (m.dtype != dtype or m.device != torch.device(device)):
             m.to(device=device, dtype=dtype)
     if model.vae is not None and dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
         model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16
+    if model.vae is not None and device.type != "cpu" and hasattr(model.vae, "enable_slicing"):
+        # one image at a time through the VAE (diffusers' slicing): a 1024² fp32 decode holds
+        # gigabytes per image, so a sweep's batch of 64 would not fit on the card otherwise
+        model.vae.enable_slicing()
     return model
 
 
@@ -240,7 +251,7 @@ def _load(spec: str, dtype: torch.dtype) -> Model:
     if spec.startswith((".", "/", "~")) or os.sep in spec:
         raise ModelSpecError(f"model folder {spec} does not exist")
     raise ModelSpecError(
-        f"unknown model spec {spec!r}; allowed: 'toy', {', '.join(repr(r) for r in REPLICAS)}, "
+        f"unknown model spec {spec!r}; allowed: 'toy', {', '.join(repr(r) for r in REPLICAS + RANDOM)}, "
         "a local diffusers folder, a .safetensors/.ckpt file, or a hub id 'owner/name'"
     )
 

@@ -124,8 +124,9 @@ def _build_models(cfgs: dict, seed: int | None, device: str | None = None) -> di
     for k, name in enumerate(names):
         cls = _class(index[name])
         cfg = cfgs[f"{name}/config.json"]
-        ctx = torch.device(device) if device else torch.random.fork_rng(devices=[])
-        with ctx:
+        dev = torch.device(device or "cpu")
+        cuda = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), dev:  # the caller's RNG is left alone
             if seed is not None:
                 torch.manual_seed(seed * 1000 + k)
             if name.startswith("text_encoder"):
@@ -152,17 +153,33 @@ def build_replica(family: str, seed: int = 0, widths: Widths = WIDTHS) -> dict:
     Deterministic in ``(family, seed)``; everything is float32, on CPU, in eval mode.
     """
     cfgs = replica_configs(family, widths)
-    parts = _build_models(cfgs, seed)
-    for t in text_components(cfgs):
-        tok_name = t.replace("text_encoder", "tokenizer")
-        parts[tok_name] = _tokenizer(cfgs.get(f"{tok_name}/tokenizer_config.json", {}))
-    parts["scheduler"] = _class(cfgs["model_index.json"]["scheduler"]).from_config(cfgs["scheduler/scheduler_config.json"])
-    return parts
+    return _with_tokenizers(_build_models(cfgs, seed), cfgs)
 
 
 def build_published(family: str, device: str = "meta") -> dict:
     """The full-size published unet / text encoder(s) / vae, built on ``device`` (no weights)."""
     return _build_models(published(family), seed=None, device=device)
+
+
+def build_random(family: str, seed: int = 0, device: str = "cpu") -> dict:
+    """Every component of the full-size published ``family`` with random weights, built on ``device``.
+
+    For speed and memory benchmarks (``random-sd1``, ``random-sdxl`` in ``load_model``): a
+    sweep's cost depends on the shapes, not the weights. Initialised by each library's own
+    initialiser, seeded with ``seed`` on ``device``'s generator (so CPU and CUDA builds differ).
+    """
+    cfgs = {k: {k2: v2 for k2, v2 in v.items() if k2 not in _FILE_KEYS} if isinstance(v, dict) else v
+            for k, v in published(family).items()}
+    parts = _build_models(cfgs, seed, device=device)
+    return _with_tokenizers(parts, cfgs)
+
+
+def _with_tokenizers(parts: dict, cfgs: dict) -> dict:
+    for t in text_components(cfgs):
+        tok_name = t.replace("text_encoder", "tokenizer")
+        parts[tok_name] = _tokenizer(cfgs.get(f"{tok_name}/tokenizer_config.json", {}))
+    parts["scheduler"] = _class(cfgs["model_index.json"]["scheduler"]).from_config(cfgs["scheduler/scheduler_config.json"])
+    return parts
 
 
 def replica_pipeline(family: str, seed: int = 0, widths: Widths = WIDTHS):
@@ -192,5 +209,5 @@ def save_replica(family: str, path: str | Path, seed: int = 0, widths: Widths = 
     return path
 
 
-__all__ = ["FAMILIES", "Widths", "WIDTHS", "build_replica", "build_published", "replica_configs",
+__all__ = ["FAMILIES", "Widths", "WIDTHS", "build_replica", "build_published", "build_random", "replica_configs",
            "replica_pipeline", "save_replica", "text_components"]

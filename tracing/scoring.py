@@ -101,7 +101,8 @@ def default_scorer(spec: str, model) -> str:
 
 
 def load_scorer(spec: str = "toy", device: str | torch.device = "cpu") -> ClipScorer:
-    """A world's own scorer (``toy``) or an open_clip ``name/pretrained`` pair (``ViT-L-14-336/openai``)."""
+    """A world's own scorer (``toy``) or an open_clip ``name/pretrained`` pair (``ViT-L-14-336/openai``;
+    ``ViT-L-14-336/random``: random weights, for benchmarks)."""
     from .worlds import WORLDS
 
     if spec == "auto":
@@ -119,8 +120,8 @@ def load_scorer(spec: str = "toy", device: str | torch.device = "cpu") -> ClipSc
     name, pretrained = spec.split("/", 1)
     if name not in open_clip.list_models():
         raise DifflocInputError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
-    try:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    try:  # 'random': the architecture with random weights, for speed and memory benchmarks only
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=None if pretrained == "random" else pretrained, device=device)
     except Exception as err:  # open_clip raises many kinds when weights are absent offline
         raise DifflocInputError(f"cannot load open_clip weights {spec!r} ({type(err).__name__}); they must be cached locally when offline") from None
     return from_open_clip(model, open_clip.get_tokenizer(name), spec)

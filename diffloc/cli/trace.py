@@ -126,23 +126,35 @@ def plot(run: Path = typer.Argument(..., help="A trace output folder."), metric:
 
 def bench_trace(
     out: Path = typer.Option(..., "--out", "-o", help="JSON file to write."),
-    model: str = typer.Option("toy", "--model", "-m"),
+    model: str = typer.Option("toy", "--model", "-m", help="Any model spec; random-sd1 / random-sdxl: full size, random weights."),
     rows: int = typer.Option(32, help="Restored rows per batch."),
     repeats: int = typer.Option(3, help="Timed repeats (median is reported)."),
     screens: bool = typer.Option(True, help="Also time gradient screens against exact text-encoder and head sweeps."),
+    heads: bool = typer.Option(True, help="Screens: also time every attention head as a site."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's)."),
+    scorer: str = typer.Option("auto", help="Screens' CLIP scorer; ViT-L-14-336/random for random-weight models."),
+    screen_batch: int = typer.Option(128, help="Screens: restored rows per sampler call of the exact sweeps."),
 ) -> None:
     """Sweep cost against plain batched generation, and screens against exact sweeps, as ratios of one run.
 
     Example: diffloc bench trace --out results/bench_trace.json
+    Example: diffloc bench trace --model random-sd1 --device cuda --dtype float16 --steps 20 --scorer ViT-L-14-336/random --out sd1.json
     """
     from diffloc.bench_trace import bench_trace as run
     from tracing.io import write_plain_json
+    from tracing.models import load_model
 
-    result = run(model, rows=rows, repeats=repeats)
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {steps}")
+    loaded = load_model(model, dtype=dtype, device=device)
+    result = run(model, rows=rows, repeats=repeats, model=loaded, steps=steps)
     if screens:
         from diffloc.bench_screens import bench_screens
 
-        result.update(bench_screens(model))
+        result.update(bench_screens(model, model=loaded, heads=heads, batch_size=screen_batch, steps=steps,
+                                    scorer_spec=scorer, device=device, dtype=dtype))
     write_plain_json(result, out)
     for k, v in result.items():
         if not isinstance(v, dict):
