@@ -123,16 +123,12 @@ def run_family(spec: str, out: Path, deadline: float, device: str, dtype: str, s
 
 @torch.no_grad()
 def _plain_ms(model, steps: int) -> float:
-    from diffloc.bench_trace import _sync
+    from diffloc.bench_trace import _time
     from tracing.sampler import SamplerConfig, generate
 
     cfg = SamplerConfig.for_model(model, num_inference_steps=steps)
-    generate(model, ["a photo of a red car"] * 2, torch.Generator().manual_seed(0), cfg)  # warm-up
-    _sync()
-    t = time.perf_counter()
-    generate(model, ["a photo of a red car"] * 16, torch.Generator().manual_seed(0), cfg)
-    _sync()
-    return round(1000 * (time.perf_counter() - t) / 16, 2)
+    seconds = _time(lambda: generate(model, ["a photo of a red car"] * 16, torch.Generator().manual_seed(0), cfg), 1)
+    return round(1000 * seconds / 16, 2)
 
 
 def _versions() -> dict:

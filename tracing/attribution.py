@@ -113,14 +113,16 @@ class _Taps:
     None records nothing (as in the backward pass's recomputation). ``probing`` adds probes.
     """
 
-    def __init__(self, sites: Sequence[Site], n_tokens: int, n_steps: int, clock: dict):
+    def __init__(self, sites: Sequence[Site], n_tokens: int, n_steps: int, clock: dict, device: torch.device | str = "cpu"):
         self.sites = list(sites)
         self.clock = clock
         self.record: str | None = None
         self.probing = False
         self.delta: dict[tuple[Site, int], torch.Tensor] = {}
         self.probes: dict[tuple[Site, int], torch.Tensor] = {}
-        self.values = {s: torch.zeros(n_tokens if _is_text(s) else n_steps, dtype=torch.float64) for s in self.sites}
+        # sums live on the model's device: no host sync per probe
+        self.values = {s: torch.zeros(n_tokens if _is_text(s) else n_steps, dtype=torch.float64, device=device)
+                       for s in self.sites}
 
     def hooks(self) -> tuple[dict, dict]:
         """(text hooks, UNet hooks) for :func:`tracing.sampler.hooked_generate`."""
@@ -152,8 +154,6 @@ class _Taps:
 
         def fn(probe: torch.Tensor) -> None:
             prod = (self.delta[key] * probe.grad).double()
-            if self.values[site].device != prod.device:  # sums stay on the model's device (no sync per probe)
-                self.values[site] = self.values[site].to(prod.device)
             if step < 0:
                 self.values[site] += prod.flatten(2).sum(-1).sum(0)  # [77]: per token, rows summed
             else:
@@ -225,7 +225,7 @@ def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Cor
     latents = initial_latents(model, generator) if latents is None else latents[:1]
     sites = list(dict.fromkeys(s for r in rows for s in r.restore.sites))
     clock = {"i": 0}
-    taps = _Taps(sites, model.tokenizer.model_max_length, cfg.num_inference_steps, clock)
+    taps = _Taps(sites, model.tokenizer.model_max_length, cfg.num_inference_steps, clock, model.device)
     text_hooks, unet_hooks = taps.hooks()
     text = prompt.text
 

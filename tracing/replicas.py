@@ -64,8 +64,7 @@ def replica_configs(family: str, widths: Widths = WIDTHS) -> dict:
     Published consistency is asserted on the way (cross_attention_dim is the sum of the
     text widths; SDXL's added-embedding input is pooled width + n_time_ids * time dim).
     """
-    cfgs = {k: {k2: v2 for k2, v2 in v.items() if k2 not in _FILE_KEYS} if isinstance(v, dict) else v
-            for k, v in published(family).items()}
+    cfgs = _model_configs(family)
     texts = text_components(cfgs)
     pub_unet = dict(cfgs["unet/config.json"])
     pub_hidden = [cfgs[f"{t}/config.json"]["hidden_size"] for t in texts]
@@ -107,6 +106,12 @@ def replica_configs(family: str, widths: Widths = WIDTHS) -> dict:
                sample_size=widths.latent_size * 2 ** (m - 1))
     cfgs["vae/config.json"] = vae
     return cfgs
+
+
+def _model_configs(family: str) -> dict:
+    """The published configs of ``family`` without the keys that describe a checkpoint file."""
+    return {k: {k2: v2 for k2, v2 in v.items() if k2 not in _FILE_KEYS} if isinstance(v, dict) else v
+            for k, v in published(family).items()}
 
 
 def _class(entry: list) -> Any:
@@ -168,8 +173,7 @@ def build_random(family: str, seed: int = 0, device: str = "cpu") -> dict:
     sweep's cost depends on the shapes, not the weights. Initialised by each library's own
     initialiser, seeded with ``seed`` on ``device``'s generator (so CPU and CUDA builds differ).
     """
-    cfgs = {k: {k2: v2 for k2, v2 in v.items() if k2 not in _FILE_KEYS} if isinstance(v, dict) else v
-            for k, v in published(family).items()}
+    cfgs = _model_configs(family)
     parts = _build_models(cfgs, seed, device=device)
     return _with_tokenizers(parts, cfgs)
 
