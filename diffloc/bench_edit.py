@@ -36,8 +36,8 @@ import time
 
 import torch
 
-from editing import closed_form
-from editing.closed_form import least_squares_update
+from diffloc.editing import closed_form
+from diffloc.editing.closed_form import least_squares_update
 
 __all__ = ["bench_edit_closed_form", "bench_edit_all"]
 
@@ -134,11 +134,11 @@ def bench_edit_all(model_spec: str = "toy", repeats: int = 5) -> dict:
     configuration (ReFACT's templates, no contrastive captions) with the covariance and its
     factor already cached (the first, uncached run is reported separately), with its final p.
     """
-    from editing.corpus import read_corpus
-    from editing.quickfix import quickfix
-    from editing.records import undo_edit
-    from editing.refact import refact
-    from tracing.models import load_model
+    from diffloc.editing.corpus import read_corpus
+    from diffloc.editing.quickfix import quickfix
+    from diffloc.editing.records import undo_edit
+    from diffloc.editing.refact import refact
+    from diffloc.tracing.models import load_model
 
     out = bench_edit_closed_form()
     model = load_model(model_spec)

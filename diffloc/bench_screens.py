@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tracing.exact import noise_seed
-from tracing.methods import TRACE_METHODS
-from tracing.sampler import generate, initial_latents, make_corruption, patched_generate
-from tracing.sweep import prepare
-from tracing.trace_config import TraceConfig
+from diffloc.tracing.exact import noise_seed
+from diffloc.tracing.methods import TRACE_METHODS
+from diffloc.tracing.sampler import generate, initial_latents, make_corruption, patched_generate
+from diffloc.tracing.sweep import prepare
+from diffloc.tracing.trace_config import TraceConfig
 
 from .bench_memory import mem_figures, median_peak
 

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from tracing.sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
+from diffloc.tracing.sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
 
 from .bench_memory import mem_figures, median_peak
 
@@ -53,12 +53,12 @@ def _sync() -> None:
 @torch.no_grad()
 def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None, device: str = "cpu",
                 dtype: str = "float32", steps: int | None = None) -> dict:
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     model = model or load_model(spec, dtype=dtype, device=device)
     cfg = SamplerConfig.for_model(model, **({"num_inference_steps": steps} if steps else {}))
     prompt = "a photo of two red circles at the top on a striped background"
-    sites = list(model.sites.unet)
+    sites = list(model.sites.denoiser)
     restores = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(rows)]
     n_images = 1 + len(restores)
     corruption = make_corruption(model, [5], torch.Generator().manual_seed(1))
@@ -74,7 +74,7 @@ def bench_trace(spec: str = "toy", rows: int = 32, repeats: int = 3, model=None,
         for r in restores[1:]:
             patched_generate(model, prompt, [r], corruption, cfg=cfg, latents=lat)
 
-    from tracing.models import fit_threads
+    from diffloc.tracing.models import fit_threads
 
     cuda = model.device.type == "cuda"
     threads = torch.get_num_threads()

@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from editing.cases import load_cases
-from editing.editors import Method, edit_case
-from editing.records import save_edited
-from editing.trace_options import options_from_trace
-from tracing.models import load_model
-from tracing.prompts import attribute_prompts
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig
+from diffloc.editing.cases import load_cases
+from diffloc.editing.editors import Method, edit_case
+from diffloc.editing.records import save_edited
+from diffloc.editing.trace_options import options_from_trace
+from diffloc.tracing.models import load_model
+from diffloc.tracing.prompts import attribute_prompts
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
 
 from .evaluate_run import run_evaluate
 from .plots import plot_run

@@ -37,11 +37,11 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import torch
 
-from editing.batch import Group, apply_cases, composes
-from editing.cases import case_prompts
-from editing.editors import as_method, edit_case
-from editing.records import undo_edit
-from tracing.sampler import SamplerConfig, generate, initial_latents
+from diffloc.editing.batch import Group, apply_cases, composes
+from diffloc.editing.cases import case_prompts
+from diffloc.editing.editors import as_method, edit_case
+from diffloc.editing.records import undo_edit
+from diffloc.tracing.sampler import SamplerConfig, generate, initial_latents
 
 SPLITS = {"edit": "efficacy", "positive": "generalization", "negative": "specificity"}
 

@@ -19,18 +19,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from editing.cases import case_prompts, load_cases
-from editing.corpus import read_corpus
-from editing.batch import consecutive_groups
-from editing.editors import EDITORS, Method, as_method, edit_case
-from editing.records import load_records, redo_edit, undo_edit
-from editing.refact import fc2_site
-from tracing.errors import DifflocInputError, UsageError
-from tracing.io import write_json_format, write_table
-from tracing.models import load_model
-from tracing.sampler import SamplerConfig, generate, initial_latents
-from tracing.scoring import load_scorer
-from tracing.worlds import world_of
+from diffloc.editing.cases import case_prompts, load_cases
+from diffloc.editing.corpus import read_corpus
+from diffloc.editing.batch import consecutive_groups
+from diffloc.editing.editors import EDITORS, Method, as_method, edit_case
+from diffloc.editing.records import load_records, redo_edit, undo_edit
+from diffloc.editing.refact import fc2_site
+from diffloc.tracing.errors import DifflocInputError, UsageError
+from diffloc.tracing.io import write_json_format, write_table
+from diffloc.tracing.models import load_model
+from diffloc.tracing.sampler import SamplerConfig, generate, initial_latents
+from diffloc.tracing.scoring import load_scorer
+from diffloc.tracing.worlds import world_of
 
 from .evaluate import evaluate_methods, per_attribute, summarise
 

@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from tracing.errors import DifflocInputError  # noqa: E402
-from tracing.causal import site_effects  # noqa: E402
-from tracing.io import read_meta, read_strip, read_trace  # noqa: E402
-from tracing.stats import SITE_KEYS, bootstrap_effects  # noqa: E402
+from diffloc.tracing.errors import DifflocInputError  # noqa: E402
+from diffloc.tracing.causal import site_effects  # noqa: E402
+from diffloc.tracing.io import read_meta, read_strip, read_trace  # noqa: E402
+from diffloc.tracing.stats import SITE_KEYS, bootstrap_effects  # noqa: E402
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"hidden": "residual state", "mlp": "MLP (fc2)", "attn": "self-attention (out_proj)"}
@@ -241,7 +241,7 @@ def plot_run(run_dir: str | Path, metric: str = "clip", uncertainty: bool = Fals
 
 def head_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip") -> list[Path]:
     """Per-head effects (``--heads``): attention module × head; text heads at their strongest token role."""
-    from tracing.sites import Site
+    from diffloc.tracing.sites import Site
 
     heads = table[table.kind.str.endswith("_head")]
     if heads.empty:

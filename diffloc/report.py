@@ -22,8 +22,8 @@ import re
 import time
 from pathlib import Path
 
-from tracing.errors import DifflocInputError, InputFileError
-from tracing.io import atomic_write_bytes, read_json_format, read_meta, read_table
+from diffloc.tracing.errors import DifflocInputError, InputFileError
+from diffloc.tracing.io import atomic_write_bytes, read_json_format, read_meta, read_table
 
 TRACE_MARKERS = ("meta.json", "trace.parquet", "causal_sites.json")
 EDIT_MARKERS = ("edit.json", "summary.json", "eval.parquet")

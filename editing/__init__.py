@@ -2,5 +2,5 @@
 
 Usage::
 
-    from editing.closed_form import least_squares_update, rank_one_update
+    from diffloc.editing.closed_form import least_squares_update, rank_one_update
 """

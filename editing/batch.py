@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from tracing.worlds import world_of
+from diffloc.tracing.worlds import world_of
 
 from .compose import compose_cases
 from .editors import EDITORS, as_method, case_options, edit_case, edit_many

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tracing.errors import InputFileError
+from diffloc.tracing.errors import InputFileError
 
 from .records import EditError
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from editing.closed_form import least_squares_update, rank_one_update, second_moment
+    from diffloc.editing.closed_form import least_squares_update, rank_one_update, second_moment
 
     # Diff-QuickFix / TIME / UCE / LocoEdit: many (key, value) pairs, one linear layer.
     W = least_squares_update(W0, K, V, lam=0.01)            # W0 [out,in], K [n,in], V [n,out]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracing.worlds import corpus_lines, subsample, world_of
+from diffloc.tracing.worlds import corpus_lines, subsample, world_of
 
 
 def read_corpus(path: Path | None, model, n_contrastive: int = 20, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from tracing.sampler import _encode
-from tracing.sites import Site
+from diffloc.tracing.sampler import encode
+from diffloc.tracing.sites import Site
 
 from .closed_form import least_squares_update
 from .quickfix import PAPER_TEMPLATES, aligned_positions, prompt_pairs
@@ -30,13 +30,13 @@ from .records import EditError, EditRecord, apply_edit
 
 @torch.no_grad()
 def _embeddings(model, texts: Sequence[str]) -> torch.Tensor:
-    embeds, _ = _encode(model, model.tokenize(list(texts)), {})
+    embeds = encode(model, list(texts)).embeds
     return embeds.float()  # [B, 77, D]
 
 
 def _attn2_sites(model, sites: Sequence[str | Site] | None) -> list[Site]:
     if not sites:
-        return [s for s in model.sites.unet if s.kind == "attn2"]
+        return [s for s in model.sites.denoiser if s.kind == "attn2"]
     out = []
     for s in sites:
         s = Site.parse(s) if isinstance(s, str) else s

@@ -33,10 +33,10 @@ from typing import Sequence
 
 import torch
 
-from tracing.hooks import Recorder, hooks
-from tracing.io import write_json_format
-from tracing.sampler import SamplerConfig, generate, initial_latents
-from tracing.sites import TEXT_PREFIX, Site, SiteError
+from diffloc.tracing.hooks import Recorder, hooks
+from diffloc.tracing.io import write_json_format
+from diffloc.tracing.sampler import SamplerConfig, generate, initial_latents
+from diffloc.tracing.sites import TEXT_PREFIX, Site, SiteError
 
 from .quickfix import PAPER_TEMPLATES, aligned_positions, prompt_pairs
 from .records import EditError

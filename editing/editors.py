@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Sequence
 
-from tracing.registry import Registry
-from tracing.sites import Site, SiteError
+from diffloc.tracing.registry import Registry
+from diffloc.tracing.sites import Site, SiteError
 
 from .records import EditError
 

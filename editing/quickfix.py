@@ -34,9 +34,9 @@ from typing import Sequence
 
 import torch
 
-from tracing.hooks import Recorder
-from tracing.prompts import MarkedPrompt, PromptError
-from tracing.sites import Site
+from diffloc.tracing.hooks import Recorder
+from diffloc.tracing.prompts import MarkedPrompt, PromptError
+from diffloc.tracing.sites import Site
 
 from .closed_form import least_squares_update
 from .records import EditError, EditRecord, apply_edit
@@ -84,7 +84,7 @@ def gather(model, site: Site, prompts: Sequence[MarkedPrompt], want: str) -> lis
 
 
 def _tokenizer(model, site: Site):
-    return model.tokenizer_2 if _component(site) == "text_encoder_2" else model.tokenizer
+    return model.tokenizer_for(_component(site))
 
 
 def preserve_keys(model, site: Site, captions: Sequence[str]) -> torch.Tensor:

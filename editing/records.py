@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tracing.errors import DifflocInputError, InputFileError, OutputExistsError
-from tracing.io import read_json_format, write_json_format
-from tracing.sites import Site
+from diffloc.tracing.errors import DifflocInputError, InputFileError, OutputExistsError
+from diffloc.tracing.io import read_json_format, write_json_format
+from diffloc.tracing.sites import Site
 
 
 class EditError(DifflocInputError):
@@ -124,19 +124,14 @@ def check_out_path(out: str | Path, source: str | None) -> Path:
 
 def _save_model(model, folder: Path) -> None:
     if model.vae is None:  # the toy layout: components + diffloc.json
-        for name in ("text_encoder", "unet", "tokenizer", "scheduler"):
-            getattr(model, name).save_pretrained(folder / name)
+        for name, module in model.modules.items():
+            module.save_pretrained(folder / name)
+        for name, tok in model.tokenizers.items():
+            tok.save_pretrained(folder / name.replace("text_encoder", "tokenizer"))
+        model.scheduler.save_pretrained(folder / "scheduler")
         (folder / "diffloc.json").write_text(json.dumps(model.defaults, indent=2) + "\n")
         return
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if model.text_encoder_2 is not None:
-        pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
-                                         tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet, scheduler=model.scheduler)
-    else:
-        pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-                                       scheduler=model.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    model.family.stock_pipeline(model).save_pretrained(folder, safe_serialization=True)
 
 
 def save_edited(model, records: list[EditRecord], out: str | Path, source: str | None = None) -> Path:

@@ -53,9 +53,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from tracing.hooks import Recorder, hooks
-from tracing.prompts import MarkedPrompt, PromptError
-from tracing.sites import TEXT_PREFIX, Site
+from diffloc.tracing.hooks import Recorder, hooks
+from diffloc.tracing.prompts import MarkedPrompt, PromptError
+from diffloc.tracing.sites import TEXT_PREFIX, Site
 
 from .closed_form import MomentAccumulator, cholesky_factor, clamp_delta, rank_one_update
 from .quickfix import concept_prompts

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from tracing.causal import read_causal_sites
+from diffloc.tracing.causal import read_causal_sites
 
 from .editors import parse_method
 

@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 
 from diffloc.plots import plot_run
-from tracing.causal import uncertainty
-from tracing.io import atomic_write_bytes, read_json_format, read_trace, write_plain_json
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig
+from diffloc.tracing.causal import uncertainty
+from diffloc.tracing.io import atomic_write_bytes, read_json_format, read_trace, write_plain_json
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
 
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 
@@ -133,7 +133,7 @@ PROTOCOLS = {
 
 def run_protocols(out: Path, attributes, protocols, model=None, seeds: tuple[int, ...] | None = None) -> None:
     """Run (or resume) every protocol sweep of every attribute into ``out/<attribute>_<protocol>``."""
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     model = model or load_model("toy")
     for name in protocols:

@@ -45,7 +45,7 @@ def _write(out: Path, family: str, figures: dict) -> None:
 
 
 def _rows(cfg, ctx) -> int:
-    from tracing.methods import TRACE_METHODS
+    from diffloc.tracing.methods import TRACE_METHODS
 
     units = TRACE_METHODS.get("exact").plan(cfg, ctx.model, ctx.prompts, ctx.scfg.num_inference_steps)
     return sum(len(u.rows) for u in units)
@@ -66,9 +66,9 @@ def run_family(spec: str, out: Path, deadline: float, device: str, dtype: str, s
     """Every stage for one model spec, within ``deadline`` (a ``time.monotonic()`` value)."""
     from diffloc.bench_screens import screen_context, scope_figures, text_figures
     from diffloc.bench_trace import bench_trace
-    from tracing.models import load_model
-    from tracing.scoring import load_scorer
-    from tracing.trace_config import TraceConfig
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.scoring import load_scorer
+    from diffloc.tracing.trace_config import TraceConfig
 
     steps = steps or STEPS.get(spec, 10)
     t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def run_family(spec: str, out: Path, deadline: float, device: str, dtype: str, s
 @torch.no_grad()
 def _plain_ms(model, steps: int) -> float:
     from diffloc.bench_trace import _time
-    from tracing.sampler import SamplerConfig, generate
+    from diffloc.tracing.sampler import SamplerConfig, generate
 
     cfg = SamplerConfig.for_model(model, num_inference_steps=steps)
     seconds = _time(lambda: generate(model, ["a photo of a red car"] * 16, torch.Generator().manual_seed(0), cfg), 1)

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from experiments.findings import PROTOCOLS
-from tracing.attribution import clip_score_fn
-from tracing.exact import noise_seed
-from tracing.io import atomic_write_bytes, write_plain_json
-from tracing.sampler import SamplerConfig, hooked_generate, initial_latents, make_corruption
-from tracing.sweep import sweep_prompts
+from diffloc.tracing.attribution import clip_score_fn
+from diffloc.tracing.exact import noise_seed
+from diffloc.tracing.io import atomic_write_bytes, write_plain_json
+from diffloc.tracing.sampler import SamplerConfig, hooked_generate, initial_latents, make_corruption
+from diffloc.tracing.sweep import sweep_prompts
 
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 POINTS = np.linspace(0.0, 1.0, 17)
@@ -40,7 +40,7 @@ POINTS = np.linspace(0.0, 1.0, 17)
 @torch.no_grad()
 def path_profile(model, scorer, attribute: str, max_prompts: int, seeds: tuple[int, ...]) -> list[dict]:
     """Normalised score at each α of :data:`POINTS` for every prompt × seed (noise sample 0)."""
-    from tracing.trace_config import TraceConfig
+    from diffloc.tracing.trace_config import TraceConfig
 
     cfg = TraceConfig(model="toy", attribute=attribute, max_prompts=max_prompts, seeds=seeds)
     scfg = SamplerConfig.for_model(model)
@@ -102,15 +102,15 @@ def main(argv=None) -> None:
     p.add_argument("--ig-steps", type=int, default=0, help="also run ig with this many points (0: path profile only)")
     a = p.parse_args(argv)
     out, attributes = Path(a.out), a.attributes.split(",")
-    from tracing.models import load_model
-    from tracing.scoring import load_scorer
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.scoring import load_scorer
 
     model, scorer = load_model("toy"), load_scorer("toy")
     c = PROTOCOLS["text"]
     seeds = (0,)  # the screens' own pairs: the first prompts × seed 0
     if a.ig_steps:
-        from tracing.sweep import run_sweep
-        from tracing.trace_config import TraceConfig
+        from diffloc.tracing.sweep import run_sweep
+        from diffloc.tracing.trace_config import TraceConfig
 
         for attr in attributes:
             cfg = TraceConfig(model="toy", attribute=attr, component="all", method="ig", ig_steps=a.ig_steps,

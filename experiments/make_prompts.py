@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.toy import world
+from diffloc_toy import world
 
 OUT = Path(__file__).resolve().parent / "prompts" / "toy"
 N_PROMPTS = 12

@@ -29,12 +29,12 @@ from pathlib import Path
 import pandas as pd
 
 from diffloc.evaluate import evaluate_methods
-from editing.batch import Group, filled_groups
-from editing.cases import load_cases
-from editing.editors import Method
-from tracing.io import read_table, write_json_format, write_table
-from tracing.models import load_model
-from tracing.worlds import world_of
+from diffloc.editing.batch import Group, filled_groups
+from diffloc.editing.cases import load_cases
+from diffloc.editing.editors import Method
+from diffloc.tracing.io import read_table, write_json_format, write_table
+from diffloc.tracing.models import load_model
+from diffloc.tracing.worlds import world_of
 
 METHOD = Method("quickfix", preserve=True)
 MODES = {"batched": (False, True), "batched-independent": (False, False),  # mode: (sequential, compose)

@@ -152,7 +152,7 @@ class Sampler(torch.nn.Module):
 
 
 def run_nnsight_one_trace(model, sites, x, ehs):
-    envoys = [envoy_at(model.unet, s) for s in sites]
+    envoys = [envoy_at(model.denoiser, s) for s in sites]
     with model.trace(x, ehs) as tracer:
         for _ in tracer.iter[:STEPS]:
             for i, env in enumerate(envoys):

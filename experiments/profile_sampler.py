@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from tracing.io import write_plain_json
-from tracing.models import load_model
-from tracing.sampler import Restore, SamplerConfig, initial_latents, make_corruption, patched_generate
+from diffloc.tracing.io import write_plain_json
+from diffloc.tracing.models import load_model
+from diffloc.tracing.sampler import Restore, SamplerConfig, initial_latents, make_corruption, patched_generate
 
 PROMPT = "a photo of two red circles at the top on a striped background"
 
@@ -50,7 +50,7 @@ def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
 def profile(rows: int = 64, steps: int = 5, repeats: int = 3, compile_: bool = True) -> dict:
     model = load_model("toy")
     cfg = SamplerConfig(num_inference_steps=steps, guidance_scale=2.0)
-    sites = list(model.sites.unet)
+    sites = list(model.sites.denoiser)
     restores = [Restore()] + [Restore((sites[i % len(sites)],)) for i in range(rows)]
     n_images = 1 + len(restores)
     corruption = make_corruption(model, [5], torch.Generator().manual_seed(1))
@@ -74,19 +74,19 @@ def profile(rows: int = 64, steps: int = 5, repeats: int = 3, compile_: bool = T
 
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    model.unet.set_attn_processor(AttnProcessor())
+    model.denoiser.set_attn_processor(AttnProcessor())
     t, imgs = _time(run, repeats)
     record("classic_attention (no SDPA)", t, imgs)
-    model.unet.set_attn_processor(AttnProcessor2_0())
+    model.denoiser.set_attn_processor(AttnProcessor2_0())
 
-    model.unet.to(memory_format=torch.channels_last)
+    model.denoiser.to(memory_format=torch.channels_last)
     t, imgs = _time(run, repeats)
     record("channels_last", t, imgs)
-    model.unet.to(memory_format=torch.contiguous_format)
+    model.denoiser.to(memory_format=torch.contiguous_format)
 
     if compile_:
         t0 = time.perf_counter()
-        model.unet.compile()  # in place: named_modules (the sites) stay as they are; hooks come and go per call
+        model.denoiser.compile()  # in place: named_modules (the sites) stay as they are; hooks come and go per call
         try:
             _call(model, restores, corruption, lat, cfg)  # compiles
             first = time.perf_counter() - t0
@@ -95,7 +95,7 @@ def profile(rows: int = 64, steps: int = 5, repeats: int = 3, compile_: bool = T
         except Exception as err:  # compile support varies by platform: record why it could not run
             res["torch.compile"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
         finally:
-            model.unet._compiled_call_impl = None  # back to eager
+            model.denoiser._compiled_call_impl = None  # back to eager
     out["variants"] = res
     return out
 

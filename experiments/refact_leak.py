@@ -32,15 +32,15 @@ import pandas as pd
 import torch
 
 from diffloc.evaluate import evaluate_methods, summarise
-from editing.cases import load_cases
-from editing.corpus import read_corpus
-from editing.editors import edit_case
-from editing.records import undo_edit
-from tracing.io import atomic_write_bytes, read_table, write_json_format, write_table
-from tracing.models import load_model
-from tracing.prompts import MarkedPrompt
-from tracing.scoring import load_scorer
-from tracing.worlds import world_of
+from diffloc.editing.cases import load_cases
+from diffloc.editing.corpus import read_corpus
+from diffloc.editing.editors import edit_case
+from diffloc.editing.records import undo_edit
+from diffloc.tracing.io import atomic_write_bytes, read_table, write_json_format, write_table
+from diffloc.tracing.models import load_model
+from diffloc.tracing.prompts import MarkedPrompt
+from diffloc.tracing.scoring import load_scorer
+from diffloc.tracing.worlds import world_of
 
 CONFIGS = {"tokens_L0": ("tokens", 0), "all_L0": ("all", 0), "all_L1": ("all", 1), "all_L2": ("all", 2)}
 CONFIGS_ORDER = ("unedited", *CONFIGS)

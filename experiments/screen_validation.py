@@ -32,11 +32,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tracing.causal import site_effects
+from diffloc.tracing.causal import site_effects
 from experiments.findings import PROTOCOLS
-from tracing.io import atomic_write_bytes, read_trace, write_plain_json
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig
+from diffloc.tracing.io import atomic_write_bytes, read_trace, write_plain_json
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
 
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 METHODS = ("atp", "ig")
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     exact, out, attributes = Path(a.exact), Path(a.out), a.attributes.split(",")
     if not a.summarise_only:
-        from tracing.models import load_model
+        from diffloc.tracing.models import load_model
 
         model = load_model("toy")
         seeds = tuple(int(x) for x in a.seeds.split(",")) if a.seeds else None

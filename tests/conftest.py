@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracing.testing import tiny_pixel_model, tiny_scorer  # noqa: F401  (re-exported for tests)
+from diffloc.tracing.testing import tiny_pixel_model, tiny_scorer  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")

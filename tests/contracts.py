@@ -21,8 +21,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracing.hooks import hook_count, hooks
-from tracing.testing import Touch
+from diffloc.tracing.hooks import hook_count, hooks
+from diffloc.tracing.sampler import encode, initial_latents
+from diffloc.tracing.testing import Touch
 
 
 class Count:
@@ -64,7 +65,7 @@ class EditorContract:
 
     @pytest.fixture(scope="class")
     def model(self):
-        from tracing.testing import tiny_pixel_model
+        from diffloc.tracing.testing import tiny_pixel_model
 
         return tiny_pixel_model(0)
 
@@ -72,16 +73,16 @@ class EditorContract:
         return {f"{c}.{n}": p.detach().clone() for c, m in model.modules.items() for n, p in m.named_parameters()}
 
     def test_registered_with_a_state_kind(self):
-        from editing.editors import EDITORS
+        from diffloc.editing.editors import EDITORS
 
         editor = EDITORS.get(self.editor_name)
         component, kind = editor.state.split("/")
         assert component in ("text_encoder", "text_encoder_2", "unet") and kind
 
     def test_edit_changes_only_its_kind_and_undo_is_bit_exact(self, model):
-        from editing.editors import EDITORS
-        from editing.records import undo_edit
-        from tracing.sites import Site
+        from diffloc.editing.editors import EDITORS
+        from diffloc.editing.records import undo_edit
+        from diffloc.tracing.sites import Site
 
         editor = EDITORS.get(self.editor_name)
         before = self._weights(model)
@@ -116,22 +117,16 @@ class ArchitectureContract:
         for site in arch_model.sites.all_sites():
             arch_model.module(site)
 
-    def test_unet_sites_fire_in_table_order(self, arch_model):
+    def test_denoiser_sites_fire_in_table_order(self, arch_model):
+        """One denoiser call through the family fires every denoiser site, in the table's order."""
         m = arch_model
         seen: list = []
-        fns = {s: (lambda mod, i, o, s=s: seen.append(s) if s not in seen else None) for s in m.sites.unet}
-        size = m.sample_size
-        x = torch.randn(2, m.unet.config.in_channels, size, size, dtype=m.dtype)
-        dim = m.unet.config.cross_attention_dim
-        ctx = torch.randn(2, 77, dim, dtype=m.dtype)
-        added = None
-        if m.text_encoder_2 is not None:
-            proj = m.text_encoder_2.config.projection_dim
-            px = size * 8
-            added = {"text_embeds": torch.randn(2, proj, dtype=m.dtype), "time_ids": torch.tensor([[px, px, 0, 0, px, px]] * 2, dtype=m.dtype)}
+        fns = {s: (lambda mod, i, o, s=s: seen.append(s) if s not in seen else None) for s in m.sites.denoiser}
+        x = initial_latents(m, torch.Generator().manual_seed(0), batch=2)
+        cond = encode(m, ["a red circle", "a blue square"])
         with torch.no_grad(), hooks(m.modules, fns):
-            m.unet(x, torch.tensor(10), encoder_hidden_states=ctx, added_cond_kwargs=added)
-        assert seen == list(m.sites.unet)
+            m.family.denoise(m, x, torch.tensor(10), cond, 0)
+        assert seen == list(m.sites.denoiser)
 
     def test_text_layers_match_the_config(self, arch_model):
         for comp, n in arch_model.sites.text_layers.items():

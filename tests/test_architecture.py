@@ -12,20 +12,24 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: folder -> installed name (pyproject's package-dir): one import root, ``diffloc``
 PACKAGES = ("tracing", "editing", "diffloc")
+NAMES = {"tracing": "diffloc.tracing", "editing": "diffloc.editing", "diffloc": "diffloc",
+         "experiments/toy": "diffloc_toy", "experiments": "experiments"}
+PLUGINS = ("experiments", "diffloc_toy")  # sit on top of the library; the library never imports them
 
 #: Modules of the core layer; every other ``tracing`` module is layer 2 (tracing and metrics).
-CORE = {"tracing", "tracing.errors", "tracing.registry", "tracing.io", "tracing.sites", "tracing.configs", "tracing.arch",
-        "tracing.hooks", "tracing.models", "tracing.replicas", "tracing.tokenizer", "tracing.worlds", "tracing.prompts"}
+CORE = {"diffloc.tracing." + m for m in ("errors", "registry", "io", "sites", "configs", "arch", "hooks", "models",
+                                         "replicas", "tokenizer", "worlds", "prompts", "families")} | {"diffloc.tracing"}
 LAYER_NAMES = {1: "core", 2: "tracing & metrics", 3: "editing", 4: "evaluation & report", 5: "CLI"}
 
 
 def layer(module: str) -> int:
-    if module in CORE:
+    if module in CORE or module.startswith("diffloc.tracing.families"):
         return 1
-    if module.startswith("tracing"):
+    if module.startswith("diffloc.tracing"):
         return 2
-    if module.startswith("editing"):
+    if module.startswith("diffloc.editing"):
         return 3
     if module.startswith("diffloc.cli") or module == "diffloc.__main__":
         return 5
@@ -35,10 +39,12 @@ def layer(module: str) -> int:
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    rel = path.relative_to(ROOT).with_suffix("").as_posix()
+    folder = max((f for f in NAMES if rel == f or rel.startswith(f + "/")), key=len)
+    parts = [NAMES[folder]] + rel[len(folder):].strip("/").split("/")
     if parts[-1] == "__init__":
         parts = parts[:-1]
-    return ".".join(parts)
+    return ".".join(p for p in parts if p)
 
 
 def library_modules(packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
@@ -52,7 +58,8 @@ def library_modules(packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
 def imports_of(name: str, path: Path, known: set[str], packages: tuple[str, ...] = PACKAGES) -> set[str]:
     """Names of the project modules that ``name`` (at ``path``) imports, resolved.
 
-    Imports of ``experiments`` collapse to ``"experiments"`` unless it is one of ``packages``."""
+    Imports of a plug-in (``experiments``, ``diffloc_toy``) collapse to ``"experiments"`` unless
+    its folder is one of ``packages``."""
     tree = ast.parse(path.read_text())
     is_pkg = path.name == "__init__.py"
     here = name.split(".") if is_pkg else name.split(".")[:-1]
@@ -71,11 +78,11 @@ def imports_of(name: str, path: Path, known: set[str], packages: tuple[str, ...]
     out = set()
     for f in found:
         top = f.split(".")[0]
-        if top == "experiments" and top not in packages:
+        if top in PLUGINS and "experiments" not in packages:
             out.add("experiments")
         while f and f not in known:
             f = f.rpartition(".")[0]
-        if f and top in packages:
+        if f:
             out.add(f)
     out.discard(name)
     return out
@@ -134,21 +141,22 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_checker_finds_circles_and_upward_imports():
-    g = {"tracing.sweep": {"tracing.causal"}, "tracing.causal": {"tracing.sweep"}, "tracing.sites": {"editing.records"},
-         "editing.records": {"experiments"}, "diffloc.report": {"diffloc.cli.app"}, "diffloc.cli.app": set()}
-    assert cycles(g) == [["tracing.causal", "tracing.sweep"]]
+    g = {"diffloc.tracing.sweep": {"diffloc.tracing.causal"}, "diffloc.tracing.causal": {"diffloc.tracing.sweep"},
+         "diffloc.tracing.sites": {"diffloc.editing.records"}, "diffloc.editing.records": {"experiments"},
+         "diffloc.report": {"diffloc.cli.app"}, "diffloc.cli.app": set()}
+    assert cycles(g) == [["diffloc.tracing.causal", "diffloc.tracing.sweep"]]
     bad = violations(g)
-    assert any("tracing.sites (core) imports editing.records" in b for b in bad)
-    assert any("editing.records imports experiments" in b for b in bad)
+    assert any("diffloc.tracing.sites (core) imports diffloc.editing.records" in b for b in bad)
+    assert any("diffloc.editing.records imports experiments" in b for b in bad)
     assert any("imports the CLI module diffloc.cli.app" in b for b in bad)
 
 
 def test_resolver_sees_relative_function_level_and_submodule_imports(tmp_path):
-    src = "from . import edit\nfrom ..io import x\n\ndef f():\n    from tracing.sweep import run_sweep\n    import experiments.toy\n"
+    src = "from . import edit\nfrom ..io import x\n\ndef f():\n    from diffloc.tracing.sweep import run_sweep\n    import diffloc_toy\n"
     p = tmp_path / "m.py"
     p.write_text(src)
-    known = {"diffloc.cli.edit", "diffloc.io", "tracing.sweep", "diffloc.cli.m"}
-    assert imports_of("diffloc.cli.m", p, known) == {"diffloc.cli.edit", "diffloc.io", "tracing.sweep", "experiments"}
+    known = {"diffloc.cli.edit", "diffloc.io", "diffloc.tracing.sweep", "diffloc.cli.m"}
+    assert imports_of("diffloc.cli.m", p, known) == {"diffloc.cli.edit", "diffloc.io", "diffloc.tracing.sweep", "experiments"}
 
 
 def test_imports_point_one_way_without_circles():
@@ -161,10 +169,18 @@ def test_imports_point_one_way_without_circles():
 def test_plugins_and_scripts_have_no_circles():
     """experiments/ sits on top of the library; its own modules (the toy world, its CLI, scripts) form no circle."""
     g = graph(PACKAGES + ("experiments",))
-    assert any(n.startswith("experiments.toy.") for n in g), "the parser found the plug-in's modules"
+    assert any(n.startswith("diffloc_toy.") for n in g), "the parser found the plug-in's modules"
     assert cycles(g) == []
 
 
 def test_tracing_never_imports_experiments():
-    r = subprocess.run(["grep", "-rnE", r"from experiments|import experiments", "tracing/"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(["grep", "-rnE", r"(from|import) (experiments|diffloc_toy)", "tracing/", "editing/"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.stdout == "", r.stdout
+
+
+def test_one_import_root():
+    """Nothing imports the folders by their old top-level names (two names = two copies of a module)."""
+    r = subprocess.run(["git", "grep", "-nE", r"^\s*(from|import) (tracing|editing)\b|^\s*(from|import) experiments\.toy\b"],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.stdout == "", r.stdout

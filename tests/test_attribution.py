@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracing.attribution import clip_score_fn, screen
-from tracing.errors import DifflocInputError
-from tracing.hooks import hook_count
-from tracing.prompts import MarkedPrompt
-from tracing.sampler import Restore, SamplerConfig, hooked_generate, initial_latents, make_corruption, patched_generate
-from tracing.sites import Site
-from tracing.testing import tiny_pixel_model, tiny_scorer
-from tracing.trace_config import RowSpec
+from diffloc.tracing.attribution import clip_score_fn, screen
+from diffloc.tracing.errors import DifflocInputError
+from diffloc.tracing.hooks import hook_count
+from diffloc.tracing.prompts import MarkedPrompt
+from diffloc.tracing.sampler import Restore, SamplerConfig, hooked_generate, initial_latents, make_corruption, patched_generate
+from diffloc.tracing.sites import Site
+from diffloc.tracing.testing import tiny_pixel_model, tiny_scorer
+from diffloc.tracing.trace_config import RowSpec
 
 CFG = SamplerConfig(num_inference_steps=4, guidance_scale=3.0)
 PROMPT = MarkedPrompt.parse("a photo of two [red] circles at the top")
@@ -132,7 +132,7 @@ def test_checkpointed_screen_holds_less_and_leaves_the_unet_setting(setup):
     screen's live tensor peak, and the UNet's own checkpointing flag is left as it was."""
     from diffloc.bench_memory import LiveTensorPeak
 
-    rows, unet = _fd_rows(setup[3]), setup[0].unet
+    rows, unet = _fd_rows(setup[3]), setup[0].denoiser
     peaks = {}
     for ckpt in (True, False):
         mode = LiveTensorPeak()
@@ -201,7 +201,7 @@ def test_checkpointed_sampler_recomputes_each_step_with_its_own_hooks(setup):
         w, clock = torch.ones((), dtype=torch.float64, requires_grad=True), {"i": 0}
         scale = lambda mod, inp, out: out * (1 + 0.3 * clock["i"] * w) ** 2  # noqa: E731  out [2, C, h, w]
         with torch.enable_grad():
-            img = hooked_generate(model, PROMPT.text, lat, CFG, unet_hooks={Site.parse("unet:mid_block.resnets.0"): scale},
+            img = hooked_generate(model, PROMPT.text, lat, CFG, step_hooks={Site.parse("unet:mid_block.resnets.0"): scale},
                                   clock=clock, checkpoint=ckpt)
             img.pow(2).sum().backward()
         grads.append(w.grad)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from editing import quickfix as qf
-from editing.batch import apply_cases, batch_preserve, check_conflicts, consecutive_groups, filled_groups
-from editing.cases import load_cases
-from editing.records import EditError, save_edited, undo_edit
-from tracing.sites import Site
+from diffloc.editing import quickfix as qf
+from diffloc.editing.batch import apply_cases, batch_preserve, check_conflicts, consecutive_groups, filled_groups
+from diffloc.editing.cases import load_cases
+from diffloc.editing.records import EditError, save_edited, undo_edit
+from diffloc.tracing.sites import Site
 
 from conftest import tiny_pixel_model
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from diffloc.bench_screens import bench_screens
-from tracing.testing import tiny_scorer
+from diffloc.tracing.testing import tiny_scorer
 
 
 def test_bench_screens_figures_are_consistent(pixel_model):

@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from diffloc.cli.app import main
-from tracing.errors import DifflocInputError
+from diffloc.tracing.errors import DifflocInputError
 
 
 def _cli(*args):
@@ -53,7 +53,7 @@ def test_documented_bad_inputs_are_one_line_with_exit_code_2(tmp_path, args, msg
 
 
 def test_a_bug_inside_a_command_shows_its_traceback(monkeypatch):
-    import tracing.models
+    import diffloc.tracing.models
 
     def broken(*a, **k):
         return {}["oops"]  # a KeyError: a bug, not bad input
@@ -64,7 +64,7 @@ def test_a_bug_inside_a_command_shows_its_traceback(monkeypatch):
 
 
 def test_a_bug_in_a_subprocess_prints_a_traceback_and_exit_code_1(tmp_path):
-    code = ("import tracing.models as m\n"
+    code = ("import diffloc.tracing.models as m\n"
             "def broken(*a, **k):\n    raise IndexError('list index out of range (a bug)')\n"
             "m.load_model = broken\n"
             "from diffloc.cli.app import main\nmain(['sites'])\n")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from editing.closed_form import (
+from diffloc.editing.closed_form import (
     MomentAccumulator,
     cholesky_factor,
     clamp_delta,

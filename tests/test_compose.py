@@ -8,13 +8,13 @@ from __future__ import annotations
 import torch
 
 from diffloc.evaluate import expected
-from editing.batch import apply_cases, filled_groups
-from editing.cases import load_cases
-from editing.records import undo_edit
-from editing.compose import compose_cases, composed_target, substitute
-from experiments.toy import world as toy
-from tracing.models import load_model
-from tracing.worlds import get_world
+from diffloc.editing.batch import apply_cases, filled_groups
+from diffloc.editing.cases import load_cases
+from diffloc.editing.records import undo_edit
+from diffloc.editing.compose import compose_cases, composed_target, substitute
+from diffloc_toy import world as toy
+from diffloc.tracing.models import load_model
+from diffloc.tracing.worlds import get_world
 
 CASES = load_cases("experiments/cases/toy_edits.jsonl")
 
@@ -83,7 +83,7 @@ def test_one_solve_reaches_the_composed_caption_where_independent_values_fight()
 def test_only_batched_solves_compose_by_default(monkeypatch):
     """Sequential edits read their values off the model the earlier edits left: not composed
     unless asked; one solve composes unless told not to."""
-    import editing.batch as batch
+    import diffloc.editing.batch as batch
 
     calls = []
     monkeypatch.setattr(batch, "compose_cases", lambda cases, rewrite=None: calls.append(len(cases)) or list(cases))

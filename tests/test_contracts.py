@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from contracts import ArchitectureContract, EditorContract, ExecutorContract
-from tracing.executors import EXECUTORS
-from tracing.models import load_model
+from diffloc.tracing.executors import EXECUTORS
+from diffloc.tracing.models import load_model
 
 
 class TestLocalExecutor(ExecutorContract):
@@ -59,6 +59,6 @@ class TestSDXLFamily(ArchitectureContract):
 
 class TestToyShapedFamily(ArchitectureContract):
     def make_model(self):
-        from tracing.testing import tiny_pixel_model
+        from diffloc.tracing.testing import tiny_pixel_model
 
         return tiny_pixel_model(0)

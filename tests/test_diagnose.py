@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from editing.diagnose import _positions, diagnose, recommend, residual_site, write_diagnosis
-from editing.quickfix import prompt_pairs
-from editing.records import EditError, save_edited
-from experiments.toy import world
-from tracing.sampler import SamplerConfig, generate, initial_latents
+from diffloc.editing.diagnose import _positions, diagnose, recommend, residual_site, write_diagnosis
+from diffloc.editing.quickfix import prompt_pairs
+from diffloc.editing.records import EditError, save_edited
+from diffloc_toy import world
+from diffloc.tracing.sampler import SamplerConfig, generate, initial_latents
 
 CFG = SamplerConfig(2, 2.0)
 
@@ -70,9 +70,9 @@ def test_recommendation_follows_the_rates():
 def test_toy_subject_token_cannot_carry_the_colour():
     """The measured limit: the target's exact residual after layer 0 at 'red' alone never turns it
     blue; at the tokens after it, it always does (ground truth)."""
-    from editing.cases import load_cases
-    from tracing.models import load_model
-    from tracing.worlds import world_of
+    from diffloc.editing.cases import load_cases
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.worlds import world_of
 
     m = load_model("toy")
     case = load_cases("experiments/cases/toy_edits.jsonl")[0]

@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from editing.crossattn import crossattn
-from editing.quickfix import gather, keys_values, quickfix
-from editing.records import EditError, load_records, redo_edit, save_edited, undo_edit, weight_hash
-from editing.refact import covariance, fc2_site, refact
-from tracing.models import load_model
-from tracing.sites import Site
+from diffloc.editing.crossattn import crossattn
+from diffloc.editing.quickfix import gather, keys_values, quickfix
+from diffloc.editing.records import EditError, load_records, redo_edit, save_edited, undo_edit, weight_hash
+from diffloc.editing.refact import covariance, fc2_site, refact
+from diffloc.tracing.models import load_model
+from diffloc.tracing.sites import Site
 
 from conftest import tiny_pixel_model
 
@@ -38,7 +38,7 @@ def test_quickfix_moves_source_outputs_to_target(model):
     assert recs[0].site == str(site) and recs[0].info["lambda"] == 0.01 and recs[0].info["n_pairs"] == K.shape[0]
     assert torch.equal(model.module(site).bias, bias), "quickfix leaves the bias untouched"
     # the edited layer's outputs for the source prompt now approach the target's
-    from tracing.prompts import MarkedPrompt
+    from diffloc.tracing.prompts import MarkedPrompt
 
     src = gather(model, site, [MarkedPrompt.parse("a photo of [red]")], "out")[0]
     tgt = gather(model, site, [MarkedPrompt.parse("a photo of [blue]")], "out")[0]
@@ -46,7 +46,7 @@ def test_quickfix_moves_source_outputs_to_target(model):
 
 
 def test_aligned_positions_pair_equal_contexts_one_to_one_and_skip_inserted_tokens():
-    from editing.quickfix import aligned_positions
+    from diffloc.editing.quickfix import aligned_positions
 
     pad = [9] * 4
     # word substitution: the same context after the subject -> position by position
@@ -76,14 +76,14 @@ def test_quickfix_target_prompts_equal_substitution_when_they_say_the_same(model
 def test_quickfix_preserve_keeps_preserved_outputs(model):
     """UCE's preservation term on the quickfix layer: preserved captions' outputs move far less,
     while the edit still maps the source onto the target."""
-    from tracing.prompts import MarkedPrompt
+    from diffloc.tracing.prompts import MarkedPrompt
 
     site = Site.parse("text_encoder:encoder.layers.0.self_attn.out_proj")
     keep = ["a photo of green", "two green squares in the middle", "a yellow diamond at the top"]
     ids = model.tokenize(keep, "text_encoder")
 
     def outputs():
-        from tracing.hooks import Recorder
+        from diffloc.tracing.hooks import Recorder
 
         with Recorder(model.modules, [site]) as rec:
             model.text_encoder(ids)
@@ -139,7 +139,7 @@ def test_edited_replica_opens_in_stock_pipeline(tmp_path, family):
     from diffusers import StableDiffusionPipeline
 
     m = load_model(f"tiny-{family}")
-    recs = quickfix(m, "dog", "cat") + crossattn(m, "dog", "cat", sites=[m.sites.unet[2].path and str([s for s in m.sites.unet if s.kind == "attn2"][0])])
+    recs = quickfix(m, "dog", "cat") + crossattn(m, "dog", "cat", sites=[m.sites.denoiser[2].path and str([s for s in m.sites.denoiser if s.kind == "attn2"][0])])
     out = save_edited(m, recs, tmp_path / "edited")
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
     site = recs[0].site.split(":", 1)[1]
@@ -185,12 +185,12 @@ def test_cli_edit_then_undo_bit_exact(tmp_path, model):
     assert r.returncode == 0, r.stderr
     r = _cli("edit", "--method", "crossattn", "--source", "red", "--target", "blue", "--model", str(tmp_path / "e1"), "--out", str(tmp_path / "e2"))
     assert r.returncode == 0, r.stderr
-    assert len(json.loads((tmp_path / "e2" / "edit.json").read_text())["edits"]) == 1 + len(model.sites.unet and [s for s in model.sites.unet if s.kind == "attn2"]) * 2
+    assert len(json.loads((tmp_path / "e2" / "edit.json").read_text())["edits"]) == 1 + len(model.sites.denoiser and [s for s in model.sites.denoiser if s.kind == "attn2"]) * 2
     r = _cli("undo", "--model", str(tmp_path / "e2"), "--out", str(tmp_path / "restored"))
     assert r.returncode == 0, r.stderr
     a, b = load_model(str(src)), load_model(str(tmp_path / "restored"))
-    for (na, pa), (nb, pb) in zip(list(a.text_encoder.named_parameters()) + list(a.unet.named_parameters()),
-                                  list(b.text_encoder.named_parameters()) + list(b.unet.named_parameters())):
+    for (na, pa), (nb, pb) in zip(list(a.text_encoder.named_parameters()) + list(a.denoiser.named_parameters()),
+                                  list(b.text_encoder.named_parameters()) + list(b.denoiser.named_parameters())):
         assert na == nb and torch.equal(pa, pb), na
 
 

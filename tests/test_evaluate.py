@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from diffloc.evaluate import evaluate_methods, summarise
-from editing.cases import load_cases
-from editing.records import EditError, save_edited
-from experiments.toy import world
-from tracing.worlds import get_world
-from tracing.sampler import SamplerConfig
+from diffloc.editing.cases import load_cases
+from diffloc.editing.records import EditError, save_edited
+from diffloc_toy import world
+from diffloc.tracing.worlds import get_world
+from diffloc.tracing.sampler import SamplerConfig
 
 CASES = "experiments/cases/toy_edits.jsonl"
 
@@ -49,7 +49,7 @@ def test_cases_carry_disjoint_edit_templates_and_preserve_set():
 
 
 def test_case_templates_reach_the_editor_and_explicit_options_win():
-    from editing.editors import CrossattnOptions, Method, QuickfixOptions, case_options
+    from diffloc.editing.editors import CrossattnOptions, Method, QuickfixOptions, case_options
 
     case = {"templates": ["one {} square"], "targets": ["one [blue] square"], "preserve": ["one green square"]}
     both = {"templates": ("one {} square",), "targets": ("one [blue] square",)}
@@ -158,7 +158,7 @@ class NearestWorld:
     def __init__(self, model, captions, seeds, cfg):
         import torch
 
-        from tracing.sampler import generate, initial_latents
+        from diffloc.tracing.sampler import generate, initial_latents
 
         lat = torch.cat([initial_latents(model, torch.Generator().manual_seed(s)) for s in seeds])
         self.refs = [(img, world.parse_caption(c)) for c in captions
@@ -198,8 +198,8 @@ def test_ground_truth_expects_every_edit_the_model_carries():
 def test_groups_edit_together_and_leave_the_model_clean(pixel_model):
     import torch
 
-    from editing.batch import Group
-    from editing.editors import Method
+    from diffloc.editing.batch import Group
+    from diffloc.editing.editors import Method
 
     cases = [load_cases(CASES)[i] for i in (0, 2)]  # red->blue with green->yellow
     before = [p.detach().clone() for p in pixel_model.text_encoder.parameters()]

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tracing.hooks import Recorder, hook_count, hooks
-from tracing.prompts import MarkedPrompt
-from tracing.sampler import Restore, SamplerConfig, make_corruption, patched_generate
-from tracing.sites import Site, SiteError, build_site_table, head_slice
-from tracing.trace_config import RowSpec, TraceConfig, unet_rows
+from diffloc.tracing.hooks import Recorder, hook_count, hooks
+from diffloc.tracing.prompts import MarkedPrompt
+from diffloc.tracing.sampler import Restore, SamplerConfig, make_corruption, patched_generate
+from diffloc.tracing.sites import Site, SiteError, build_site_table, head_slice
+from diffloc.tracing.trace_config import RowSpec, TraceConfig, unet_rows
 
 PROMPT = MarkedPrompt.parse("a photo of two [red] circles at the top")
 CFG = SamplerConfig(num_inference_steps=3, guidance_scale=2.0)
@@ -79,7 +79,7 @@ def _check_heads(sites, modules):
 
 @pytest.mark.parametrize("spec", ["toy", "tiny-sd1", "tiny-sd2", "tiny-sdxl"])
 def test_head_counts_match_built_models(spec):
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     m = load_model(spec)
     kinds = _check_heads(m.sites, m.modules)
@@ -94,7 +94,7 @@ def test_head_counts_of_the_tiny_pixel_model(pixel_model):
 def test_head_counts_match_published_models(family, unet_dims):
     """Full-size published configs (meta device): SD 1.x has 8 heads of 40-160 channels; SD 2.x and XL
     spell heads per block in the misnamed attention_head_dim key, 64 channels per head."""
-    from tracing.replicas import build_published
+    from diffloc.tracing.replicas import build_published
 
     parts = build_published(family)
     modules = {k: v for k, v in parts.items() if k in ("unet", "text_encoder", "text_encoder_2")}
@@ -135,7 +135,7 @@ def test_head_slice_is_that_heads_attention_output(pixel_model):
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     ctx = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), Recorder(m.modules, unet + [s for v in qkv.values() for s in v]) as rec:
-        m.unet(x, torch.tensor(10), encoder_hidden_states=ctx)
+        m.denoiser(x, torch.tensor(10), encoder_hidden_states=ctx)
     for a, sites in qkv.items():
         heads = [h for h in unet if h.attn_path == a]
         ref = _manual_heads(*(rec.outputs[s] for s in sites), len(heads), causal=False)
@@ -154,7 +154,7 @@ def test_zeroing_a_head_equals_out_proj_of_the_zeroed_input(pixel_model, site):
         with torch.no_grad(), hooks(m.modules, fns):
             if site.component == "unet":
                 x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-                m.unet(x, torch.tensor(10), encoder_hidden_states=torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1)))
+                m.denoiser(x, torch.tensor(10), encoder_hidden_states=torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1)))
             else:
                 m.text_encoder(m.tokenize([PROMPT.text]))
 
@@ -189,7 +189,7 @@ def test_restoring_all_heads_equals_restoring_the_layer(pixel_model):
 # --- the nnsight bridge -----------------------------------------------------------------------
 
 def test_nnsight_bridge_agrees_with_head_sites(pixel_model):
-    from tracing.nnsight import wrap
+    from diffloc.tracing.nnsight import wrap
 
     m = pixel_model
     head = _heads(m, TEXT_ATTN)[2]
@@ -215,7 +215,7 @@ def test_nnsight_bridge_agrees_with_head_sites(pixel_model):
 # --- planning, sweeps and screens -------------------------------------------------------------
 
 def test_heads_on_a_unet_without_attention_is_a_config_error():
-    from tracing.errors import ConfigError
+    from diffloc.tracing.errors import ConfigError
 
     config = dict(down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, layers_per_block=1)
     fake = SimpleNamespace(sites=build_site_table("x", config, {}), name="no-attention")
@@ -223,11 +223,11 @@ def test_heads_on_a_unet_without_attention_is_a_config_error():
     with pytest.raises(ConfigError, match="has no attention heads") as err:
         unet_rows(fake, TraceConfig(component="unet", heads=True), 3)
     assert "\n" not in str(err.value)
-    assert len(unet_rows(fake, TraceConfig(component="unet"), 3)) == len(fake.sites.unet)
+    assert len(unet_rows(fake, TraceConfig(component="unet"), 3)) == len(fake.sites.denoiser)
 
 
 def test_sweep_with_heads_has_head_rows(tmp_path, pixel_model, scorer):
-    from tracing.sweep import run_sweep
+    from diffloc.tracing.sweep import run_sweep
 
     cfg = TraceConfig(model="tiny", attribute="colour", prompts=(PROMPT.marked,), seeds=(0,), num_inference_steps=2,
                       batch_size=128, heads=True)
@@ -257,8 +257,8 @@ def test_sweep_with_heads_has_head_rows(tmp_path, pixel_model, scorer):
 
 @pytest.fixture(scope="module")
 def f64():
-    from tracing.attribution import clip_score_fn
-    from tracing.testing import tiny_pixel_model, tiny_scorer
+    from diffloc.tracing.attribution import clip_score_fn
+    from diffloc.tracing.testing import tiny_pixel_model, tiny_scorer
 
     model, scorer = tiny_pixel_model(), tiny_scorer()
     for mod in model.modules.values():
@@ -275,7 +275,7 @@ def _row(sites, tokens=None, window=None) -> RowSpec:
 @pytest.mark.parametrize("method", ["atp", "ig"])
 def test_screen_over_heads_sums_to_the_layer(f64, method):
     """out_proj is linear: Δout · ∂s/∂out = Δin · Wᵀ ∂s/∂out = Σ_h Δin_h · ∂s/∂in_h, exactly, at every path point."""
-    from tracing.attribution import screen
+    from diffloc.tracing.attribution import screen
 
     model, fn, corr = f64
     tok = (PROMPT.positions(model.tokenizer)[-1],)

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from tracing.arch import published_site_table
-from tracing.causal import site_effects
-from tracing.errors import ConfigError
-from tracing.hooks import hook_count, hooks
-from tracing.locogen import altered_captions, attn2_sites, layer_windows, swap_generate, swap_hooks, world_values
-from tracing.methods import TRACE_METHODS
-from tracing.prompts import MarkedPrompt
-from tracing.sampler import SamplerConfig, _encode, _uncond, initial_latents
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig
-from tracing.worlds import get_world
+from diffloc.tracing.arch import published_site_table
+from diffloc.tracing.causal import site_effects
+from diffloc.tracing.errors import ConfigError
+from diffloc.tracing.hooks import hook_count, hooks
+from diffloc.tracing.locogen import altered_captions, attn2_sites, layer_windows, swap_generate, swap_hooks, world_values
+from diffloc.tracing.methods import TRACE_METHODS
+from diffloc.tracing.prompts import MarkedPrompt
+from diffloc.tracing.sampler import SamplerConfig, encode, initial_latents
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
+from diffloc.tracing.worlds import get_world
 
 P = "a photo of two red circles at the top on a plain background"
 A = "a photo of two blue circles at the top on a plain background"
@@ -30,7 +30,7 @@ def _cfg(**kw):
 
 # (a) a window over every attn2 layer is generation from the altered prompt -------------------
 def test_window_over_all_cross_attention_is_the_altered_prompt(pixel_model):
-    from experiments.toy.evaluate import reference_ddim  # an independent DDIM + CFG loop, UNet called directly
+    from diffloc_toy.evaluate import reference_ddim  # an independent DDIM + CFG loop, UNet called directly
 
     layers = tuple(attn2_sites(pixel_model.sites))
     lat = initial_latents(pixel_model, torch.Generator().manual_seed(0))
@@ -51,16 +51,16 @@ def test_swap_leaves_the_unconditional_half_and_other_rows_untouched(pixel_model
     layers = tuple(attn2_sites(m.sites))
     windows = [(), layers, layers[1:2]]  # empty window, all layers, one layer
     R = 2 + len(windows)
-    cond, _ = _encode(m, m.tokenize([P, A]), {})
+    cond = encode(m, [P, A]).embeds
     cond = cond[torch.tensor([0, 1] + [0] * len(windows))]
-    un, _ = _uncond(m, R)
+    un = m.family.uncond(m, R).embeds
     ehs = torch.cat([un, cond])  # [2R, 77, D]: uncond rows, then cond rows, as the sampler batches them
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)).expand(2 * R, -1, -1, -1)
     t = torch.tensor(500)
     with torch.no_grad():
-        plain = m.unet(x, t, encoder_hidden_states=ehs).sample
+        plain = m.denoiser(x, t, encoder_hidden_states=ehs).sample
         with hooks(m.modules, swap_hooks(m, windows, R, cfg_on=True)):
-            swapped = m.unet(x, t, encoder_hidden_states=ehs).sample
+            swapped = m.denoiser(x, t, encoder_hidden_states=ehs).sample
     assert torch.equal(swapped[:R], plain[:R]), "the unconditional half must not see the altered prompt"
     assert torch.equal(swapped[R : R + 2], plain[R : R + 2]), "reference rows are untouched"
     assert torch.equal(swapped[R + 2], plain[R]), "an empty window is the original prompt"
@@ -68,10 +68,10 @@ def test_swap_leaves_the_unconditional_half_and_other_rows_untouched(pixel_model
     assert not torch.equal(swapped[R + 4], plain[R]) and not torch.equal(swapped[R + 4], plain[R + 1])
     # without CFG the batch has no unconditional half: rows are written at their own index
     with torch.no_grad(), hooks(m.modules, swap_hooks(m, windows, R, cfg_on=False)):
-        no_cfg = m.unet(x[:R], t, encoder_hidden_states=cond).sample
+        no_cfg = m.denoiser(x[:R], t, encoder_hidden_states=cond).sample
     assert torch.equal(no_cfg[3], plain[R + 1]) and torch.equal(no_cfg[2], plain[R])
     with pytest.raises(ConfigError, match="attn2"):
-        swap_hooks(m, [(m.sites.unet[0],)], R, True)
+        swap_hooks(m, [(m.sites.denoiser[0],)], R, True)
 
 
 # (c) the table: columns the summaries read, effects on the stated scale ----------------------
@@ -144,7 +144,7 @@ def test_windows_of_the_published_site_tables(family, n_attn2):
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_runs_on_tiny_replicas(tmp_path, family, scorer):
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     model = load_model(f"tiny-{family}")
     cfg = TraceConfig(model=f"tiny-{family}", attribute="style", method="crossattn-swap", component="unet", swap="remove",

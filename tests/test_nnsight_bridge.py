@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracing.hooks import hook_count
-from tracing.nnsight import wrap
-from tracing.sampler import Restore, SamplerConfig, make_corruption, patched_generate
-from tracing.sites import Site
+from diffloc.tracing.hooks import hook_count
+from diffloc.tracing.nnsight import wrap
+from diffloc.tracing.sampler import Restore, SamplerConfig, make_corruption, patched_generate
+from diffloc.tracing.sites import Site
 
 PROMPT = "a photo of two red circles at the top"
 TOKEN = 4  # 'red'
@@ -37,7 +37,7 @@ def test_text_restoration_in_nnsight_equals_diffloc_hooks(pixel_model):
 
 
 def test_unet_restoration_in_nnsight_equals_diffloc_hooks(pixel_model):
-    site = next(s for s in pixel_model.sites.unet if s.kind == "attn2")
+    site = next(s for s in pixel_model.sites.denoiser if s.kind == "attn2")
     corruption = _corruption(pixel_model)
     ours = patched_generate(pixel_model, PROMPT, [Restore(), Restore((site,))], corruption, torch.Generator().manual_seed(0), CFG)
     bridge = wrap(pixel_model)
@@ -56,8 +56,8 @@ def test_unet_restoration_in_nnsight_equals_diffloc_hooks(pixel_model):
 
 
 def test_bridge_names_bad_sites_and_components(pixel_model):
-    from tracing.errors import DifflocInputError
-    from tracing.sites import SiteError
+    from diffloc.tracing.errors import DifflocInputError
+    from diffloc.tracing.sites import SiteError
 
     bridge = wrap(pixel_model)
     with pytest.raises(SiteError, match="unknown site"):

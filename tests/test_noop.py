@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-import tracing.exact as exact
-from tracing.exact import noop_rows
-from tracing.prompts import MarkedPrompt
-from tracing.sampler import Restore, make_corruption
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig, text_rows
+import diffloc.tracing.exact as exact
+from diffloc.tracing.exact import noop_rows
+from diffloc.tracing.prompts import MarkedPrompt
+from diffloc.tracing.sampler import Restore, make_corruption
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig, text_rows
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",
            "three [blue] squares in the middle, striped background")
@@ -44,8 +44,8 @@ def test_skipping_sweep_equals_full_run(runs):
 
 def test_duplicate_rows_repeat_an_earlier_row_of_their_unit(pixel_model):
     """Rule (c) against an independent encoding of each (duplicate, source) pair on its own."""
-    from tracing.exact import reused_rows
-    from tracing.sampler import patched_embeddings
+    from diffloc.tracing.exact import reused_rows
+    from diffloc.tracing.sampler import patched_embeddings
 
     prompt = MarkedPrompt.parse(PROMPTS[0])
     corruption = make_corruption(pixel_model, prompt.positions(pixel_model.tokenizer), torch.Generator().manual_seed(3))
@@ -54,10 +54,10 @@ def test_duplicate_rows_repeat_an_earlier_row_of_their_unit(pixel_model):
     dups = [(i, s - 2) for i, s in enumerate(source) if s >= 2]
     assert dups and all(j < i and source[j] == -1 for i, j in dups), "a duplicate points to an earlier generated row"
     for i, j in dups:
-        e, _ = patched_embeddings(pixel_model, prompt.text, [rows[j], rows[i]], corruption)
+        e = patched_embeddings(pixel_model, prompt.text, [rows[j], rows[i]], corruption).embeds
         assert torch.equal(e[1], e[2]) and not torch.equal(e[1], e[0])
     generated = [i for i, s in enumerate(source) if s == -1]
-    e, _ = patched_embeddings(pixel_model, prompt.text, [rows[i] for i in generated], corruption)
+    e = patched_embeddings(pixel_model, prompt.text, [rows[i] for i in generated], corruption).embeds
     flat = e[1:].flatten(1)
     assert len(torch.unique(flat, dim=0)) == len(generated), "the generated rows are all different"
 
@@ -80,7 +80,7 @@ def test_skipped_rows_are_exactly_those_before_the_first_corrupted_token(runs, p
 def test_embedding_rule_finds_sdxl_unread_last_layer():
     """SDXL reads both text encoders' penultimate layer, and the second one's last layer only at EOS (the
     pooled embedding): restoring a last layer is a no-op at any token, or at any token but EOS."""
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     model = load_model("tiny-sdxl")
     prompt = MarkedPrompt.parse(PROMPTS[0])
@@ -92,4 +92,4 @@ def test_embedding_rule_finds_sdxl_unread_last_layer():
     eos = len(prompt.tokens(model.tokenizer)) - 1
     expected = [r.token < pos[0] or (r.layer == last[r.component] and (r.component == "text_encoder" or r.token != eos)) for r in rows]
     assert list(skip) == expected
-    assert not noop_rows(model, prompt.text, [Restore((model.sites.unet[0],))], corruption).any(), "UNet rows are never skipped"
+    assert not noop_rows(model, prompt.text, [Restore((model.sites.denoiser[0],))], corruption).any(), "UNet rows are never skipped"

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tracing.testing import tiny_pixel_model, tiny_scorer
-from tracing.trace_config import TraceConfig
-from tracing.sweep import run_sweep
+from diffloc.tracing.testing import tiny_pixel_model, tiny_scorer
+from diffloc.tracing.trace_config import TraceConfig
+from diffloc.tracing.sweep import run_sweep
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 FACTORIES = dict(model=partial(tiny_pixel_model, 0), scorer=partial(tiny_scorer, 0))
@@ -135,8 +135,8 @@ def test_worker_that_cannot_load_reraises_its_own_error(ray, tmp_path, models):
 
 def test_missing_ray_is_one_line_error(monkeypatch, tmp_path, capsys):
     from diffloc.cli.app import main
-    from tracing.errors import DifflocInputError
-    from tracing.executors import import_ray
+    from diffloc.tracing.errors import DifflocInputError
+    from diffloc.tracing.executors import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(DifflocInputError, match=r"pip install 'diffloc\[ray\]'") as err:
@@ -151,7 +151,7 @@ def test_missing_ray_is_one_line_error(monkeypatch, tmp_path, capsys):
 def test_cli_ray_with_default_model_and_scorer(ray, tmp_path):
     """No factories: workers load `toy` and resolve the default scorer ('auto') themselves."""
     from diffloc.cli.app import main
-    from tracing.io import read_trace, read_meta
+    from diffloc.tracing.io import read_trace, read_meta
 
     out = tmp_path / "toy_ray"
     main(["--quiet", "trace", "--attribute", "colour", "--executor", "ray", "--workers", "2", "--component", "unet",

@@ -7,13 +7,13 @@ import itertools
 import pytest
 import torch
 
-from editing.editors import EDITORS, case_options
-from editing.records import EditError, undo_edit
-from editing.refact import (REFACT_TEMPLATES, covariance, covariance_key, edit_keys, fc2_site, optimise_v, problem_p,
+from diffloc.editing.editors import EDITORS, case_options
+from diffloc.editing.records import EditError, undo_edit
+from diffloc.editing.refact import (REFACT_TEMPLATES, covariance, covariance_key, edit_keys, fc2_site, optimise_v, problem_p,
                             refact, v_problem)
-from tracing.errors import DifflocInputError
-from tracing.prompts import MarkedPrompt
-from tracing.testing import tiny_pixel_model
+from diffloc.tracing.errors import DifflocInputError
+from diffloc.tracing.prompts import MarkedPrompt
+from diffloc.tracing.testing import tiny_pixel_model
 
 _TPL = ("a photo of {n} {c} {s}s on a {b} background", "{n} {c} {s}s", "{c} {s}", "an image of {n} {c} {s}s")
 _ATTRS = itertools.product(("one", "two", "three"), ("red", "green", "blue", "yellow"), ("circle", "square", "triangle", "diamond"),

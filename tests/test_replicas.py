@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 import torch
 
-from tracing.arch import detect_arch, published_site_table, site_table
-from tracing.configs import FAMILIES, published
-from tracing.replicas import build_published, build_replica, replica_configs, save_replica, text_components
-from tracing.sites import TEXT_PREFIX, resolve
+from diffloc.tracing.arch import detect_arch, published_site_table, site_table
+from diffloc.tracing.configs import FAMILIES, published
+from diffloc.tracing.replicas import build_published, build_replica, replica_configs, save_replica, text_components
+from diffloc.tracing.sites import TEXT_PREFIX, resolve
 
 MODEL_PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 # Config keys a replica may change; everything else (the structure) must be the published value.
@@ -178,11 +178,11 @@ def class_counts(model):
 
 def test_unet_table_is_execution_order(replica, real, family):
     table = published_site_table(family)
-    assert [s.path for s in table.unet] == execution_order(replica["unet"])
+    assert [s.path for s in table.denoiser] == execution_order(replica["unet"])
     n_res, n_blocks = class_counts(real["unet"])
     assert (n_res, n_blocks) == class_counts(replica["unet"])
-    assert len(table.unet) == n_res + 3 * n_blocks
-    assert [s.kind for s in table.unet].count("resnet") == n_res
+    assert len(table.denoiser) == n_res + 3 * n_blocks
+    assert [s.kind for s in table.denoiser].count("resnet") == n_res
 
 
 @pytest.mark.parametrize("fam, resnets, blocks, text_layers", [
@@ -194,10 +194,10 @@ def test_unet_table_is_execution_order(replica, real, family):
 ])
 def test_site_counts(fam, resnets, blocks, text_layers):
     table = published_site_table(fam)
-    kinds = [s.kind for s in table.unet]
+    kinds = [s.kind for s in table.denoiser]
     assert kinds.count("resnet") == resnets
     assert kinds.count("attn1") == kinds.count("attn2") == kinds.count("ff") == blocks
-    assert len(table.unet) == resnets + 3 * blocks  # sd1: 70
+    assert len(table.denoiser) == resnets + 3 * blocks  # sd1: 70
     assert dict(table.text_layers) == text_layers
     for comp, n in text_layers.items():
         sites = table.text_sites(comp)
@@ -248,7 +248,7 @@ def test_saved_replica_runs_in_stock_pipeline(family, replica, tmp_path_factory)
 def test_random_spec_is_the_full_published_model_with_random_weights():
     """`random-sd1` (what `experiments/gpu_bench.py` times) is the published model, not a replica:
     the released checkpoint's parameter counts, its site table, and weights that are not zero."""
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     state = torch.random.get_rng_state()
     model = load_model("random-sd1")
@@ -256,13 +256,13 @@ def test_random_spec_is_the_full_published_model_with_random_weights():
     counts = {k: sum(p.numel() for p in getattr(model, k).parameters()) for k in ("unet", "text_encoder", "vae")}
     assert counts == {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
     real = build_published("sd1")
-    assert [n for n, _ in model.unet.named_modules()] == [n for n, _ in real["unet"].named_modules()]
-    assert model.unet.conv_in.weight.abs().sum() > 0 and model.module("text_encoder:encoder.layers.0.mlp.fc2").weight.std() > 0
-    assert model.sites.unet == load_model("tiny-sd1").sites.unet  # same spelling of every UNet site
+    assert [n for n, _ in model.denoiser.named_modules()] == [n for n, _ in real["unet"].named_modules()]
+    assert model.denoiser.conv_in.weight.abs().sum() > 0 and model.module("text_encoder:encoder.layers.0.mlp.fc2").weight.std() > 0
+    assert model.sites.denoiser == load_model("tiny-sd1").sites.denoiser  # same spelling of every UNet site
 
 
 def test_random_scorer_is_open_clip_with_random_weights():
-    from tracing.scoring import load_scorer
+    from diffloc.tracing.scoring import load_scorer
 
     scorer = load_scorer("ViT-B-32/random")
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

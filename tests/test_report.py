@@ -14,8 +14,8 @@ import pytest
 
 from diffloc.plots import plot_run
 from diffloc.report import write_report
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 
@@ -111,8 +111,8 @@ def _captured(monkeypatch):
 
 def test_unet_whiskers_are_the_bootstrap_interval(report, tmp_path, monkeypatch):
     from diffloc.plots import unet_chart
-    from tracing.io import read_trace
-    from tracing.stats import bootstrap_effects
+    from diffloc.tracing.io import read_trace
+    from diffloc.tracing.stats import bootstrap_effects
 
     _, run, _ = report
     table = read_trace(run / "trace.parquet")
@@ -132,7 +132,7 @@ def test_unet_whiskers_are_the_bootstrap_interval(report, tmp_path, monkeypatch)
 
 def test_heatmap_titles_name_restore_mode_and_method(report, tmp_path, monkeypatch):
     from diffloc.plots import text_heatmap
-    from tracing.io import read_trace
+    from diffloc.tracing.io import read_trace
 
     _, run, _ = report
     table = read_trace(run / "trace.parquet")
@@ -212,7 +212,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_demo_traces_its_chosen_prompts_first():
     from diffloc.demo import DEMO_FIRST, demo_prompts as _demo_prompts
-    from tracing.prompts import MarkedPrompt, attribute_prompts
+    from diffloc.tracing.prompts import MarkedPrompt, attribute_prompts
 
     for attribute, first in DEMO_FIRST.items():
         got = [MarkedPrompt.parse(p) for p in _demo_prompts(attribute, 3)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracing.hooks import hook_count
-from tracing.models import load_model
-from tracing.sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
-from tracing.sites import Site
+from diffloc.tracing.hooks import hook_count
+from diffloc.tracing.models import load_model
+from diffloc.tracing.sampler import Restore, SamplerConfig, generate, initial_latents, make_corruption, patched_generate
+from diffloc.tracing.sites import Site
 
 CFG = SamplerConfig(num_inference_steps=4, guidance_scale=3.0)
 PROMPT = "a photo of two red circles at the top on a striped background"
@@ -21,7 +21,7 @@ def _run(model, rows, seed=0, noise_seed=1, positions=(5,)):
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_clean_row_matches_stock_pipeline(family):
     """Row 0 of a patched batch equals diffusers' StableDiffusionPipeline for the same noise."""
-    from tracing.replicas import replica_pipeline
+    from diffloc.tracing.replicas import replica_pipeline
 
     pipe = replica_pipeline(family)
     pipe.set_progress_bar_config(disable=True)
@@ -98,7 +98,7 @@ def test_hooks_leave_no_trace_also_on_error(pixel_model):
     assert hook_count(m.modules) == 0
     _run(m, [Restore((Site.parse("unet:mid_block.resnets.0"),))])
     assert hook_count(m.modules) == 0
-    from tracing.hooks import hooks
+    from diffloc.tracing.hooks import hooks
 
     with pytest.raises(RuntimeError):
         with hooks(m.modules, {Site.parse("unet:conv_out"): lambda mod, i, o: None}):

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracing.errors import DifflocInputError
-from tracing.io import read_json_format
-from tracing.metrics import CallableMetric
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig
+from diffloc.tracing.errors import DifflocInputError
+from diffloc.tracing.io import read_json_format
+from diffloc.tracing.metrics import CallableMetric
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 

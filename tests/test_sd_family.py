@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.quickfix import default_site, quickfix
-from editing.records import save_edited
-from tracing.models import load_model
-from tracing.sampler import NonFiniteError, Restore, SamplerConfig, make_corruption, patched_generate
-from tracing.sweep import run_sweep
-from tracing.trace_config import TraceConfig
+from diffloc.editing.quickfix import default_site, quickfix
+from diffloc.editing.records import save_edited
+from diffloc.tracing.models import load_model
+from diffloc.tracing.sampler import NonFiniteError, Restore, SamplerConfig, make_corruption, patched_generate
+from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
 
 PROMPT = ("a painting of a house in the style of [Van Gogh]",)
 
@@ -46,7 +46,7 @@ def test_half_precision_runs_on_cpu(dtype):
     """float16 / bfloat16 weights sample on the CPU and give the float32 run's images (to half precision)."""
     def run(dt):
         model = load_model("tiny-sd1", dtype=dt)
-        assert model.unet.dtype == getattr(torch, dt)
+        assert model.denoiser.dtype == getattr(torch, dt)
         corr = make_corruption(model, [7, 8], torch.Generator().manual_seed(0))
         return patched_generate(model, PROMPT[0].replace("[", "").replace("]", ""), [Restore()], corr,
                                 torch.Generator().manual_seed(0), SamplerConfig(num_inference_steps=2, guidance_scale=5.0))
@@ -61,8 +61,8 @@ def test_non_finite_activations_stop_the_run(pixel_model):
     def poison(module, inputs, output):
         return output * float("nan")
 
-    from tracing.hooks import hooks
-    from tracing.sites import Site
+    from diffloc.tracing.hooks import hooks
+    from diffloc.tracing.sites import Site
 
     corr = make_corruption(pixel_model, [2], torch.Generator().manual_seed(0))
     with hooks(pixel_model.modules, {Site.parse("unet:mid_block.resnets.0"): poison}):
@@ -71,7 +71,7 @@ def test_non_finite_activations_stop_the_run(pixel_model):
 
 
 def test_model_spec_errors_are_one_line(tmp_path):
-    from tracing.models import ModelSpecError
+    from diffloc.tracing.models import ModelSpecError
 
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")
@@ -86,7 +86,7 @@ def test_model_spec_errors_are_one_line(tmp_path):
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
-    from tracing.models import ModelSpecError
+    from diffloc.tracing.models import ModelSpecError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

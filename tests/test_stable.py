@@ -4,12 +4,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import tracing.stable as stable
-from tracing.errors import ConfigError
-from tracing.io import read_json_format
-from tracing.stable import run_until_stable
-from tracing.stats import bootstrap_effects, real_effects, split_half
-from tracing.trace_config import TraceConfig
+import diffloc.tracing.stable as stable
+from diffloc.tracing.errors import ConfigError
+from diffloc.tracing.io import read_json_format
+from diffloc.tracing.stable import run_until_stable
+from diffloc.tracing.stats import bootstrap_effects, real_effects, split_half
+from diffloc.tracing.trace_config import TraceConfig
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracing.causal import read_causal_sites, site_effects, write_causal_sites
-from tracing.io import read_json_format
-from tracing.stable import judge
-from tracing.stats import SITE_KEYS, bootstrap_effects, real_effects, split_half
+from diffloc.tracing.causal import read_causal_sites, site_effects, write_causal_sites
+from diffloc.tracing.io import read_json_format
+from diffloc.tracing.stable import judge
+from diffloc.tracing.stats import SITE_KEYS, bootstrap_effects, real_effects, split_half
 
 
 def synthetic(effects, n_prompts=3, n_seeds=3, noise=2, seed=0, jitter=0.3, skip=None):

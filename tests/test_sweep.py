@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracing.trace_config import TraceConfig
-from tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
+from diffloc.tracing.sweep import run_sweep
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",
            "three [blue] squares in the middle, striped background")
@@ -33,7 +33,7 @@ def full_run(tmp_path_factory, pixel_model, scorer):
 def test_table_is_tidy_and_complete(full_run, pixel_model):
     out, table = full_run
     n_text = len(pixel_model.sites.text_sites())  # 3 layers x 3 kinds
-    n_unet = len(pixel_model.sites.unet)
+    n_unet = len(pixel_model.sites.denoiser)
     text_rows = table[table.component == "text_encoder"]
     # every (site, token) once per prompt x seed; tokens run BOS..EOS of each prompt
     for (p, s), g in text_rows.groupby(["prompt_index", "seed"]):
@@ -144,7 +144,7 @@ def test_figures_from_table_alone(full_run):
 
 
 def test_stability_is_spearman_between_seed_halves(full_run):
-    from tracing.causal import site_effects, stability
+    from diffloc.tracing.causal import site_effects, stability
 
     out, table = full_run
     st = json.loads((out / "causal_sites.json").read_text())["clip"]["stability_spearman"]

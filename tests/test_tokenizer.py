@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from tracing.tokenizer import clip_tokenizer, vocab_and_merges
+from diffloc.tracing.tokenizer import clip_tokenizer, vocab_and_merges
 
 open_clip = pytest.importorskip("open_clip")
 from open_clip.tokenizer import basic_clean, whitespace_clean  # noqa: E402

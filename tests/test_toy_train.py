@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from experiments.toy.train import ToyTrainConfig, diffusion_loss, train, unet_config
+from diffloc_toy.train import ToyTrainConfig, diffusion_loss, train, unet_config
 
 TINY = dict(n_images=64, text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64, vision_hidden=32, vision_layers=1,
             vision_heads=2, projection_dim=32, clip_steps=2, clip_batch=16, scorer_width=32, scorer_layers=1, scorer_heads=2,
@@ -32,11 +32,11 @@ def test_tiny_training_is_bit_reproducible_and_loads(tmp_path):
     assert ha == hb
     assert json.loads((a / "diffloc.json").read_text())["train_config"]["snr_gamma"] == 5.0
 
-    from tracing.models import load_model
-    from tracing.sampler import SamplerConfig, generate
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.sampler import SamplerConfig, generate
 
     model = load_model(str(a))
-    names = {s.path for s in model.sites.unet}
+    names = {s.path for s in model.sites.denoiser}
     assert any(n.startswith("down_blocks.1.attentions.0") for n in names)  # attention_levels=2: 16x16 too
     img = generate(model, ["a photo of one red circle at the top on a plain background"], cfg=SamplerConfig(num_inference_steps=2),
                    generator=torch.Generator().manual_seed(0))

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.toy import world
-from experiments.toy.world import ATTRIBUTES, TEMPLATES
+from diffloc_toy import world
+from diffloc_toy.world import ATTRIBUTES, TEMPLATES
 
 WEIGHTS = Path(world.__file__).resolve().parent / "weights"
 A = {"object": "circle", "colour": "red", "style": "striped", "viewpoint": "top", "count": "two"}
@@ -126,7 +126,7 @@ def test_shipped_weights_load_with_library_loaders():
     assert unet.config.cross_attention_dim == te.config.hidden_size
     assert unet.config.in_channels == unet.config.out_channels == 3 and unet.config.sample_size == 32
     assert sched.config.prediction_type == "epsilon"
-    from tracing.tokenizer import clip_tokenizer
+    from diffloc.tracing.tokenizer import clip_tokenizer
 
     text = world.caption(A, 0)
     assert tok(text).input_ids == clip_tokenizer()(text).input_ids
@@ -140,7 +140,7 @@ def test_shipped_weights_load_with_library_loaders():
 def test_shipped_scorer_loads_with_open_clip_and_ranks_renders():
     import open_clip
 
-    from experiments.toy.scorer import load_toy_scorer, pick
+    from diffloc_toy.scorer import load_toy_scorer, pick
 
     folder = WEIGHTS / "scorer"
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
@@ -159,10 +159,10 @@ def test_shipped_size_budget():
 
 
 def test_sampler_equals_independent_reference_ddim_loop():
-    """tracing.sampler.generate against experiments.toy.evaluate.reference_ddim (a separate DDIM + CFG loop)."""
-    from experiments.toy.evaluate import reference_ddim
-    from tracing.models import load_model
-    from tracing.sampler import SamplerConfig, generate, initial_latents
+    """tracing.sampler.generate against diffloc_toy.evaluate.reference_ddim (a separate DDIM + CFG loop)."""
+    from diffloc_toy.evaluate import reference_ddim
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.sampler import SamplerConfig, generate, initial_latents
 
     model = load_model("toy")
     prompts = ["a photo of two red circles at the top on a plain background", "one blue square in the middle, striped background"]
@@ -175,7 +175,7 @@ def test_sampler_equals_independent_reference_ddim_loop():
 
 
 def test_toy_world_plugs_in_through_the_registry():
-    from tracing.worlds import World, get_world
+    from diffloc.tracing.worlds import World, get_world
 
     toy = get_world("toy")
     assert isinstance(toy, World) and toy.has_readers and toy.attributes == tuple(ATTRIBUTES)

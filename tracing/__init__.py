@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tracing import load_model, Site
+    from diffloc.tracing import load_model, Site
     model = load_model("toy")
 """
 from .sites import Site, SiteError, SiteTable  # noqa: F401
@@ -15,4 +15,4 @@ def load_model(spec, dtype="float32", device="cpu"):
     return _load(spec, dtype=dtype, device=device)
 
 
-__version__ = "0.2.0"
+

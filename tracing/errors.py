@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tracing.errors import DifflocInputError
+    from diffloc.tracing.errors import DifflocInputError
     raise DifflocInputError("unknown attribute 'hue'; allowed: object, colour, style, viewpoint, count")
 
 The CLI turns a :class:`DifflocInputError` (and only that) into one line ``error: ...`` with

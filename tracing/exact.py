@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tracing.methods import TRACE_METHODS
+    from diffloc.tracing.methods import TRACE_METHODS
     exact = TRACE_METHODS.get("exact")
     units = exact.plan(cfg, model, prompts, n_steps)
     table, strip = exact.run_unit(units[0], ctx, cfg)
@@ -115,7 +115,7 @@ def reused_rows(model, prompt: str, rows: list[Restore], corruption: Corruption)
     Rules (b) and (c) encode the checked rows once more (text encoder only), a small cost beside
     the 20-step UNet run they are spared."""
     first = min(corruption.positions)
-    text = [all(s.component != "unet" for s in r.sites) for r in rows]
+    text = [all(s.is_text for s in r.sites) for r in rows]
     source = np.full(len(rows), -1)
     for i, (t, r) in enumerate(zip(text, rows)):
         if t and r.tokens is not None and all(p < first for p in r.tokens):
@@ -124,20 +124,15 @@ def reused_rows(model, prompt: str, rows: list[Restore], corruption: Corruption)
     if not check:
         return source
     # rows: clean, corrupted, then the checked ones
-    embeds, pooled = patched_embeddings(model, prompt, [Restore()] + [rows[i] for i in check], corruption)
-    seen = {_fingerprint(embeds[1], None if pooled is None else pooled[1]): 1}
+    cond = patched_embeddings(model, prompt, [Restore()] + [rows[i] for i in check], corruption)
+    seen = {cond.fingerprint(1): 1}
     for j, i in enumerate(check, start=2):
-        key = _fingerprint(embeds[j], None if pooled is None else pooled[j])
+        key = cond.fingerprint(j)
         if key in seen:
             source[i] = seen[key]
         else:
             seen[key] = 2 + i
     return source
-
-
-def _fingerprint(embeds: torch.Tensor, pooled: torch.Tensor | None) -> tuple[bytes, ...]:
-    """Bit-exact identity of what the UNet reads from one row (embeddings [77, D], pooled [P])."""
-    return tuple(x.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() for x in (embeds, pooled) if x is not None)
 
 
 def _role(tok: int, positions: tuple[int, ...], n_tokens: int) -> str:

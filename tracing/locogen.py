@@ -64,7 +64,7 @@ from .errors import ConfigError, DifflocInputError
 from .exact import score_rows, with_effects
 from .metrics import GroundTruthMetric
 from .prompts import MarkedPrompt, attribute_prompts
-from .sampler import Restore, SamplerConfig, _copy_rows, _encode, _sample, initial_latents
+from .sampler import Restore, SamplerConfig, _copy_rows, _sample, encode, initial_latents
 from .sites import Site, SiteTable
 from .trace_config import RowSpec, TraceConfig, Unit, UnitContext
 from .worlds import world_of
@@ -78,7 +78,7 @@ _FUNCTION = frozenset("a an the at in on of with against to by".split())
 # ---------------------------------------------------------------------------- windows
 def attn2_sites(sites: SiteTable) -> list[Site]:
     """The cross-attention (attn2) sites of a site table, in execution order."""
-    return [s for s in sites.unet if s.kind == "attn2"]
+    return [s for s in sites.denoiser if s.kind == "attn2"]
 
 
 def layer_windows(sites: SiteTable, window: int) -> list[tuple[Site, ...]]:
@@ -220,10 +220,10 @@ def swap_generate(model, prompt: str, altered: str, windows: Sequence[Sequence[S
     if latents is None:
         latents = initial_latents(model, generator)
     latents = latents[:1].expand(R, -1, -1, -1)  # one initial noise shared by every row
-    cond, pooled = _encode(model, model.tokenize([prompt, altered]), {})
-    pick = torch.tensor([0, 1] + [0] * len(windows), device=cond.device)
-    cond, pooled = cond[pick], None if pooled is None else pooled[pick]
-    return _sample(model, cond, pooled, latents, cfg, unet_hooks=swap_hooks(model, windows, R, cfg.cfg))
+    cond = encode(model, [prompt, altered])
+    cond = cond.rows(torch.tensor([0, 1] + [0] * len(windows), device=cond.embeds.device))
+    guided = model.family.guidance(model, cfg.guidance_scale)
+    return _sample(model, cond, latents, cfg, step_hooks=swap_hooks(model, windows, R, guided))
 
 
 # ---------------------------------------------------------------------------- the method

@@ -7,7 +7,7 @@ Usage::
     model = load_model("/data/sd-v1-4")                        # a local diffusers folder
     model = load_model("/data/v1-5-pruned.safetensors")        # an A1111-style single file
     model = load_model("tiny-sd1")                             # structure-faithful replica
-    model.sites.unet[:3], model.module("unet:mid_block.resnets.0")
+    model.sites.denoiser[:3], model.module("unet:mid_block.resnets.0")
 
 Specs: ``toy``; ``tiny-sd1``, ``tiny-sd2``, ``tiny-sdxl`` (random replicas, for tests and
 demos); ``random-sd1``, ``random-sd2``, ``random-sdxl`` (the full-size published models with
@@ -27,6 +27,7 @@ from torch import nn
 
 from .errors import DifflocInputError, InputFileError
 from .sites import Site, SiteTable, build_site_table, resolve
+from .families import FAMILIES
 from .worlds import WORLDS
 
 REPLICAS = ("tiny-sd1", "tiny-sd2", "tiny-sdxl")
@@ -53,60 +54,73 @@ def check_device(device: str | torch.device) -> torch.device:
 
 @dataclass
 class Model:
-    """A loaded text-to-image model: pipeline parts, architecture and site table."""
+    """A loaded text-to-image model: its family, traced components, tokenizers and site table.
+
+    ``modules`` maps pipeline component names (the text encoders and the denoiser) to modules;
+    ``tokenizers`` maps each text component to its tokenizer. The family object
+    (:mod:`diffloc.tracing.families`) says which component denoises and how prompts condition it.
+    """
 
     name: str
     arch: str
-    tokenizer: Any
-    text_encoder: nn.Module
-    unet: nn.Module
+    modules: dict[str, nn.Module]
+    tokenizers: dict[str, Any]
     scheduler: Any
     vae: nn.Module | None = None
-    tokenizer_2: Any = None
-    text_encoder_2: nn.Module | None = None
     defaults: dict = field(default_factory=dict)
     source: str | None = None
     corpus: list[str] | None = None  # captions whose tokens define σ for corruption (None: whole vocab)
     world: str = "sd"                # the World its prompts, corpus and readers come from
 
     def __post_init__(self) -> None:
-        texts = {"text_encoder": self.text_encoder.config}
-        if self.text_encoder_2 is not None:
-            texts["text_encoder_2"] = self.text_encoder_2.config
-        self.sites: SiteTable = build_site_table(self.arch, self.unet.config, texts)
+        fam = self.family
+        texts = {c: self.modules[c].config for c in self.text_components}
+        self.sites: SiteTable = fam.site_table(self.denoiser.config, texts)
         for m in self.modules.values():
             m.eval().requires_grad_(False)
         self._embed_std: dict[str, float] = {}
 
     @property
-    def modules(self) -> dict[str, nn.Module]:
-        out = {"text_encoder": self.text_encoder, "unet": self.unet}
-        if self.text_encoder_2 is not None:
-            out["text_encoder_2"] = self.text_encoder_2
-        return out
+    def family(self):
+        from .families import FAMILIES
+
+        return FAMILIES.get(self.arch)
 
     @property
-    def pixel_space(self) -> bool:
-        return self.vae is None
+    def denoiser(self) -> nn.Module:
+        return self.modules[self.family.denoiser]
+
+    @property
+    def text_components(self) -> tuple[str, ...]:
+        return tuple(c for c in self.family.text_components if c in self.modules)
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        return self.modules["text_encoder"]
+
+    @property
+    def tokenizer(self):
+        """The first text encoder's tokenizer (token positions of marked words are read with it)."""
+        return self.tokenizers[self.text_components[0]]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.denoiser.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.denoiser.device
 
     @property
     def sample_size(self) -> int:
-        return int(self.unet.config.sample_size)
+        return self.family.sample_size(self)
 
     def module(self, site: Site | str) -> nn.Module:
         return resolve(site, self.modules)
 
     def tokenizer_for(self, component: str = "text_encoder"):
         """The tokenizer that feeds ``component`` (SDXL's text_encoder_2 has its own)."""
-        return self.tokenizer_2 if component == "text_encoder_2" else self.tokenizer
+        return self.tokenizers[component]
 
     def tokenize(self, texts: list[str], component: str = "text_encoder") -> torch.Tensor:
         """Token ids [B, 77] padded as the model's pipeline pads them."""
@@ -146,12 +160,14 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
     if world_name in WORLDS:
         world = WORLDS.get(world_name)
         corpus = world.sigma_corpus() if hasattr(world, "sigma_corpus") else world.corpus()  # σ over the world's own words
+    arch = defaults.get("arch", "toy")
+    denoiser = FAMILIES.get(arch).denoiser
     return Model(
         name=name,
-        arch=defaults.get("arch", "toy"),
-        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=dtype),
+        arch=arch,
+        modules={"text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
+                 denoiser: UNet2DConditionModel.from_pretrained(folder, subfolder=denoiser, dtype=dtype)},
+        tokenizers={"text_encoder": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")},
         scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
         defaults=defaults,
         source=str(folder),
@@ -161,23 +177,7 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
 
 
 def _from_pipeline(pipe: Any, name: str, source: str) -> Model:
-    from .arch import detect_arch
-
-    texts = [pipe.text_encoder.config] + ([pipe.text_encoder_2.config] if getattr(pipe, "text_encoder_2", None) is not None else [])
-    tokenizer = pipe.tokenizer
-    return Model(
-        name=name,
-        arch=detect_arch(pipe.unet.config, texts),
-        tokenizer=tokenizer,
-        text_encoder=pipe.text_encoder,
-        unet=pipe.unet,
-        scheduler=pipe.scheduler,
-        vae=pipe.vae,
-        tokenizer_2=getattr(pipe, "tokenizer_2", None),
-        text_encoder_2=getattr(pipe, "text_encoder_2", None),
-        defaults={"guidance_scale": 7.5, "num_inference_steps": 50},
-        source=source,
-    )
+    return _from_parts(dict(pipe.components), name, source=source, defaults={"guidance_scale": 7.5, "num_inference_steps": 50})
 
 
 def fit_threads() -> int:
@@ -209,7 +209,7 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
         model = _from_parts(build_random(spec.removeprefix("random-"), device=str(device)), spec)
     else:
         model = _load(spec, dtype)
-    for m in [model.text_encoder, model.text_encoder_2, model.unet, model.vae]:
+    for m in [*model.modules.values(), model.vae]:
         if m is not None and (m.dtype != dtype or m.device != torch.device(device)):
             m.to(device=device, dtype=dtype)
     if model.vae is not None and dtype == torch.float16 and getattr(model.vae.config, "force_upcast", False):
@@ -224,7 +224,7 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
 def _load(spec: str, dtype: torch.dtype) -> Model:
     if spec in WORLDS and WORLDS.get(spec).model_dir() is not None:
         folder = WORLDS.get(spec).model_dir()
-        if not (folder / "unet").exists():
+        if not (folder / "diffloc.json").exists():
             raise ModelSpecError(f"{spec} weights missing at {folder}; run `diffloc {spec} train` to make them")
         return _load_toy_folder(folder, dtype, spec)
     if spec in REPLICAS:
@@ -286,20 +286,20 @@ def _load_hub(spec: str, dtype: torch.dtype) -> Model:
     return _from_pipeline(pipe, spec, spec)
 
 
-def _from_parts(parts: dict, name: str) -> Model:
-    from .arch import detect_arch
+def _from_parts(parts: dict, name: str, source: str | None = None, defaults: dict | None = None) -> Model:
+    """A Model from pipeline components (``{'unet' or 'transformer', 'text_encoder', 'tokenizer', ...}``)."""
+    from .families import denoiser_slots, detect
 
-    texts = [parts["text_encoder"].config] + ([parts["text_encoder_2"].config] if parts.get("text_encoder_2") is not None else [])
+    texts = {k: v.config for k, v in sorted(parts.items()) if k.startswith("text_encoder") and v is not None}
+    denoiser = next(k for k in denoiser_slots() if parts.get(k) is not None)
+    fam = detect(parts[denoiser].config, texts)
     return Model(
         name=name,
-        arch=detect_arch(parts["unet"].config, texts),
-        tokenizer=parts["tokenizer"],
-        text_encoder=parts["text_encoder"],
-        unet=parts["unet"],
+        arch=fam.name,
+        modules={**{k: parts[k] for k in texts}, fam.denoiser: parts[denoiser]},
+        tokenizers={k: parts[k.replace("text_encoder", "tokenizer")] for k in texts},
         scheduler=parts["scheduler"],
         vae=parts.get("vae"),
-        tokenizer_2=parts.get("tokenizer_2"),
-        text_encoder_2=parts.get("text_encoder_2"),
-        defaults={"guidance_scale": 7.5, "num_inference_steps": 10},
-        source=name,
+        defaults=defaults or {"guidance_scale": 7.5, "num_inference_steps": 10},
+        source=source or name,
     )

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tracing.nnsight import wrap
+    from diffloc.tracing.nnsight import wrap
     bridge = wrap(model)                                   # a loaded diffloc Model
     site = Site.parse("text_encoder:encoder.layers.0.self_attn.out_proj")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from tracing.configs import FAMILIES, published
+from diffloc.tracing.configs import FAMILIES, published
 
 # Keys that describe a checkpoint file rather than a model; not carried over. (An old
 # `_diffusers_version` would also make StableDiffusionPipeline reset sample_size to 64.)
@@ -144,7 +144,7 @@ def _build_models(cfgs: dict, seed: int | None, device: str | None = None) -> di
 
 
 def _tokenizer(config: dict):
-    from tracing.tokenizer import clip_tokenizer
+    from diffloc.tracing.tokenizer import clip_tokenizer
 
     tok = clip_tokenizer(model_max_length=config.get("model_max_length", 77))
     if config.get("pad_token", tok.pad_token) != tok.pad_token:

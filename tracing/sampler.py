@@ -26,9 +26,10 @@ from typing import Sequence
 import torch
 import torch.utils.checkpoint
 
+from .families import Conditioning
 from .hooks import hooks
 from .models import Model
-from .sites import TEXT_PREFIX, Site
+from .sites import Site
 
 
 class NonFiniteError(RuntimeError):
@@ -55,7 +56,8 @@ class SamplerConfig:
         return cls(**base)
 
     @property
-    def cfg(self) -> bool:
+    def guided(self) -> bool:
+        """Classifier-free guidance on (scale > 1, as diffusers' UNet pipelines; a family may decide otherwise)."""
         return self.guidance_scale > 1.0
 
 
@@ -87,38 +89,26 @@ def make_corruption(model: Model, positions: Sequence[int], generator: torch.Gen
     if not positions or bad:
         raise ValueError(f"token positions {list(positions)} invalid; allowed: a non-empty subset of 0..{n_tokens - 1}")
     noise = {}
-    for comp, module in model.modules.items():
-        if comp.startswith("text_encoder"):
-            dim = module.config.hidden_size
-            sample = torch.randn(len(positions), dim, generator=generator)  # [P, D]
-            noise[comp] = sample * scale * model.embed_std(comp)
+    for comp in model.text_components:
+        dim = model.modules[comp].get_input_embeddings().embedding_dim
+        sample = torch.randn(len(positions), dim, generator=generator)  # [P, D]
+        noise[comp] = sample * scale * model.embed_std(comp)
     return Corruption(tuple(int(p) for p in positions), noise)
 
 
 def initial_latents(model: Model, generator: torch.Generator, batch: int = 1, size: int | None = None) -> torch.Tensor:
-    """Initial noise as StableDiffusionPipeline draws it: [B, C, h, w] (before init_noise_sigma)."""
-    size = size or model.sample_size
-    shape = (batch, model.unet.config.in_channels, size, size)
+    """Initial noise as the family's diffusers pipeline draws it (before init_noise_sigma), e.g. [B, C, h, w]."""
+    shape = model.family.latent_shape(model, batch, size)
     return torch.randn(shape, generator=generator, dtype=model.dtype, device=generator.device).to(model.device)
 
 
-def _encode(model: Model, ids: torch.Tensor, text_hooks: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Prompt embeddings [B, 77, D] (and SDXL's pooled [B, P]) as the diffusers pipelines build them."""
-    ids = ids.to(model.device)
-    with hooks(model.modules, text_hooks):
-        if model.text_encoder_2 is None:
-            return model.text_encoder(ids)[0], None  # [B, 77, D], after final_layer_norm
-        out1 = model.text_encoder(ids, output_hidden_states=True)
-        out2 = model.text_encoder_2(ids, output_hidden_states=True)
-        embeds = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)  # [B, 77, D1+D2]
-        return embeds, out2[0]  # pooled text_embeds [B, P]
-
-
-def _uncond(model: Model, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    embeds, pooled = _encode(model, model.tokenize([""]), {})  # [1, 77, D]
-    if model.text_encoder_2 is not None and model.defaults.get("force_zeros_for_empty_prompt", True):
-        embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)  # SDXL's zeroed negative prompt
-    return embeds.expand(batch, -1, -1), None if pooled is None else pooled.expand(batch, -1)
+def encode(model: Model, texts: Sequence[str], text_hooks: dict | None = None, rows: int | None = None) -> Conditioning:
+    """The conditioning the family's pipeline builds from ``texts`` (one prompt may be repeated
+    over ``rows``), with ``text_hooks`` active in the text encoders."""
+    ids = model.family.tokenize(model, list(texts))
+    if rows is not None:
+        ids = {c: v.expand(rows, -1) for c, v in ids.items()}
+    return model.family.encode(model, ids, text_hooks or {})
 
 
 def _copy_rows(dst: torch.Tensor, src: torch.Tensor, tokens: torch.Tensor | None = None):
@@ -135,86 +125,76 @@ def _copy_rows(dst: torch.Tensor, src: torch.Tensor, tokens: torch.Tensor | None
     return fn
 
 
-def _sample(model: Model, cond: torch.Tensor, pooled: torch.Tensor | None, latents: torch.Tensor, cfg: SamplerConfig,
-            unet_patches: dict | None = None, unet_hooks: dict | None = None, clock: dict | None = None,
+def _sample(model: Model, cond: Conditioning, latents: torch.Tensor, cfg: SamplerConfig,
+            patches: dict | None = None, step_hooks: dict | None = None, clock: dict | None = None,
             checkpoint: bool = False) -> torch.Tensor:
-    """Denoise ``latents`` [R, C, h, w] under ``cond`` [R, 77, D]; returns images [R, 3, H, W] in [0, 1].
+    """Denoise ``latents`` [R, C, h, w] under ``cond`` (R rows); returns images [R, 3, H, W] in [0, 1].
 
-    The one loop behind every public sampler function. ``unet_patches`` restore row 0 into
-    rows; ``unet_hooks`` are extra hook functions read at each UNet call, which find the
-    current step in ``clock["i"]``. Gradients flow when the caller enables them (the public
-    functions run under ``torch.no_grad``); ``checkpoint`` recomputes each UNet call in the
-    backward pass (non-reentrant ``torch.utils.checkpoint``) instead of keeping its activations.
+    The one loop behind every public sampler function. ``patches`` restore row 0 into rows at
+    denoiser sites; ``step_hooks`` are extra hook functions read at each denoiser call, which
+    find the current step in ``clock["i"]``. Gradients flow when the caller enables them (the
+    public functions run under ``torch.no_grad``); ``checkpoint`` recomputes each denoiser call
+    in the backward pass (reentrant ``torch.utils.checkpoint``) instead of keeping its activations.
     """
-    R = cond.shape[0]
+    family = model.family
+    R = cond.embeds.shape[0]
     scheduler = type(model.scheduler).from_config(model.scheduler.config)
-    scheduler.set_timesteps(cfg.num_inference_steps, device=model.device)
+    family.prepare_scheduler(scheduler, cfg.num_inference_steps, model, latents)
     latents = latents * scheduler.init_noise_sigma
-    if cfg.cfg:
-        un, un_pooled = _uncond(model, R)
-        embeds = torch.cat([un, cond])  # [2R, 77, D]: uncond rows, then cond rows
-        pooled = None if pooled is None else torch.cat([un_pooled, pooled])
-    else:
-        embeds = cond
-    added = _sdxl_added(model, pooled, latents) if pooled is not None else None
+    guided = family.guidance(model, cfg.guidance_scale)
+    embeds = family.uncond(model, R).cat(cond) if guided else cond  # [2R, ...]: uncond rows, then cond rows
     step = clock if clock is not None else {"i": 0}
-    fns: dict = {site: [_windowed(rows, R, cfg.cfg, step)] for site, rows in (unet_patches or {}).items()}
-    for site, fn in (unet_hooks or {}).items():
+    fns: dict = {site: [_windowed(rows, R, guided, step)] for site, rows in (patches or {}).items()}
+    for site, fn in (step_hooks or {}).items():
         fns.setdefault(site, []).extend(fn if isinstance(fn, (list, tuple)) else [fn])
 
     recompute = checkpoint and torch.is_grad_enabled()
     if recompute and not latents.requires_grad:
         latents = latents.detach().requires_grad_()  # a reentrant checkpoint passes gradients only when an input needs them
 
-    def guided_eps(x: torch.Tensor, embeds: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
+    def guided_eps(x: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         step["i"] = i  # set here, so that a checkpoint's recomputation sees its own step
         # under checkpointing the hooks live inside the step: the backward pass's recomputation
         # (after this function has returned) must see the same hooks as the forward pass
-        with hooks(model.modules, fns) if recompute else nullcontext(), _block_checkpointing(model.unet, recompute):
-            eps = model.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample  # [2R or R, C, h, w]
-        if cfg.cfg:
+        with hooks(model.modules, fns) if recompute else nullcontext(), _block_checkpointing(model.denoiser, recompute):
+            eps = family.denoise(model, x, t, embeds, i)  # [2R or R, C, h, w]
+        if guided:
             e_un, e_text = eps.chunk(2)
             eps = e_un + cfg.guidance_scale * (e_text - e_un)
         return eps
 
     with nullcontext() if recompute else hooks(model.modules, fns):
         for i, t in enumerate(scheduler.timesteps):
-            x = torch.cat([latents] * 2) if cfg.cfg else latents  # [2R, C, h, w]
-            x = scheduler.scale_model_input(x, t)
+            x = torch.cat([latents] * 2) if guided else latents  # [2R, C, h, w]
+            x = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             if recompute:  # reentrant: the forward runs without a graph (non-reentrant keeps every step's nodes: 3× the RSS)
-                eps = torch.utils.checkpoint.checkpoint(guided_eps, x, embeds, i, t, use_reentrant=True)
+                eps = torch.utils.checkpoint.checkpoint(guided_eps, x, i, t, use_reentrant=True)
             else:
-                eps = guided_eps(x, embeds, i, t)
+                eps = guided_eps(x, i, t)
             if not torch.isfinite(eps).all():
-                raise NonFiniteError(f"non-finite UNet output at denoising step {i}; try --dtype float32")
+                raise NonFiniteError(f"non-finite denoiser output at denoising step {i}; try --dtype float32")
             latents = scheduler.step(eps, t, latents).prev_sample
     return _decode(model, latents)
 
 
 @contextmanager
-def _block_checkpointing(unet, on: bool):
+def _block_checkpointing(denoiser, on: bool):
     """diffusers' own per-block gradient checkpointing, on only while a checkpointed step is
     recomputed with gradients (so a step's backward holds one block's graph, not the whole UNet's:
     the toy screen's live peak fell from 30.5 to 12.0 MB). Restores the model's setting after."""
-    if not (on and torch.is_grad_enabled() and getattr(unet, "_supports_gradient_checkpointing", False)) \
-            or unet.is_gradient_checkpointing:
+    if not (on and torch.is_grad_enabled() and getattr(denoiser, "_supports_gradient_checkpointing", False)) \
+            or denoiser.is_gradient_checkpointing:
         yield
         return
-    unet.enable_gradient_checkpointing()
+    denoiser.enable_gradient_checkpointing()
     try:
         yield
     finally:
-        unet.disable_gradient_checkpointing()
+        denoiser.disable_gradient_checkpointing()
 
 
-def _sdxl_added(model: Model, pooled: torch.Tensor, latents: torch.Tensor) -> dict:
-    px = latents.shape[-1] * (8 if model.vae is not None else 1)
-    time_ids = torch.tensor([[px, px, 0, 0, px, px]], dtype=model.dtype, device=model.device)
-    return {"text_embeds": pooled.to(model.dtype), "time_ids": time_ids.expand(pooled.shape[0], -1)}
-
-
-def _windowed(rows: list[tuple[int, tuple[int, int] | None]], R: int, cfg: bool, step: dict):
-    """UNet hook restoring row 0 into each (row, window) whose window holds the current step."""
+def _windowed(rows: list[tuple[int, tuple[int, int] | None]], R: int, guided: bool, step: dict):
+    """Denoiser hook restoring row 0 into each (row, window) whose window holds the current step."""
     cache: dict[int, object] = {}
 
     def fn(module, inputs, output):
@@ -224,8 +204,8 @@ def _windowed(rows: list[tuple[int, tuple[int, int] | None]], R: int, cfg: bool,
             if not active:
                 cache[i] = None
             else:
-                dst = torch.tensor(active + ([R + r for r in active] if cfg else []), device=output.device)
-                src = torch.tensor([0] * len(active) + ([R] * len(active) if cfg else []), device=output.device)
+                dst = torch.tensor(active + ([R + r for r in active] if guided else []), device=output.device)
+                src = torch.tensor([0] * len(active) + ([R] * len(active) if guided else []), device=output.device)
                 cache[i] = _copy_rows(dst, src)
         body = cache[i]
         return None if body is None else body(module, inputs, output)
@@ -260,11 +240,16 @@ def generate(model: Model, prompts: Sequence[str], generator: torch.Generator | 
         if generator is None:
             raise ValueError("generate needs a torch.Generator or explicit latents")
         latents = initial_latents(model, generator, batch=len(prompts))
-    cond, pooled = _encode(model, model.tokenize(list(prompts)), {})
-    return _sample(model, cond, pooled, latents, cfg)
+    return _sample(model, encode(model, prompts), latents, cfg)
 
 
-def corruption_hooks(corruption: Corruption, first_row: int = 0, scale: float = 1.0) -> dict:
+def embedding_site(model: Model, component: str) -> Site:
+    """The site of a text component's token-embedding table (its ``get_input_embeddings()``)."""
+    table = model.modules[component].get_input_embeddings()
+    return Site(component, next(n for n, m in model.modules[component].named_modules() if m is table))
+
+
+def corruption_hooks(model: Model, corruption: Corruption, first_row: int = 0, scale: float = 1.0) -> dict:
     """Text hooks adding ``scale ×`` the corruption noise to rows ``first_row..`` of the token embeddings."""
     pos = torch.tensor(corruption.positions)
     out: dict = {}
@@ -275,12 +260,12 @@ def corruption_hooks(corruption: Corruption, first_row: int = 0, scale: float = 
             new[first_row:, pos.to(output.device)] += scale * noise.to(output.device, output.dtype)
             return new
 
-        out[Site(comp, f"{TEXT_PREFIX[comp]}embeddings.token_embedding")] = [corrupt]
+        out[embedding_site(model, comp)] = [corrupt]
     return out
 
 
 def hooked_generate(model: Model, prompt: str, latents: torch.Tensor, cfg: SamplerConfig, corruption: Corruption | None = None,
-                    scale: float = 1.0, text_hooks: dict | None = None, unet_hooks: dict | None = None,
+                    scale: float = 1.0, text_hooks: dict | None = None, step_hooks: dict | None = None,
                     clock: dict | None = None, checkpoint: bool = False) -> torch.Tensor:
     """One prompt, optionally corrupted (noise × ``scale``), with extra hooks: images [B, 3, H, W].
 
@@ -288,19 +273,18 @@ def hooked_generate(model: Model, prompt: str, latents: torch.Tensor, cfg: Sampl
 
         clock = {"i": 0}
         with torch.enable_grad():
-            img = hooked_generate(model, "a red circle", lat, cfg, corr, unet_hooks={site: fn}, clock=clock, checkpoint=True)
+            img = hooked_generate(model, "a red circle", lat, cfg, corr, step_hooks={site: fn}, clock=clock, checkpoint=True)
         score_fn(img, ["a red circle"]).sum().backward()
 
     Not under ``torch.no_grad``: gradients flow from the image back to any tensor a hook adds
     (the attribution screens add zero-valued probes). Text hooks run after the corruption;
-    UNet hooks read the denoising step from ``clock["i"]``. ``latents`` [B, C, h, w].
+    denoiser hooks read the denoising step from ``clock["i"]``. ``latents`` [B, C, h, w].
     """
-    fns = corruption_hooks(corruption, 0, scale) if corruption is not None else {}
+    fns = corruption_hooks(model, corruption, 0, scale) if corruption is not None else {}
     for site, fn in (text_hooks or {}).items():
         fns.setdefault(site, []).extend(fn if isinstance(fn, (list, tuple)) else [fn])
-    ids = model.tokenize([prompt]).expand(latents.shape[0], -1)
-    cond, pooled = _encode(model, ids, fns)
-    return _sample(model, cond, pooled, latents, cfg, unet_hooks=unet_hooks, clock=clock, checkpoint=checkpoint)
+    cond = encode(model, [prompt], fns, rows=latents.shape[0])
+    return _sample(model, cond, latents, cfg, step_hooks=step_hooks, clock=clock, checkpoint=checkpoint)
 
 
 def _check_rows(model: Model, rows: Sequence[Restore], cfg: SamplerConfig) -> None:
@@ -317,25 +301,24 @@ def _check_rows(model: Model, rows: Sequence[Restore], cfg: SamplerConfig) -> No
 
 
 @torch.no_grad()
-def patched_embeddings(model: Model, prompt: str, rows: Sequence[Restore], corruption: Corruption) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The prompt embeddings [1 + len(rows), 77, D] (and SDXL's pooled [.., P], or None) that
-    :func:`patched_generate` hands the UNet: row 0 clean, then one corrupted row per
-    :class:`Restore` with its text-encoder sites restored from row 0. No UNet runs."""
+def patched_embeddings(model: Model, prompt: str, rows: Sequence[Restore], corruption: Corruption) -> Conditioning:
+    """The conditioning (1 + len(rows) rows) that :func:`patched_generate` hands the denoiser:
+    row 0 clean, then one corrupted row per :class:`Restore` with its text-encoder sites
+    restored from row 0. No denoiser runs."""
     R = 1 + len(rows)
-    text_hooks = corruption_hooks(corruption, first_row=1)
+    text_hooks = corruption_hooks(model, corruption, first_row=1)
     text_pairs: dict[Site, list[tuple[int, int]]] = {}
     n_tok = model.tokenizer.model_max_length
     for r, row in enumerate(rows, start=1):
         for site in row.sites:
-            if site.component != "unet":
+            if site.is_text:
                 toks = row.tokens if row.tokens is not None else range(n_tok)
                 text_pairs.setdefault(site, []).extend((r, t) for t in toks)
     for site, pairs in text_pairs.items():
         dst = torch.tensor([r for r, _ in pairs])
         tok = torch.tensor([t for _, t in pairs])
         text_hooks.setdefault(site, []).append(_copy_rows(dst, torch.zeros_like(dst), tok))
-    ids = model.tokenize([prompt]).expand(R, -1)
-    return _encode(model, ids, text_hooks)
+    return encode(model, [prompt], text_hooks, rows=R)
 
 
 @torch.no_grad()
@@ -347,10 +330,9 @@ def patched_generate(model: Model, prompt: str, rows: Sequence[Restore], corrupt
     if latents is None:
         latents = initial_latents(model, generator)
     latents = latents[:1].expand(R, -1, -1, -1)  # one initial noise shared by every row
-    unet_patches: dict[Site, list] = {}
+    patches: dict[Site, list] = {}
     for r, row in enumerate(rows, start=1):
         for site in row.sites:
-            if site.component == "unet":
-                unet_patches.setdefault(site, []).append((r, row.window))
-    cond, pooled = patched_embeddings(model, prompt, rows, corruption)
-    return _sample(model, cond, pooled, latents, cfg, unet_patches)
+            if not site.is_text:
+                patches.setdefault(site, []).append((r, row.window))
+    return _sample(model, patched_embeddings(model, prompt, rows, corruption), latents, cfg, patches)

@@ -29,18 +29,15 @@ from .errors import ConfigError, DifflocInputError
 from .exact import noise_seed, run_unit as exact_run_unit, with_effects
 from .exact import _role as role_of
 from .sampler import make_corruption
-from .trace_config import RowSpec, TraceConfig, Unit, UnitContext, plan_units, text_rows, unet_rows
+from .trace_config import RowSpec, TraceConfig, Unit, UnitContext, component_rows, plan_units, traced_components
 
 CONFIRM = "+confirm"  # suffix of the component of a confirmation unit (its rows run exactly)
 
 
 def _rows(cfg: TraceConfig, model, prompt, n_steps: int) -> list[RowSpec]:
-    comps = ["text_encoder", "unet"] if cfg.component == "all" else [cfg.component]
-    if "text_encoder" in comps and model.text_encoder_2 is not None:
-        comps.insert(1, "text_encoder_2")
     rows: list[RowSpec] = []
-    for c in comps:
-        rows += unet_rows(model, cfg, n_steps) if c == "unet" else text_rows(model, prompt, cfg, c)
+    for c in traced_components(cfg, model):
+        rows += component_rows(model, prompt, cfg, c, n_steps)
     return rows
 
 
@@ -100,7 +97,7 @@ class ScreenMethod:
 
 def _key(r: RowSpec, positions, n_tokens: int) -> tuple:
     w = r.window or (-1, -1)
-    role = "" if r.component == "unet" else role_of(r.token, positions, n_tokens)
+    role = role_of(r.token, positions, n_tokens) if r.component.startswith("text_encoder") else ""
     return (r.site, role, w[0], w[1])
 
 

@@ -48,7 +48,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
 # Where the CLIP text transformer sits inside each text component. Pipelines hold
 # ``text_encoder_2`` as a CLIPTextModelWithProjection, which (transformers 5 too) wraps its
 # CLIPTextModel as ``.text_model``; CLIPTextModel itself has no such prefix any more.
@@ -59,7 +58,7 @@ UNET_KINDS = ("resnet", "attn1", "attn2", "ff")
 HEAD_KINDS = ("attn_head", "attn1_head", "attn2_head")
 _HEAD = r"\.heads\.(\d+)"
 # The module whose input holds the heads, relative to the attention module.
-_HEAD_INPUT = {"text": "out_proj", "unet": "to_out.0"}
+_HEAD_INPUT = {"text": "out_proj", "denoiser": "to_out.0"}
 
 
 class SiteError(LookupError):
@@ -74,11 +73,9 @@ class Site:
     path: str
 
     def __post_init__(self) -> None:
-        if self.component not in COMPONENTS:
-            raise SiteError(
-                f"unknown component {self.component!r} in site {self.component}:{self.path}; "
-                f"allowed: {', '.join(COMPONENTS)}"
-            )
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.component):  # a pipeline component name; the model checks it exists
+            raise SiteError(f"bad component {self.component!r} in site {self.component}:{self.path}; "
+                            "expected a pipeline component name such as text_encoder")
         if not self.path or not re.fullmatch(r"[A-Za-z0-9_.]+", self.path):
             raise SiteError(f"bad module path {self.path!r}; expected a dotted named_modules() path")
 
@@ -97,6 +94,11 @@ class Site:
 
     def __str__(self) -> str:
         return f"{self.component}:{self.path}"
+
+    @property
+    def is_text(self) -> bool:
+        """A text-encoder site (restored at token positions); otherwise a denoiser site (at steps)."""
+        return self.component.startswith("text_encoder")
 
     @property
     def kind(self) -> str:
@@ -125,7 +127,7 @@ class Site:
         """The module that holds the site's activation: a head site's output projection, else the path."""
         if self.head is None:
             return self.path
-        return f"{self.attn_path}.{_HEAD_INPUT['unet' if self.component == 'unet' else 'text']}"
+        return f"{self.attn_path}.{_HEAD_INPUT['text' if self.is_text else 'denoiser']}"
 
     @property
     def block(self) -> str:
@@ -172,21 +174,21 @@ def _per_block(value: Any, n_blocks: int) -> list[int]:
     return list(value)
 
 
-def unet_sites(config: Mapping[str, Any]) -> list[Site]:
+def unet_sites(config: Mapping[str, Any], component: str) -> list[Site]:
     """Every ResNet, attn1, attn2 and ff block of a UNet2DConditionModel, in execution order.
 
     Derived from the config alone (block types, ``layers_per_block``,
     ``transformer_layers_per_block``), so a table can be checked against a module tree.
     """
-    return [site for site, _ in _unet_walk(config)]
+    return [site for site, _ in _unet_walk(config, component)]
 
 
-def unet_heads(config: Mapping[str, Any]) -> dict[Site, int]:
+def unet_heads(config: Mapping[str, Any], component: str) -> dict[Site, int]:
     """Number of heads of every UNet attn1 / attn2 site, in execution order (see the module docstring)."""
-    return {site: n for site, n in _unet_walk(config) if n}
+    return {site: n for site, n in _unet_walk(config, component) if n}
 
 
-def _unet_walk(config: Mapping[str, Any]) -> list[tuple[Site, int]]:
+def _unet_walk(config: Mapping[str, Any], component: str) -> list[tuple[Site, int]]:
     """(site, heads) in execution order; heads is 0 for sites that are not attention."""
     down_types = list(config["down_block_types"])
     up_types = list(config["up_block_types"])
@@ -201,28 +203,28 @@ def _unet_walk(config: Mapping[str, Any]) -> list[tuple[Site, int]]:
     def transformer(prefix: str, n_layers: int, n_heads: int) -> None:
         for t in range(n_layers):
             for kind in ("attn1", "attn2", "ff"):
-                sites.append((Site("unet", f"{prefix}.transformer_blocks.{t}.{kind}"), 0 if kind == "ff" else int(n_heads)))
+                sites.append((Site(component, f"{prefix}.transformer_blocks.{t}.{kind}"), 0 if kind == "ff" else int(n_heads)))
 
     def depth_at(d: Any, i: int) -> int:
         return d if isinstance(d, int) else int(d[i])
 
     for b, kind in enumerate(down_types):
         for i in range(layers[b]):
-            sites.append((Site("unet", f"down_blocks.{b}.resnets.{i}"), 0))
+            sites.append((Site(component, f"down_blocks.{b}.resnets.{i}"), 0))
             if "CrossAttn" in kind:
                 transformer(f"down_blocks.{b}.attentions.{i}", depth_at(depth[b], i), heads[b])
     if mid_type is not None:
-        sites.append((Site("unet", "mid_block.resnets.0"), 0))
+        sites.append((Site(component, "mid_block.resnets.0"), 0))
         if "CrossAttn" in mid_type:
             transformer("mid_block.attentions.0", depth_at(depth[-1], -1), heads[-1])
-        sites.append((Site("unet", "mid_block.resnets.1"), 0))
+        sites.append((Site(component, "mid_block.resnets.1"), 0))
     rev_layers = list(reversed(layers))
     rev = config.get("reverse_transformer_layers_per_block")
     rev_depth = list(rev) if rev else list(reversed(depth))
     rev_heads = list(reversed(heads))
     for b, kind in enumerate(up_types):
         for i in range(rev_layers[b] + 1):
-            sites.append((Site("unet", f"up_blocks.{b}.resnets.{i}"), 0))
+            sites.append((Site(component, f"up_blocks.{b}.resnets.{i}"), 0))
             if "CrossAttn" in kind:
                 transformer(f"up_blocks.{b}.attentions.{i}", depth_at(rev_depth[b], i), rev_heads[b])
     return sites
@@ -239,15 +241,18 @@ def head_sites(site: Site, n_heads: int) -> list[Site]:
 class SiteTable:
     """The sites tracing sweeps over, for one model.
 
-    ``text[component]`` lists layers of {hidden, attn, mlp}; ``unet`` is in execution order.
+    ``text_layers[component]`` counts layers of {hidden, attn, mlp}; ``denoiser`` lists the
+    denoiser's sites (UNet or DiT blocks) in execution order, under ``denoiser_component``.
     """
 
     arch: str
     text_layers: Mapping[str, int]
-    unet: tuple[Site, ...]
+    denoiser: tuple[Site, ...]
     extra: tuple[Site, ...] = field(default=())
-    text_heads: Mapping[str, int] = field(default_factory=dict)   # component -> heads per layer
-    unet_heads: Mapping[Site, int] = field(default_factory=dict)  # attn1 / attn2 site -> heads
+    text_heads: Mapping[str, int] = field(default_factory=dict)       # component -> heads per layer
+    denoiser_heads: Mapping[Site, int] = field(default_factory=dict)  # attention site -> heads
+    denoiser_component: str = ""
+    text_paths: Mapping[str, Any] = field(default_factory=dict)       # component -> layer sites fn (T5 etc.)
 
     @property
     def text_components(self) -> tuple[str, ...]:
@@ -259,35 +264,35 @@ class SiteTable:
             raise SiteError(f"no text component {component!r}; this model has {', '.join(self.text_layers)}")
         if not 0 <= layer < n:
             raise SiteError(f"text-encoder layer {layer} out of range; allowed 0..{n - 1}")
-        return text_layer_sites(component, layer)
+        return self.text_paths[component](layer) if component in self.text_paths else text_layer_sites(component, layer)
 
     def text_sites(self, component: str = "text_encoder") -> list[Site]:
         n = self.text_layers.get(component, 0)
-        return [s for layer in range(n) for s in text_layer_sites(component, layer).values()]
+        return [s for layer in range(n) for s in self.text_layer(layer, component).values()]
 
     def heads_of(self, site: Site) -> list[Site]:
-        """Head sites of one attention site (text ``attn`` site, or UNet attn1 / attn2); [] if none."""
-        if site.component == "unet":
-            return head_sites(site, self.unet_heads.get(site, 0))
+        """Head sites of one attention site (text ``attn`` site, or a denoiser attention); [] if none."""
+        if not site.is_text:
+            return head_sites(site, self.denoiser_heads.get(site, 0))
         if site.kind != "attn" or site.component not in self.text_heads:
             return []
         return head_sites(site, self.text_heads[site.component])
 
     def heads(self, component: str | None = None) -> list[Site]:
-        """Every head site (of one component, or all: text encoders by layer, then the UNet in execution order)."""
+        """Every head site (of one component, or all: text encoders by layer, then the denoiser in execution order)."""
         out: list[Site] = []
         for comp, n in self.text_layers.items():
             if component in (None, comp):
-                out += [h for layer in range(n) for h in self.heads_of(text_layer_sites(comp, layer)["attn"])]
-        if component in (None, "unet"):
-            out += [h for s in self.unet_heads for h in self.heads_of(s)]
+                out += [h for layer in range(n) for h in self.heads_of(self.text_layer(layer, comp)["attn"])]
+        if component in (None, self.denoiser_component):
+            out += [h for s in self.denoiser_heads for h in self.heads_of(s)]
         return out
 
     def all_sites(self) -> list[Site]:
         out: list[Site] = []
         for comp in self.text_layers:
             out += self.text_sites(comp)
-        return out + list(self.unet) + list(self.extra)
+        return out + list(self.denoiser) + list(self.extra)
 
     def __contains__(self, site: object) -> bool:
         return site in set(self.all_sites()) or site in set(self.heads())
@@ -298,16 +303,18 @@ class SiteTable:
             yield str(s), s.component, s.kind
 
 
-def build_site_table(arch: str, unet_config: Mapping[str, Any], text_configs: Mapping[str, Any]) -> SiteTable:
-    """Site table from configs: ``text_configs`` maps component name to its CLIPTextConfig."""
+def build_site_table(arch: str, unet_config: Mapping[str, Any], text_configs: Mapping[str, Any],
+                     denoiser: str) -> SiteTable:
+    """Site table of a CLIP-conditioned UNet from configs: ``text_configs`` maps component name
+    to its CLIPTextConfig; ``denoiser`` is the UNet's component name."""
     layers = {name: int(cfg.num_hidden_layers) for name, cfg in text_configs.items()}
     extra = tuple(Site(name, f"{TEXT_PREFIX[name]}final_layer_norm") for name in text_configs) + (
-        Site("unet", "conv_in"),
-        Site("unet", "conv_out"),
+        Site(denoiser, "conv_in"),
+        Site(denoiser, "conv_out"),
     )
     heads = {name: int(cfg.num_attention_heads) for name, cfg in text_configs.items()}
-    return SiteTable(arch=arch, text_layers=layers, unet=tuple(unet_sites(unet_config)), extra=extra,
-                     text_heads=heads, unet_heads=unet_heads(unet_config))
+    return SiteTable(arch=arch, text_layers=layers, denoiser=tuple(unet_sites(unet_config, denoiser)), extra=extra,
+                     text_heads=heads, denoiser_heads=unet_heads(unet_config, denoiser), denoiser_component=denoiser)
 
 
 def resolve(site: Site | str, modules: Mapping[str, Any]) -> Any:

@@ -3,7 +3,7 @@
 Usage::
 
     from functools import partial
-    from tracing.testing import tiny_pixel_model, tiny_scorer
+    from diffloc.tracing.testing import tiny_pixel_model, tiny_scorer
 
     model = tiny_pixel_model(seed=0)      # same weights in every process for the same seed
     factory = partial(tiny_pixel_model, 0) # picklable: a Ray worker rebuilds the same model
@@ -35,8 +35,10 @@ def tiny_pixel_model(seed: int = 0) -> Model:
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
     )
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
-    return Model(name="tiny-pixel", arch="toy", tokenizer=clip_tokenizer(), text_encoder=text, unet=unet,
-                 scheduler=sched, defaults={"num_inference_steps": 5, "guidance_scale": 2.0}, world="toy")
+    model = Model(name="tiny-pixel", arch="toy", modules={"text_encoder": text, "unet": unet},
+                  tokenizers={"text_encoder": clip_tokenizer()}, scheduler=sched,
+                  defaults={"num_inference_steps": 5, "guidance_scale": 2.0}, world="toy")
+    return model
 
 
 def tiny_scorer(seed: int = 0):

@@ -20,7 +20,7 @@ from .prompts import ATTRIBUTES, MarkedPrompt
 from .sampler import Restore
 from .sites import TEXT_KINDS, Site
 
-COMPONENT_CHOICES = ("text_encoder", "unet", "all")
+COMPONENT_CHOICES = ("text_encoder", "denoiser", "unet", "transformer", "all")  # unet/transformer: the family's denoiser
 RESTORE_MODES = ("token", "suffix", "span")
 SWAP_CHOICES = ("value", "remove")
 
@@ -86,8 +86,8 @@ class TraceConfig:
             raise ConfigError(f"text kinds {list(self.text_kinds)} invalid; allowed: a non-empty subset of {', '.join(TEXT_KINDS)}")
         if self.restore not in RESTORE_MODES:
             raise ConfigError(f"unknown --restore {self.restore!r}; allowed: {', '.join(RESTORE_MODES)}")
-        if self.restore != "token" and self.component == "unet":
-            raise ConfigError(f"--restore {self.restore} restores text-encoder tokens; a UNet-only sweep (--component unet) has none. Allowed there: token")
+        if self.restore != "token" and self.component not in ("text_encoder", "all"):
+            raise ConfigError(f"--restore {self.restore} restores text-encoder tokens; a denoiser-only sweep (--component {self.component}) has none. Allowed there: token")
         if self.span_end is not None and self.restore != "span":
             raise ConfigError(f"--span-end needs --restore span, got --restore {self.restore}")
         if self.swap not in SWAP_CHOICES:
@@ -175,29 +175,48 @@ def text_rows(model, prompt: MarkedPrompt, cfg: TraceConfig, component: str = "t
     return rows
 
 
-def unet_rows(model, cfg: TraceConfig, n_steps: int) -> list[RowSpec]:
-    """Every UNet site of the table, restored at all steps or in each step window (with ``cfg.heads``: then every head)."""
+def traced_components(cfg: TraceConfig, model) -> list[str]:
+    """The components a sweep covers: ``all`` = every text encoder then the denoiser; ``text_encoder``
+    = every text encoder; ``denoiser`` (or the family's own name for it, unet / transformer) = the denoiser."""
+    denoiser = model.family.denoiser
+    if cfg.component == "all":
+        return [*model.text_components, denoiser]
+    if cfg.component == "text_encoder":
+        return list(model.text_components)
+    if cfg.component in ("denoiser", denoiser):
+        return [denoiser]
+    raise ConfigError(f"--component {cfg.component}: {model.name} has no such component; allowed: text_encoder, {denoiser}, denoiser, all")
+
+
+def component_rows(model, prompt: MarkedPrompt, cfg: TraceConfig, component: str, n_steps: int) -> list[RowSpec]:
+    """The restored rows of one component: denoiser rows or text-encoder rows."""
+    if component == model.family.denoiser:
+        return denoiser_rows(model, cfg, n_steps)
+    return text_rows(model, prompt, cfg, component)
+
+
+def denoiser_rows(model, cfg: TraceConfig, n_steps: int) -> list[RowSpec]:
+    """Every denoiser site of the table, restored at all steps or in each step window (with ``cfg.heads``: then every head)."""
     windows = list(cfg.step_windows) if cfg.step_windows else [None]
     for w in windows:
         if w is not None and w[1] > n_steps:
             raise ConfigError(f"step window {tuple(w)} outside the step range; allowed [a, b) with 0 <= a < b <= {n_steps}")
-    sites = list(model.sites.unet)
+    sites = list(model.sites.denoiser)
     if cfg.heads:  # then every head of every attn1 / attn2 site, one head per row
-        heads = [h for s in model.sites.unet for h in model.sites.heads_of(s)]
-        if not heads and cfg.component == "unet":
-            raise ConfigError(f"--heads: the UNet of {model.name} has no attention heads (no attn1 / attn2 sites); drop --heads or trace the text encoder")
+        heads = [h for s in model.sites.denoiser for h in model.sites.heads_of(s)]
+        if not heads and cfg.component != "all":
+            raise ConfigError(f"--heads: the denoiser of {model.name} has no attention heads; drop --heads or trace the text encoder")
         sites += heads
-    return [RowSpec(Restore((s,), window=w), "unet", s.kind, str(s), -1, -1, w) for s in sites for w in windows]
+    comp = model.family.denoiser
+    return [RowSpec(Restore((s,), window=w), comp, s.kind, str(s), -1, -1, w) for s in sites for w in windows]
 
 
 def plan_units(cfg: TraceConfig, model, prompts: list[MarkedPrompt], n_steps: int) -> list[Unit]:
     """All units of a sweep, in a fixed order."""
-    comps = ["text_encoder", "unet"] if cfg.component == "all" else [cfg.component]
-    if "text_encoder" in comps and model.text_encoder_2 is not None:
-        comps.insert(1, "text_encoder_2")
+    comps = traced_components(cfg, model)
     units = []
     for pi, prompt in enumerate(prompts):
-        per_comp = {c: (unet_rows(model, cfg, n_steps) if c == "unet" else text_rows(model, prompt, cfg, c)) for c in comps}
+        per_comp = {c: component_rows(model, prompt, cfg, c, n_steps) for c in comps}
         for seed in cfg.seeds:
             for ni in range(cfg.noise_samples):
                 for comp, rows in per_comp.items():

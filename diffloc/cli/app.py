@@ -21,8 +21,8 @@ from typing import Optional
 
 import typer
 
-from tracing.errors import DifflocInputError
-from tracing.worlds import WORLDS
+from diffloc.tracing.errors import DifflocInputError
+from diffloc.tracing.worlds import WORLDS
 
 from .. import __version__
 from . import edit, misc, trace

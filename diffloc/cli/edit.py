@@ -18,11 +18,11 @@ from typing import List, Optional
 
 import typer
 
-from editing.corpus import read_corpus
-from editing.editors import EDITORS, method_labels
-from editing.trace_options import options_from_trace
-from tracing.errors import UsageError
-from tracing.sites import Site
+from diffloc.editing.corpus import read_corpus
+from diffloc.editing.editors import EDITORS, method_labels
+from diffloc.editing.trace_options import options_from_trace
+from diffloc.tracing.errors import UsageError
+from diffloc.tracing.sites import Site
 
 from .common import progress_bar, say
 
@@ -74,8 +74,8 @@ def edit(
     Example: diffloc edit --method quickfix --from-trace results/colour --source red --target blue --model toy --out results/edited
     Example: diffloc edit --method quickfix --cases experiments/cases/toy_edits.jsonl --case-preserve --model toy --out results/edited_many
     """
-    from editing.records import check_out_path, load_records, save_edited
-    from tracing.models import load_model
+    from diffloc.editing.records import check_out_path, load_records, save_edited
+    from diffloc.tracing.models import load_model
 
     editor = EDITORS.get(method)  # one line naming the registered editors
     chosen = _chosen_cases(cases, source, target, sequential, case_preserve, templates, targets)
@@ -92,14 +92,14 @@ def edit(
     if chosen is None:
         records = editor.apply(m, source, target, opts)
     else:
-        from editing.batch import apply_cases
-        from editing.editors import Method
+        from diffloc.editing.batch import apply_cases
+        from diffloc.editing.editors import Method
 
         label = Method(method, case_preserve)
         records = apply_cases(m, label, chosen, {method: opts}, sequential=sequential)
     save_edited(m, previous + records, out, source=model if Path(model).exists() else None)
     if found is not None:
-        from editing.diagnose import write_diagnosis
+        from diffloc.editing.diagnose import write_diagnosis
 
         write_diagnosis(found[0] if len(found) == 1 else found, out / "diagnosis.json")
     for r in records:
@@ -117,8 +117,8 @@ def _chosen_cases(cases: Optional[Path], source, target, sequential: bool, case_
         return None
     if source is not None or target is not None or templates is not None or targets is not None:
         raise UsageError("--cases FILE carries each edit's source, target, templates and targets; drop --source/--target/--templates/--targets")
-    from editing.batch import check_conflicts
-    from editing.cases import load_cases
+    from diffloc.editing.batch import check_conflicts
+    from diffloc.editing.cases import load_cases
 
     chosen = load_cases(cases)
     if not chosen:
@@ -147,22 +147,22 @@ def _file_options(opts: dict, method: str, templates, preserve, targets) -> None
 def edit_site(model, method: str, opts: dict) -> str:
     """The site an edit will change (the first, for several): what --diagnose patches after."""
     if method == "quickfix":
-        from editing.quickfix import default_site
+        from diffloc.editing.quickfix import default_site
 
         return opts.get("site") or default_site()
     if method == "refact":
-        from editing.refact import default_layer, fc2_site
+        from diffloc.editing.refact import default_layer, fc2_site
 
         return str(fc2_site(model, opts["layer"] if opts.get("layer") is not None else default_layer(model)))
-    sites = opts.get("sites") or [str(s) for s in model.sites.unet if s.kind == "attn2"]
+    sites = opts.get("sites") or [str(s) for s in model.sites.denoiser if s.kind == "attn2"]
     return str(sites[0])
 
 
 def _diagnose(model, method: str, opts: dict, source, target, chosen, seeds: int, max_prompts: int = 4) -> list[dict]:
     """Diagnose each edit (the first ``max_prompts`` edit prompts × ``seeds``) at the site ``method`` would edit."""
-    from editing.diagnose import diagnose, diagnosis_line, residual_site
-    from tracing.scoring import default_scorer, load_scorer
-    from tracing.worlds import world_of
+    from diffloc.editing.diagnose import diagnose, diagnosis_line, residual_site
+    from diffloc.tracing.scoring import default_scorer, load_scorer
+    from diffloc.tracing.worlds import world_of
 
     site = edit_site(model, method, opts)
     residual_site(site)  # a UNet site is a one-line error before anything runs
@@ -203,7 +203,7 @@ def diagnose_cmd(
 
     Example: diffloc diagnose --model toy --source red --target blue --layer 0 --out results/diagnosis
     """
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     editor = EDITORS.get(method)
     chosen = _chosen_cases(cases, source, target, False, False, templates, targets)
@@ -213,7 +213,7 @@ def diagnose_cmd(
     opts = method_options(editor.name, m, site, layer, None, None, None) if editor.name != "refact" else \
         {"layer": layer if site is None else Site.parse(site).layer}
     _file_options(opts, editor.name, templates, None, targets)
-    from editing.diagnose import write_diagnosis
+    from diffloc.editing.diagnose import write_diagnosis
 
     found = _diagnose(m, editor.name, opts, source, target, None if chosen is None else chosen[:max_cases], seeds, max_prompts)
     write_diagnosis(found[0] if len(found) == 1 else found, out / "diagnosis.json")
@@ -253,8 +253,8 @@ def undo(
 
     Example: diffloc undo --model results/edited --out results/restored
     """
-    from editing.records import check_out_path, load_records, save_edited, undo_edit
-    from tracing.models import load_model
+    from diffloc.editing.records import check_out_path, load_records, save_edited, undo_edit
+    from diffloc.tracing.models import load_model
 
     check_out_path(out, str(model))
     records = load_records(model)
@@ -297,7 +297,7 @@ def bench_edit(out: Path = typer.Option(..., "--out", "-o", help="JSON file to w
     Example: diffloc bench edit --out results/bench_edit.json
     """
     from diffloc.bench_edit import bench_edit_all
-    from tracing.io import write_plain_json
+    from diffloc.tracing.io import write_plain_json
 
     result = bench_edit_all()
     write_plain_json(result, out)

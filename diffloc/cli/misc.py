@@ -14,7 +14,7 @@ from typing import List
 
 import typer
 
-from tracing.errors import UsageError
+from diffloc.tracing.errors import UsageError
 
 from .common import progress_bar, say
 
@@ -28,7 +28,7 @@ def sites(
 
     Example: diffloc sites --model tiny-sd1 --component unet
     """
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     m = load_model(model)
     allowed = ("all",) + tuple(m.modules)

@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import typer
 
-from tracing.errors import UsageError
+from diffloc.tracing.errors import UsageError
 
 from .common import progress_bar, say
 
@@ -77,9 +77,9 @@ def trace(
 
     Example: diffloc trace --model toy --attribute colour --out results/colour
     """
-    from tracing.prompts import load_prompt_file
-    from tracing.sweep import run_sweep
-    from tracing.trace_config import TraceConfig
+    from diffloc.tracing.prompts import load_prompt_file
+    from diffloc.tracing.sweep import run_sweep
+    from diffloc.tracing.trace_config import TraceConfig
 
     prompts = tuple(p.marked for p in load_prompt_file(prompt_file)) if prompt_file else ()
     cfg = TraceConfig(model=model, attribute=attribute, component=component, prompts=prompts, max_prompts=max_prompts,
@@ -90,13 +90,13 @@ def trace(
                       window=window, swap=swap, bootstrap=bootstrap)
     executor_kw = dict(address=ray_address, num_workers=workers) if executor == "ray" else None
     if executor == "ray":
-        from tracing.executors import import_ray
+        from diffloc.tracing.executors import import_ray
 
         import_ray()  # one-line error before any model loads when Ray is missing
     if until_stable is None:
         table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
     else:
-        from tracing.stable import run_until_stable
+        from diffloc.tracing.stable import run_until_stable
 
         table, history = run_until_stable(cfg, out, target=until_stable, max_seeds=max_seeds,
                                           progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
@@ -143,8 +143,8 @@ def bench_trace(
     Example: diffloc bench trace --model random-sd1 --device cuda --dtype float16 --steps 20 --scorer ViT-L-14-336/random --out sd1.json
     """
     from diffloc.bench_trace import bench_trace as run
-    from tracing.io import write_plain_json
-    from tracing.models import load_model
+    from diffloc.tracing.io import write_plain_json
+    from diffloc.tracing.models import load_model
 
     if steps is not None and steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from tracing.errors import UsageError
+from diffloc.tracing.errors import UsageError
 
 toy_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                       help="The embedded toy world: train and evaluate its model and scorer.")

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m experiments.toy.edit_cases          # deterministic; the file is committed
-    python -m experiments.toy.edit_cases --dev    # the held-out dev set (case seeds 1000+i), for choosing methods
+    python -m diffloc_toy.edit_cases          # deterministic; the file is committed
+    python -m diffloc_toy.edit_cases --dev    # the held-out dev set (case seeds 1000+i), for choosing methods
 
 Each case re-maps one attribute value (``source`` word → ``target`` word): colour and object
 re-mappings, style removal (a texture → plain), count and viewpoint changes. Every prompt
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.toy import world
+from diffloc_toy import world
 
 OUT = Path(__file__).resolve().parent.parent / "cases" / "toy_edits.jsonl"
 DEV = OUT.with_name("toy_edits_dev.jsonl")

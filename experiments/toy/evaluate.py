@@ -14,8 +14,8 @@ and ``OUT/samples.png`` (a grid of samples, each with its prompt and its reading
 
 Usage::
 
-    python -m experiments.toy.evaluate --out results/toy_eval [--model DIR] [--n-per-value 50]
-    python -m experiments.toy.evaluate --out results/toy_eval --sweep 1.5,2,3,4    # guidance sweep
+    python -m diffloc_toy.evaluate --out results/toy_eval [--model DIR] [--n-per-value 50]
+    python -m diffloc_toy.evaluate --out results/toy_eval --sweep 1.5,2,3,4    # guidance sweep
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def balanced_attrs(n_per_value: int, seed: int) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------- generation
 def load(model_dir: str | Path | None = None):
     """The toy model through tracing.models.load_model (the project's loader)."""
-    from tracing.models import load_model
+    from diffloc.tracing.models import load_model
 
     return load_model(str(model_dir) if model_dir is not None else "toy")
 
@@ -61,7 +61,7 @@ def load(model_dir: str | Path | None = None):
 @torch.no_grad()
 def generate(model, prompts: Sequence[str], seed: int, num_inference_steps: int, guidance_scale: float, batch: int = 64) -> torch.Tensor:
     """Float images [B, 3, 32, 32] in [0, 1]; chunk c uses torch.Generator seeded seed + c."""
-    from tracing.sampler import SamplerConfig, generate as _generate
+    from diffloc.tracing.sampler import SamplerConfig, generate as _generate
 
     cfg = SamplerConfig(num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale))
     out = []
@@ -89,11 +89,11 @@ def reference_ddim(model, prompts: Sequence[str], latents: torch.Tensor, num_inf
     x = latents * sched.init_noise_sigma
     for t in sched.timesteps:
         if guidance_scale > 1:
-            e = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([unc, cond])).sample
+            e = model.denoiser(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([unc, cond])).sample
             eu, ec = e.chunk(2)
             e = eu + guidance_scale * (ec - eu)
         else:
-            e = model.unet(x, t, encoder_hidden_states=cond).sample
+            e = model.denoiser(x, t, encoder_hidden_states=cond).sample
         x = sched.step(e, t, x).prev_sample
     return (x / 2 + 0.5).clamp(0, 1)
 

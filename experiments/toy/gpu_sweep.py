@@ -3,11 +3,11 @@
 Usage (one variant per process, all sharing one GPU; each writes RESULTS/<name>.json when done)::
 
     for v in u2k u2k_lr2 u2k_lr4 s1k_obj; do
-        python -m experiments.toy.gpu_sweep $v /tmp/sweep cuda results/gpu_sweep &
+        python -m diffloc_toy.gpu_sweep $v /tmp/sweep cuda results/gpu_sweep &
     done; wait
 
 UNet variants train the UNet stage on a copy of the shipped text encoder; scorer variants
-train the scorer stage; both are then scored by ``experiments.toy.evaluate.evaluate``
+train the scorer stage; both are then scored by ``diffloc_toy.evaluate.evaluate``
 (200 samples; ``NPV`` sets samples per value). Results of the run on an H200:
 ``results/reference/toy_gpu_sweep.json``; see docs/toy_world.md.
 """
@@ -15,9 +15,9 @@ import dataclasses, json, os, shutil, sys, time, traceback  # noqa: E401
 from pathlib import Path
 import torch
 
-from experiments.toy.evaluate import evaluate
-from experiments.toy.train import ToyTrainConfig, train
-from tracing.models import load_model
+from diffloc_toy.evaluate import evaluate
+from diffloc_toy.train import ToyTrainConfig, train
+from diffloc.tracing.models import load_model
 
 SHIPPED = Path("experiments/toy/weights")
 V = {

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from experiments.toy.paths import MODEL_DIR, PROMPT_DIR
+    from diffloc_toy.paths import MODEL_DIR, PROMPT_DIR
 """
 from __future__ import annotations
 

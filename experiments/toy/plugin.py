@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tracing.worlds import get_world
+    from diffloc.tracing.worlds import get_world
     toy = get_world("toy")        # this object; pyproject: [project.entry-points."diffloc.worlds"]
     toy.read(image)["colour"]     # exact readers (100 % on renders)
 

@@ -31,7 +31,7 @@ def load_toy_scorer(path: str | Path | None = None):
 
     folder = Path(path) if path is not None else toy_scorer_dir()
     if not (folder / "open_clip_config.json").exists():
-        raise FileNotFoundError(f"no toy scorer at {folder}; run `python -m experiments.toy.train --out experiments/toy/weights`")
+        raise FileNotFoundError(f"no toy scorer at {folder}; run `python -m diffloc_toy.train --out experiments/toy/weights`")
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     return model.eval(), preprocess, tokenizer

@@ -13,8 +13,8 @@ c. ``unet``   a pixel-space diffusers ``UNet2DConditionModel`` trained with DDPM
 
 Usage::
 
-    python -m experiments.toy.train --out experiments/toy/weights
-    python -m experiments.toy.train --out /tmp/toy --unet-steps 200 --clip-steps 50 --scorer-steps 50   # smoke
+    python -m diffloc_toy.train --out experiments/toy/weights
+    python -m diffloc_toy.train --out /tmp/toy --unet-steps 200 --clip-steps 50 --scorer-steps 50   # smoke
 
 Outputs under ``OUT``: ``model/`` (text_encoder, tokenizer, unet, scheduler, diffloc.json),
 ``scorer/`` (open_clip_config.json + open_clip_model.safetensors), and, outside the shipped
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tracing.errors import ConfigError
+from diffloc.tracing.errors import ConfigError
 
 from . import world
 
@@ -466,7 +466,7 @@ def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
 # ----------------------------------------------------------------------------- entry points
 def train(out_dir: str | Path, config: ToyTrainConfig | None = None, stages: tuple[str, ...] = ("clip", "scorer", "unet")) -> Path:
     """Run the stages into ``out_dir`` (resumable); returns ``out_dir/model``."""
-    from tracing.tokenizer import clip_tokenizer
+    from diffloc.tracing.tokenizer import clip_tokenizer
 
     cfg = config or ToyTrainConfig()
     out = Path(out_dir)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tracing.configs import published
+    from diffloc.tracing.configs import published
     cfg = published("sdxl")                  # {'model_index.json': {...}, 'unet/config.json': {...}, ...}
     cfg["unet/config.json"]["transformer_layers_per_block"]   # [1, 2, 10]
 
