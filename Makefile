@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test venv clean-venv browser
+.PHONY: demo test lint venv clean-venv browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,7 +32,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/diffloc demo --out results/demo
 
-test: $(STAMP) browser
+# Import order and pyflakes over the whole tree ([tool.ruff] in pyproject.toml); `ruff check --fix` sorts imports.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Every test, the slow ones included (`pytest -m "not slow"` leaves those out while editing).
+test: lint browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean-venv:

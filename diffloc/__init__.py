@@ -1,14 +1,19 @@
-"""diffloc, the application: edit evaluation, figures, the HTML report, benchmarks and the CLI.
+"""diffloc: find where a text-to-image diffusion model stores an attribute, then edit it there.
 
 Usage::
 
-    from diffloc.evaluate import evaluate_methods, summarise
-    from diffloc.plots import plot_run
-    from diffloc.report import write_report
+    import diffloc
+    model = diffloc.load_model("toy")
+    run = diffloc.trace(model, "colour", out="results/colour")
+    run.table, run.causal_sites, run.plot()
+    diffloc.edit(model, from_trace=run, source="red", target="blue", out="results/red_blue")
 
-The libraries underneath are ``tracing`` (core: sites, hooks, models, io, worlds; then the
-sampler, sweeps, metrics and screens) and ``editing`` (closed forms and editors). Imports point
-down only: ``diffloc`` may import both, ``editing`` imports ``tracing``, and nothing imports
-``diffloc.cli`` (tests/test_architecture.py enforces it). See docs/architecture.md.
+Packages (one import root; imports point down only, tests/test_architecture.py enforces it):
+``diffloc.tracing`` (core: sites, families, hooks, models, io, worlds; then the sampler, sweeps,
+metrics and screens), ``diffloc.editing`` (closed forms and editors), and the application here
+(evaluation, figures, the HTML report, benchmarks, and ``diffloc.cli``, which nothing imports).
+The toy world is the plug-in ``diffloc_toy``. See docs/architecture.md.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
+
+from .api import Run, edit, load_model, trace  # noqa: E402,F401  (light: every import inside is lazy)

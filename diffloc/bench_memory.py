@@ -108,9 +108,11 @@ def peak_bytes(fn) -> dict:
     return {"tensors": mode.peak, "rss": _rss_peak(fn)}  # a second call: the tracker's own objects stay out of RSS
 
 
-def median_peak(fn, repeats: int) -> dict:
-    """Median over ``repeats`` calls of :func:`peak_bytes` ({"tensors", "rss"} bytes)."""
-    runs = [peak_bytes(fn) for _ in range(repeats)]
+def median_peak(fn, repeats: int, measure=None) -> dict:
+    """Median over ``repeats`` calls of ``measure(fn)`` (default :func:`peak_bytes`; {"tensors", "rss"} bytes).
+    ``rss`` is None when the first call has none (not Linux)."""
+    measure = measure or peak_bytes
+    runs = [measure(fn) for _ in range(repeats)]
     return {k: None if runs[0][k] is None else int(statistics.median(r[k] for r in runs)) for k in runs[0]}
 
 

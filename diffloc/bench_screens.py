@@ -18,6 +18,11 @@ All figures are ratios measured in this one run, on the same prompt, seed and co
 - ``peak_mem_ratio_screen``: peak memory of an ``atp`` screen ÷ plain generation of the
   same batch (one prompt with classifier-free guidance), as in :mod:`diffloc.bench_trace`.
 - ``skipped_noop``: rows the exact sweep did not generate (no-ops and duplicates), of all rows.
+
+Timings are read from ``clock`` (default ``time.perf_counter``; two reads around each timed
+block, in the order exact, atp, ig per scope, then the naive rows) and peaks from
+``peak(fn, repeats) -> {"tensors", "rss"}`` (default :func:`diffloc.bench_memory.median_peak`),
+so tests can pass known ones and check every figure against hand-computed values.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,18 +41,20 @@ from diffloc.tracing.sampler import generate, initial_latents, make_corruption, 
 from diffloc.tracing.sweep import prepare
 from diffloc.tracing.trace_config import TraceConfig
 
-from .bench_memory import mem_figures, median_peak
+from .bench_memory import median_peak, mem_figures
+
+Clock = Callable[[], float]
 
 
-def _sweep_seconds(cfg: TraceConfig, ctx) -> tuple[float, list]:
+def _sweep_seconds(cfg: TraceConfig, ctx, clock: Clock = time.perf_counter) -> tuple[float, list]:
     method = TRACE_METHODS.get(cfg.method)
     units = method.plan(cfg, ctx.model, ctx.prompts, ctx.scfg.num_inference_steps)
-    t = time.perf_counter()
+    t = clock()
     tables = [method.run_unit(u, ctx, cfg)[0] for u in units]
-    return time.perf_counter() - t, tables
+    return clock() - t, tables
 
 
-def _naive_seconds(cfg: TraceConfig, ctx, sample: int) -> tuple[float, int]:
+def _naive_seconds(cfg: TraceConfig, ctx, sample: int, clock: Clock = time.perf_counter) -> tuple[float, int]:
     """Seconds per naive row (one call each, clean + corrupted + that row), and the row count."""
     units = TRACE_METHODS.get("exact").plan(cfg, ctx.model, ctx.prompts, ctx.scfg.num_inference_steps)
     rows = [r for u in units for r in u.rows]
@@ -54,20 +62,20 @@ def _naive_seconds(cfg: TraceConfig, ctx, sample: int) -> tuple[float, int]:
     prompt = ctx.prompts[0]
     corruption = make_corruption(ctx.model, prompt.positions(ctx.model.tokenizer),
                                  torch.Generator().manual_seed(noise_seed(cfg.seeds[0], 0)), cfg.noise_scale)
-    t = time.perf_counter()
+    t = clock()
     for r in pick:
         patched_generate(ctx.model, prompt.text, [r.restore], corruption, torch.Generator().manual_seed(cfg.seeds[0]), ctx.scfg)
-    return (time.perf_counter() - t) / len(pick), len(rows)
+    return (clock() - t) / len(pick), len(rows)
 
 
-def _screen_mem(cfg: TraceConfig, ctx, repeats: int) -> dict:
+def _screen_mem(cfg: TraceConfig, ctx, repeats: int, peak: Callable = median_peak) -> dict:
     model, prompt = ctx.model, ctx.prompts[0]
     lat = initial_latents(model, torch.Generator().manual_seed(cfg.seeds[0]))
     method = TRACE_METHODS.get("atp")
     unit = method.plan(replace(cfg, method="atp"), model, ctx.prompts, ctx.scfg.num_inference_steps)[0]
-    mem_screen = median_peak(lambda: method.run_unit(unit, ctx, replace(cfg, method="atp")), repeats)
+    mem_screen = peak(lambda: method.run_unit(unit, ctx, replace(cfg, method="atp")), repeats)
     with torch.no_grad():
-        mem_plain = median_peak(lambda: generate(model, [prompt.text], cfg=ctx.scfg, latents=lat), repeats)
+        mem_plain = peak(lambda: generate(model, [prompt.text], cfg=ctx.scfg, latents=lat), repeats)
     mem = mem_figures("screen", mem_screen, mem_plain)
     return {"peak_mem_ratio_screen": mem["ratio"], "peak_mem_mb_screen": mem["mb"], "peak_rss_mb_screen": mem["rss_mb"]}
 
@@ -75,7 +83,7 @@ def _screen_mem(cfg: TraceConfig, ctx, repeats: int) -> dict:
 def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "colour", naive_sample: int = 12,
                   repeats: int = 1, heads: bool = True, batch_size: int = 128, steps: int | None = None,
                   text_kinds: tuple[str, ...] | None = None, scorer_spec: str = "auto", device: str = "cpu",
-                  dtype: str = "float32") -> dict:
+                  dtype: str = "float32", clock: Clock = time.perf_counter, peak: Callable = median_peak) -> dict:
     """Time screens and exact sweeps of one prompt × seed (see the module docstring).
 
     ``text_kinds`` limits the text-encoder scope to some states (e.g. ``("attn",)``) where the
@@ -85,14 +93,14 @@ def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "
                        batch_size=batch_size, num_inference_steps=steps, scorer=scorer_spec, device=device, dtype=dtype,
                        **({"text_kinds": tuple(text_kinds)} if text_kinds else {}))
     ctx = screen_context(base, model, scorer)
-    out = scope_figures(base, ctx, "text_encoder")
+    out = scope_figures(base, ctx, "text_encoder", clock)
     if heads and _has_heads(ctx.model):
-        figs = scope_figures(replace(base, component="all", heads=True), ctx, "heads")
+        figs = scope_figures(replace(base, component="all", heads=True), ctx, "heads", clock)
         out["seconds"].update(figs["seconds"])
         out["rows_heads"] = figs["rows_heads"]
         for name, ratios in figs["screen_over_exact"].items():
             out["screen_over_exact"][name].update(ratios)
-    out.update(text_figures(base, ctx, naive_sample, repeats, out["seconds"]["exact_text_encoder"]))
+    out.update(text_figures(base, ctx, naive_sample, repeats, out["seconds"]["exact_text_encoder"], clock, peak))
     return out
 
 
@@ -103,10 +111,10 @@ def screen_context(base: TraceConfig, model=None, scorer=None):
         return runner.context()
 
 
-def scope_figures(cfg: TraceConfig, ctx, scope: str) -> dict:
+def scope_figures(cfg: TraceConfig, ctx, scope: str, clock: Clock = time.perf_counter) -> dict:
     """Exact sweep, ``atp`` and ``ig`` over the sites of ``cfg`` (``scope`` names the figures)."""
     out: dict = {"screen_over_exact": {}, "seconds": {}}
-    t_exact, tables = _sweep_seconds(cfg, ctx)
+    t_exact, tables = _sweep_seconds(cfg, ctx, clock)
     out["seconds"][f"exact_{scope}"] = round(t_exact, 3)
     out[f"rows_{scope}"] = int(sum(len(t) - 2 for t in tables))
     if scope == "text_encoder":
@@ -114,25 +122,32 @@ def scope_figures(cfg: TraceConfig, ctx, scope: str) -> dict:
         dup = int(sum(t.skipped_duplicate.sum() for t in tables))
         out["skipped_noop"] = {"rows": out["rows_text_encoder"], "skipped": noop + dup, "noop": noop, "duplicate": dup}
     for name in ("atp", "ig"):
-        t_screen, _ = _sweep_seconds(replace(cfg, method=name), ctx)
+        t_screen, _ = _sweep_seconds(replace(cfg, method=name), ctx, clock)
         out["seconds"][f"{name}_{scope}"] = round(t_screen, 3)
         out["screen_over_exact"].setdefault(name, {})[scope] = round(t_screen / t_exact, 4)
     return out
 
 
-def text_figures(base: TraceConfig, ctx, naive_sample: int, repeats: int, t_exact_text: float) -> dict:
+def text_figures(base: TraceConfig, ctx, naive_sample: int, repeats: int, t_exact_text: float,
+                 clock: Clock = time.perf_counter, peak: Callable = median_peak) -> dict:
     """``naive_over_sweep_text``, the screen's peak memory, and the setup they were measured in."""
-    per_row, n_rows = _naive_seconds(base, ctx, naive_sample)
+    per_row, n_rows = _naive_seconds(base, ctx, naive_sample, clock)
     out = {"naive_over_sweep_text": round(per_row * n_rows / t_exact_text, 2),
            "naive_text_estimated_s": round(per_row * n_rows, 2)}
-    out.update(_screen_mem(base, ctx, repeats))
+    out.update(_screen_mem(base, ctx, repeats, peak))
     out["screen_setup"] = {"model": ctx.model.name, "attribute": base.attribute, "prompt": ctx.prompts[0].marked,
-                           "steps": ctx.scfg.num_inference_steps, "ig_steps": base.ig_steps, "naive_sample": naive_sample,
+                           "steps": ctx.scfg.num_inference_steps, "ig_steps": _ig_steps(base), "naive_sample": naive_sample,
                            "text_kinds": list(base.text_kinds), "batch_size": base.batch_size,
                            "device": str(ctx.model.device), "threads": torch.get_num_threads()}
     out["screen_targets"] = {"atp text_encoder": "<= 0.1", "atp heads": "<= 0.05", "naive_over_sweep_text": ">= 3",
                              "peak_mem_ratio_screen": "<= 3"}
     return out
+
+
+def _ig_steps(base: TraceConfig) -> int | None:
+    """The ``ig`` screen's path points, from its own options (``base.method_options`` when base is an ig sweep)."""
+    cfg = base if base.method == "ig" else replace(base, method="ig", method_options={})
+    return getattr(TRACE_METHODS.get("ig").options(cfg), "ig_steps", None)
 
 
 def _has_heads(model) -> bool:

@@ -34,10 +34,12 @@ from .plots import plot_run
 from .report import write_report
 
 DEMO = {"edit": "colour-red-blue", "cases": "experiments/cases/toy_edits.jsonl"}
-#: The demo's sweeps: run name -> (attribute, TraceConfig overrides).
+#: The demo's sweeps: run name -> (attribute, TraceConfig overrides); component ``DENOISER`` is
+#: the model's denoiser (its family names it).
+DENOISER = "<denoiser>"
 DEMO_RUNS = {
     "trace_colour": ("colour", dict(component="all", restore="suffix", text_kinds=("hidden", "attn"))),
-    "swap_style": ("style", dict(component="unet", method="crossattn-swap", window=2)),
+    "swap_style": ("style", dict(component=DENOISER, method="crossattn-swap", window=2)),
 }
 #: Toy prompts traced first: at seed 0 their corruption changes what the image shows (measured on
 #: the shipped model: colour prompts 2 and 5 turn blue/green objects red/yellow, object 1 and 6 lose
@@ -63,6 +65,8 @@ def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 2, ev
     runs = []
     for name, (attribute, overrides) in DEMO_RUNS.items():
         chosen = demo_prompts(attribute, prompts) if m.world == "toy" else ()
+        if overrides.get("component") == DENOISER:
+            overrides = dict(overrides, component=m.family.denoiser)
         cfg = TraceConfig(model=model, attribute=attribute, prompts=chosen, max_prompts=None if chosen else prompts,
                           seeds=tuple(range(seeds)), batch_size=128, **overrides)
         run = out / name
@@ -73,7 +77,7 @@ def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 2, ev
         say(f"[{time.perf_counter() - t0:5.0f}s] {cfg.method} {attribute} ({how}) -> {run}")
     case = next(c for c in load_cases(DEMO["cases"]) if c["id"] == DEMO["edit"])  # its in-grammar edit templates
     method = Method("quickfix", preserve=True)  # Diff-QuickFix with the case's preserve captions
-    opts = options_from_trace(runs[0], method.editor, say=say)
+    opts = options_from_trace(runs[0], method.editor, say=say, model=m)
     edited = out / "edited_quickfix"
     if not (edited / "edit.json").exists():
         records = edit_case(method, m, case, {method.editor: opts})

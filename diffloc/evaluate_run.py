@@ -20,11 +20,9 @@ import pandas as pd
 import torch
 
 from diffloc.editing.cases import case_prompts, load_cases
-from diffloc.editing.corpus import read_corpus
 from diffloc.editing.batch import consecutive_groups
-from diffloc.editing.editors import EDITORS, Method, as_method, edit_case
+from diffloc.editing.editors import EDITORS, Method, as_method, default_options, edit_case
 from diffloc.editing.records import load_records, redo_edit, undo_edit
-from diffloc.editing.refact import fc2_site
 from diffloc.tracing.errors import DifflocInputError, UsageError
 from diffloc.tracing.io import write_json_format, write_table
 from diffloc.tracing.models import load_model
@@ -75,7 +73,7 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     scorer = load_scorer(scorer_spec)
     truth = _truth(model)
     if refact_layer is not None:
-        fc2_site(model, refact_layer)  # a clear error for a layer the encoder does not have
+        default_options(model, (), layer=refact_layer)  # a clear error for a layer the encoder does not have
     folder = Path(model_spec)
     out.mkdir(parents=True, exist_ok=True)
     bar = progress
@@ -93,10 +91,7 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
         edited = edited.assign(method="edited")  # the edited model on the original prompts
         table = pd.concat([table, edited], ignore_index=True)
     else:
-        corpus, _ = read_corpus(None, model)
-        options = {"refact": {"corpus": corpus}}  # ReFACT's best configuration: no extra contrastive captions
-        if refact_layer is not None:
-            options["refact"]["layer"] = refact_layer
+        options = default_options(model, methods, layer=refact_layer)  # the corpus to the editors that take one
         table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options,
                                  progress=bar, groups=groups, sequential=sequential)
     write_table(table, out / "eval.parquet")
@@ -138,8 +133,7 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, 
     columns = {"unedited": generate(model, [p["prompt"] for _, p in prompts], cfg=cfg, latents=lat),
                "oracle": generate(model, [p["new"] if s != "negative" else p["prompt"] for s, p in prompts], cfg=cfg, latents=lat)}
     if options is None:
-        corpus, _ = read_corpus(None, model) if any(as_method(m).editor == "refact" for m in methods) else ([], [])
-        options = {"refact": {"corpus": corpus}}  # ReFACT's best configuration: no extra contrastive captions
+        options = default_options(model, methods)
     for m in methods:
         records = edit_case(m, model, case, options)
         try:

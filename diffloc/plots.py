@@ -2,7 +2,7 @@
 
 Usage::
 
-    paths = plot_run("results/colour")      # text heatmaps, UNet chart, image strip (PNG + PDF)
+    paths = plot_run("results/colour")      # text heatmaps, denoiser chart, image strip (PNG + PDF)
     paths = plot_run("results/colour", uncertainty=True)   # and each heatmap's interval width
 
 - Text encoder: ROME-style heatmaps, layers × tokens, one panel per kind (Purples: residual
@@ -10,7 +10,7 @@ Usage::
   corrupted score, attribute tokens are starred. One figure for the prompt whose corruption drop is largest (exact
   tokens) and one averaged over prompts by token role. Titles name the method and the restore
   mode; with ``uncertainty`` a companion (yellow to brown) shows each cell's 95% interval width.
-- UNet: mean indirect effect of every component in execution order, grouped by block, with
+- Denoiser (``<component>_effects``): mean indirect effect of every component in execution order, grouped by block, with
   whiskers at the 95% bootstrap interval over prompt × seed pairs.
 - Image strip: clean, corrupted and the best restored runs of the first prompts.
 """
@@ -29,6 +29,9 @@ import seaborn as sns  # noqa: E402
 from diffloc.tracing.errors import DifflocInputError  # noqa: E402
 from diffloc.tracing.causal import site_effects  # noqa: E402
 from diffloc.tracing.io import read_meta, read_strip, read_trace  # noqa: E402
+from diffloc.tracing.methods import method_of  # noqa: E402
+from diffloc.tracing.rows import REFERENCE_KINDS, denoiser_components, is_text  # noqa: E402
+from diffloc.tracing.trace_config import DEFAULT_METHOD  # noqa: E402
 from diffloc.tracing.stats import SITE_KEYS, bootstrap_effects  # noqa: E402
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
@@ -51,9 +54,9 @@ RESTORE_AXIS = {"token": "token", "suffix": "first restored token (it and all la
 
 def protocol(table: pd.DataFrame) -> tuple[str, str]:
     """(method, restore mode) of a table; tables from before restore modes restored one token."""
-    method = " + ".join(sorted(table.method.dropna().unique())) if "method" in table.columns else "exact"
+    method = " + ".join(sorted(table.method.dropna().unique())) if "method" in table.columns else DEFAULT_METHOD
     restore = " + ".join(sorted(table.restore.dropna().unique())) if "restore" in table.columns and table.restore.notna().any() else "token"
-    return method or "exact", restore
+    return method or DEFAULT_METHOD, restore
 
 
 def _panels(pivots: dict, out: Path, suptitle: str, ylabel: str, cbar: str, vmin, vmax, cmaps: dict | None = None) -> list[Path]:
@@ -133,13 +136,34 @@ def text_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip", component
     return paths
 
 
-def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip", bootstrap: tuple[int, int] = (1000, 0)) -> list[Path]:
-    """Indirect effect per UNet component, execution order, grouped by block; error bars: 95% bootstrap interval."""
-    unet = table[(table.component == "unet") & ~table.kind.str.endswith("_head")]  # heads: head_heatmap
-    eff = bootstrap_effects(unet, metric, n=bootstrap[0], seed=bootstrap[1])
+def _chart_title(table: pd.DataFrame, component: str, ws: int, we: int) -> str:
+    """The title a table's method gives its denoiser chart, else what was restored where."""
+    for name in table.method.dropna().unique() if "method" in table.columns else ():
+        method = method_of(name)
+        title = method.denoiser_title(table) if method is not None else None
+        if title:
+            return title
+    win = "all steps" if ws < 0 else f"steps [{ws}, {we})"
+    return f"{component} components restored at {win}"
+
+
+def denoiser_chart(table: pd.DataFrame, out: Path, metric: str = "clip", bootstrap: tuple[int, int] = (1000, 0)) -> list[Path]:
+    """Indirect effect per denoiser component, execution order, grouped by block; error bars: 95% bootstrap interval."""
+    paths = []
+    for comp in denoiser_components(table):
+        paths += _denoiser_chart(table, comp, out, metric, bootstrap)
+    return paths
+
+
+unet_chart = denoiser_chart  # the name figures of a UNet family were drawn by
+
+
+def _denoiser_chart(table: pd.DataFrame, comp: str, out: Path, metric: str, bootstrap: tuple[int, int]) -> list[Path]:
+    rows = table[table.component == comp]
+    eff = bootstrap_effects(rows[~rows.kind.str.endswith("_head")], metric, n=bootstrap[0], seed=bootstrap[1])  # heads: head_heatmap
     if eff.empty:
         return []
-    n_pairs = len(table[table.component == "unet"][["prompt_index", "seed"]].drop_duplicates())
+    n_pairs = len(rows[["prompt_index", "seed"]].drop_duplicates())
     windows = eff[["window_start", "window_end"]].drop_duplicates().values.tolist()
     fig, axes = plt.subplots(len(windows), 1, figsize=(max(10, 0.22 * eff.site.nunique() + 3), 4.8 * len(windows)), squeeze=False)
     for ax, (ws, we) in zip(axes[:, 0], windows):
@@ -159,19 +183,14 @@ def unet_chart(table: pd.DataFrame, out: Path, metric: str = "clip", bootstrap: 
         ax.set_xticklabels([n.replace("transformer_blocks.", "tb").replace("attentions.", "at").replace("resnets.", "res") for n in names], rotation=90, fontsize=6)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_ylabel(f"indirect effect ({metric})")
-        win = "all steps" if ws < 0 else f"steps [{ws}, {we})"
-        swap = "window_size" in table.columns and table.method.eq("crossattn-swap").any()
-        what = (f"windows of {int(table.window_size.dropna().iloc[0])} cross-attention layers reading the altered prompt "
-                f"(labelled by their first layer); effect 1 = the attribute follows the altered prompt") if swap else \
-            f"UNet components restored at {win}"
-        ax.set_title(what, fontsize=9, pad=34, loc="left")
+        ax.set_title(_chart_title(table, comp, ws, we), fontsize=9, pad=34, loc="left")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in UNET_COLOURS.values()]
     axes[0, 0].legend(handles, list(UNET_COLOURS), fontsize=7, loc="upper right")
-    method, _ = protocol(table[table.component == "unet"])
-    fig.suptitle(f"{table.attribute.iloc[0]}: UNet trace, {method} ({table.prompt_index.nunique()} prompts × {table.seed.nunique()} seeds); "
+    method, _ = protocol(rows)
+    fig.suptitle(f"{table.attribute.iloc[0]}: {comp} trace, {method} ({table.prompt_index.nunique()} prompts × {table.seed.nunique()} seeds); "
                  f"bars: ratio-of-means effect, whiskers: 95% bootstrap interval over {n_pairs} prompt × seed pairs", fontsize=10, y=1.0)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    return _save(fig, out / "unet_effects")
+    return _save(fig, out / f"{comp}_effects")
 
 
 def _short(site: str) -> str:
@@ -188,7 +207,7 @@ def _short(site: str) -> str:
     return path
 
 
-def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 4) -> list[Path]:
+def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 4, metric: str = "clip") -> list[Path]:
     """Clean, corrupted and best restored images for the first few units."""
     units = set(table.unit)  # a shard folder may hold units the table left out (e.g. seeds a resume dropped)
     shards = [p for p in sorted((run_dir / "shards").glob("*.npz")) if p.stem in units][:max_units]
@@ -207,9 +226,9 @@ def image_strip(run_dir: Path, table: pd.DataFrame, out: Path, max_units: int = 
             row = int(rows[c])
             ax.imshow(np.transpose(images[c], (1, 2, 0)), interpolation="nearest")
             info = sub.loc[row]
-            name = info.kind if info.kind in ("clean", "corrupted") else _short(info.site)
+            name = info.kind if info.kind in REFERENCE_KINDS else _short(info.site)
             tok = f" @{info.token_str}" if info.token >= 0 else ""
-            ax.set_title(f"{name}{tok}\nclip {info['clip_score']:.1f}", fontsize=6, wrap=True)
+            ax.set_title(f"{name}{tok}\n{metric} {info[f'{metric}_score']:.1f}", fontsize=6, wrap=True)
         axes[r, 0].text(-0.1, 0.5, unit, transform=axes[r, 0].transAxes, rotation=90, fontsize=6, va="center", ha="right")
     fig.suptitle("clean | corrupted | best restored", fontsize=9)
     return _save(fig, out / "image_strip")
@@ -231,11 +250,11 @@ def plot_run(run_dir: str | Path, metric: str = "clip", uncertainty: bool = Fals
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     paths = []
-    for comp in sorted(c for c in table.component.unique() if c.startswith("text_encoder")):
+    for comp in sorted(c for c in table.component.unique() if is_text(c)):
         paths += text_heatmap(table, out, metric, comp, uncertainty=uncertainty, bootstrap=boot)
-    paths += unet_chart(table, out, metric, bootstrap=boot)
+    paths += denoiser_chart(table, out, metric, bootstrap=boot)
     paths += head_heatmap(table, out, metric)
-    paths += image_strip(run_dir, table, out)
+    paths += image_strip(run_dir, table, out, metric=metric)
     return paths
 
 
@@ -256,7 +275,7 @@ def head_heatmap(table: pd.DataFrame, out: Path, metric: str = "clip") -> list[P
         piv = eff[eff.component == comp].pivot_table(index="module", columns="head", values="effect", sort=False)
         sns.heatmap(piv, ax=ax, cmap="Reds", vmin=0, vmax=max(1.0, float(np.nanmax(piv.values))), cbar_kws={"label": f"indirect effect ({metric})"})
         ax.set_yticklabels([_short(f"{comp}:{m}") for m in piv.index], fontsize=6, rotation=0)
-        ax.set_title(f"{comp} heads" + (" (strongest token role)" if comp.startswith("text") else ""), fontsize=9)
+        ax.set_title(f"{comp} heads" + (" (strongest token role)" if is_text(comp) else ""), fontsize=9)
     fig.suptitle(f"{table.attribute.iloc[0]}: one attention head restored at a time", fontsize=10)
     fig.tight_layout()
     return _save(fig, out / "head_effects")

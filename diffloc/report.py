@@ -24,18 +24,21 @@ from pathlib import Path
 
 from diffloc.tracing.errors import DifflocInputError, InputFileError
 from diffloc.tracing.io import atomic_write_bytes, read_json_format, read_meta, read_table
+from diffloc.tracing.methods import method_of, options_from_config
+from diffloc.tracing.trace_config import DEFAULT_METHOD
 
 TRACE_MARKERS = ("meta.json", "trace.parquet", "causal_sites.json")
 EDIT_MARKERS = ("edit.json", "summary.json", "eval.parquet")
 FIGURE_ORDER = ("text_encoder_heatmap", "text_encoder_heatmap_width", "text_encoder_heatmap_roles", "text_encoder_heatmap_roles_width",
                 "text_encoder_2_heatmap", "text_encoder_2_heatmap_width", "text_encoder_2_heatmap_roles",
-                "text_encoder_2_heatmap_roles_width", "unet_effects", "image_strip")
+                "text_encoder_2_heatmap_roles_width", "unet_effects", "transformer_effects", "image_strip")
 FIGURE_CAPTIONS = {
     "text_encoder_heatmap": "Text encoder, the prompt with the largest corruption drop: restored score per layer × token (floor = corrupted score).",
     "text_encoder_heatmap_roles": "Text encoder, all prompts: restored score per layer × token role.",
     "text_encoder_2_heatmap": "Second text encoder, the prompt with the largest corruption drop.",
     "text_encoder_2_heatmap_roles": "Second text encoder, all prompts, by token role.",
     "unet_effects": "UNet: indirect effect of every component, in execution order; whiskers: 95% bootstrap interval over prompt × seed pairs.",
+    "transformer_effects": "Transformer: indirect effect of every component, in execution order; whiskers: 95% bootstrap interval over prompt × seed pairs.",
     "image_strip": "Clean | corrupted | best restored images of the first units.",
 }
 WIDTH_CAPTION = "Width of the 95% bootstrap interval of each cell's indirect effect (the heatmap above)."
@@ -181,12 +184,15 @@ def _caption(stem: str) -> str:
 
 
 def protocol_label(meta: dict, stem: str) -> str:
-    """The protocol a figure shows: method, and for text-encoder figures the restore mode and layer window."""
+    """The protocol a figure shows: method and its options, and for text-encoder figures of a
+    method that restores tokens the restore mode and layer window (the method object says which)."""
     cfg = meta.get("config", {})
-    label = f"method {cfg.get('method', 'exact')}"
-    if cfg.get("method") == "crossattn-swap":
-        label += f", window {cfg.get('window')}, swap {cfg.get('swap')}"
-    elif stem.startswith("text_encoder"):
+    name = cfg.get("method", DEFAULT_METHOD)
+    method = method_of(name)
+    label = f"method {name}"
+    if method is not None:
+        label += method.describe(options_from_config(method, cfg))
+    if (method is None or method.restores_tokens) and stem.startswith("text_encoder"):
         label += f", restore {cfg.get('restore', 'token')}, layer window {cfg.get('layer_window', 1)}"
     return f"Protocol: {label}."
 

@@ -14,10 +14,10 @@ target and preserve prompts never equal an evaluation prompt.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from diffloc.tracing.errors import InputFileError
+from diffloc.tracing.io import read_jsonl
 
 from .records import EditError
 
@@ -28,10 +28,9 @@ def load_cases(path: str | Path) -> list[dict]:
     if not path.exists():
         raise InputFileError(f"cases file {path} does not exist")
     cases = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        c = json.loads(line)
+    for n, c in read_jsonl(path, "cases"):
+        if not isinstance(c, dict):
+            raise EditError(f"{path}:{n}: a case is a JSON object, got {type(c).__name__}")
         missing = [k for k in ("id", "attribute", "source", "target", "edit", "positives", "negatives") if k not in c]
         if missing:
             raise EditError(f"{path}:{n}: case lacks {', '.join(missing)}")

@@ -16,6 +16,7 @@ captions add keys whose values stay ``W0 k`` (UCE). Both ``to_k`` and ``to_v`` g
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -24,6 +25,7 @@ from diffloc.tracing.sampler import encode
 from diffloc.tracing.sites import Site
 
 from .closed_form import least_squares_update
+from .protocol import Editor, TraceState, as_tuple, check_lam, check_prompts, option_kwargs, parse_site
 from .quickfix import PAPER_TEMPLATES, aligned_positions, prompt_pairs
 from .records import EditError, EditRecord, apply_edit
 
@@ -40,7 +42,7 @@ def _attn2_sites(model, sites: Sequence[str | Site] | None) -> list[Site]:
     out = []
     for s in sites:
         s = Site.parse(s) if isinstance(s, str) else s
-        if s.component != "unet" or s.kind != "attn2":
+        if s.component != model.family.denoiser or s.kind != "attn2":
             raise EditError(f"crossattn edits UNet cross-attention blocks (...attn2); got {s}")
         model.module(s)
         out.append(s)
@@ -107,3 +109,44 @@ def crossattn_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, 
             "n_edits": len(listed), "lambda": lam, "n_pairs": int(K.shape[0]), "n_preserve": len(preserve),
             "seconds": round(time.perf_counter() - t0, 4)}
     return apply_edit(model, "crossattn", new, info)
+
+
+# ---- the registered editor ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CrossattnOptions:
+    """Denoiser cross-attention (TIME / UCE): attn2 sites (empty: all), λ, edit prompts, preserve captions."""
+
+    sites: tuple[str, ...] = ()
+    lam: float = 0.1
+    templates: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
+    preserve: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("sites", "templates", "targets", "preserve"):
+            as_tuple(self, name)
+        check_lam(self.lam)
+        check_prompts(self.templates, self.targets)
+        for s in self.sites:
+            if not STATE.matches(parse_site(s)):
+                raise EditError(f"crossattn edits UNet cross-attention blocks (...attn2); got {s}")
+
+
+def _run(model, source, target, options: CrossattnOptions):
+    return crossattn(model, source, target, **option_kwargs(options))
+
+
+def _run_many(model, edits, options: CrossattnOptions):
+    return crossattn_many(model, [(s, t, o.templates, o.targets) for s, t, o in edits], sites=options.sites, lam=options.lam,
+                          preserve=options.preserve)
+
+
+def _site_of(model, opts: dict) -> str:
+    sites = opts.get("sites") or [str(s) for s in model.sites.denoiser if s.kind == "attn2"]
+    return str(sites[0])
+
+
+STATE = TraceState(text=False, kind="attn2")
+EDITOR = Editor("crossattn", STATE, CrossattnOptions, _run, _run_many, preserve_by_default=True, site_option="sites",
+                site_of=_site_of, site_help="cross-attention blocks (...attn2)")

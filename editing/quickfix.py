@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -39,6 +40,7 @@ from diffloc.tracing.prompts import MarkedPrompt, PromptError
 from diffloc.tracing.sites import Site
 
 from .closed_form import least_squares_update
+from .protocol import Editor, TraceState, as_tuple, check_lam, check_prompts, option_kwargs, parse_site
 from .records import EditError, EditRecord, apply_edit
 
 #: The Diff-QuickFix release's prompt templates.
@@ -203,3 +205,41 @@ def quickfix_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, S
     info = {"source": [e["source"] for e in listed], "target": [e["target"] for e in listed], "edits": listed,
             "n_edits": len(listed), **solved, "seconds": round(time.perf_counter() - t0, 4)}
     return apply_edit(model, "quickfix", {str(site): W}, info)
+
+
+# ---- the registered editor ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuickfixOptions:
+    """Diff-QuickFix: the edited ``self_attn.out_proj`` site (None: layer 0), λ, edit prompts, preserve captions."""
+
+    site: str | None = None
+    lam: float = 0.01
+    templates: tuple[str, ...] | None = None    # None: the paper's templates
+    targets: tuple[str, ...] | None = None      # one marked target prompt per template
+    preserve: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("templates", "targets", "preserve"):
+            as_tuple(self, name)
+        check_lam(self.lam)
+        check_prompts(self.templates, self.targets)
+        if self.site is not None:
+            site = parse_site(self.site)
+            if not site.component.startswith("text_encoder") or not site.path.endswith("self_attn.out_proj"):
+                raise EditError(f"quickfix edits an attention output projection (...self_attn.out_proj); got {self.site}")
+            object.__setattr__(self, "site", str(site))
+
+
+def _run(model, source, target, options: QuickfixOptions):
+    return quickfix(model, source, target, **option_kwargs(options))
+
+
+def _run_many(model, edits, options: QuickfixOptions):
+    return quickfix_many(model, [(s, t, o.templates, o.targets) for s, t, o in edits], site=options.site, lam=options.lam,
+                         preserve=options.preserve)
+
+
+EDITOR = Editor("quickfix", TraceState(text=True, kind="attn"), QuickfixOptions, _run, _run_many, site_option="site",
+                site_of=lambda model, opts: opts.get("site") or default_site(),
+                site_help="an attention output projection (...self_attn.out_proj)")

@@ -15,7 +15,6 @@ is never written: an output path equal to or inside the source is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 import time
@@ -23,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from diffloc.tracing.errors import DifflocInputError, InputFileError, OutputExistsError
-from diffloc.tracing.io import read_json_format, write_json_format
+from diffloc.tracing.io import read_json_format, read_tensors, write_json_format, write_model_defaults, write_tensors
 from diffloc.tracing.sites import Site
 
 
@@ -129,7 +127,7 @@ def _save_model(model, folder: Path) -> None:
         for name, tok in model.tokenizers.items():
             tok.save_pretrained(folder / name.replace("text_encoder", "tokenizer"))
         model.scheduler.save_pretrained(folder / "scheduler")
-        (folder / "diffloc.json").write_text(json.dumps(model.defaults, indent=2) + "\n")
+        write_model_defaults(model.defaults, folder / "diffloc.json")
         return
     model.family.stock_pipeline(model).save_pretrained(folder, safe_serialization=True)
 
@@ -144,10 +142,10 @@ def save_edited(model, records: list[EditRecord], out: str | Path, source: str |
         (tmp / "edits").mkdir()
         entries = []
         for i, rec in enumerate(records):
-            tensors = {"delta": rec.delta.contiguous()}
+            tensors = {"delta": rec.delta}
             if rec.before is not None:
-                tensors["before"] = rec.before.contiguous()
-            save_file(tensors, str(tmp / "edits" / f"{i:03d}.safetensors"))
+                tensors["before"] = rec.before
+            write_tensors(tensors, tmp / "edits" / f"{i:03d}.safetensors")
             entries.append(dict(rec.to_json(), file=f"edits/{i:03d}.safetensors"))
         meta = {"base_model": model.source or model.name, "arch": model.arch, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "edits": entries}
         write_json_format("edit", meta, tmp / "edit.json")
@@ -168,7 +166,7 @@ def load_records(folder: str | Path) -> list[EditRecord]:
         raise InputFileError(f"{folder} has no edit.json; it is not an edited model folder")
     records = []
     for e in read_json_format("edit", path)["edits"]:
-        tensors = load_file(str(folder / e["file"]))
+        tensors = read_tensors(folder / e["file"])
         records.append(EditRecord(e["method"], e["site"], e["hash_before"], e["hash_after"], e.get("info", {}),
                                   tensors["delta"], tensors.get("before")))
     return records

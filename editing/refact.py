@@ -58,6 +58,7 @@ from diffloc.tracing.prompts import MarkedPrompt, PromptError
 from diffloc.tracing.sites import TEXT_PREFIX, Site
 
 from .closed_form import MomentAccumulator, cholesky_factor, clamp_delta, rank_one_update
+from .protocol import Editor, TraceState, as_tuple, check_prompts, option_kwargs
 from .quickfix import concept_prompts
 from .records import EditError, EditRecord, apply_edit, weight_hash
 
@@ -310,3 +311,54 @@ def refact(model, source: str, target: str, layer: int | None = None, component:
     for rec in records:
         rec.info.update(edited_p=round(edited_p, 4), seconds=round(time.perf_counter() - t0, 3))
     return records
+
+
+# ---- the registered editor ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RefactOptions:
+    """ReFACT: the fc2 layer (None: scaled layer 7 of 12, never the last), corpus, prompts, optimiser.
+
+    ``templates`` are the context templates (None: ReFACT's nine) and ``targets`` one marked target
+    prompt per template (the cases' grammatical ones, as quickfix gets them); ``contrastive`` adds
+    captions to the candidates (ReFACT's KL prompts; none in its best configuration);
+    ``cov_positions`` ``all`` (the 77 positions the denoiser reads) or ``tokens`` (BOS..EOS: leaks).
+    """
+
+    layer: int | None = None
+    component: str = "text_encoder"
+    corpus: tuple[str, ...] = ()
+    contrastive: tuple[str, ...] = ()
+    templates: tuple[str, ...] | None = None    # None: ReFACT's templates
+    targets: tuple[str, ...] | None = None      # one marked target prompt per template
+    lr: float = 0.05
+    max_steps: int = 100
+    weight_decay: float = 0.01
+    cov_positions: str = "all"
+
+    def __post_init__(self) -> None:
+        for name in ("corpus", "contrastive", "templates", "targets"):
+            as_tuple(self, name)
+        check_prompts(self.templates, self.targets)
+        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
+            raise EditError(f"ReFACT layer must be an integer >= 0, got {self.layer!r}")
+        if not self.component.startswith("text_encoder"):
+            raise EditError(f"ReFACT edits a text encoder; got component {self.component!r}")
+        if not self.lr > 0 or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise EditError(f"ReFACT needs lr > 0 and max_steps >= 1, got lr={self.lr}, max_steps={self.max_steps}")
+        if not self.weight_decay >= 0:
+            raise EditError(f"ReFACT's weight decay must be >= 0, got {self.weight_decay}")
+        if self.cov_positions not in COV_POSITIONS:
+            raise EditError(f"cov_positions {self.cov_positions!r} unknown; allowed: {', '.join(COV_POSITIONS)}")
+
+
+def _run(model, source, target, options: RefactOptions):
+    return refact(model, source, target, **option_kwargs(options))
+
+
+def _site_of(model, opts: dict) -> str:
+    return str(fc2_site(model, opts["layer"] if opts.get("layer") is not None else default_layer(model)))
+
+
+EDITOR = Editor("refact", TraceState(text=True, kind="mlp"), RefactOptions, _run, site_option="layer", site_of=_site_of,
+                site_help="an MLP fc2 (text_encoder:encoder.layers.N.mlp.fc2)")

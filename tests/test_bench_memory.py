@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from diffloc.bench_memory import LiveTensorPeak, peak_bytes
+from diffloc.bench_memory import LiveTensorPeak, median_peak, mem_figures, peak_bytes
 
 MiB = 2**20
 
@@ -51,3 +51,17 @@ def test_tensors_saved_for_backward_stay_counted_until_backward():
     assert _peak(fn) >= 2 * MiB
     out = peak_bytes(lambda: torch.ones(MiB // 4).exp())
     assert out["tensors"] == 2 * MiB  # ones (1 MiB) and its exp (1 MiB) at once
+
+
+def test_median_peak_is_the_median_of_each_measure():
+    runs = iter([{"tensors": 5, "rss": 40}, {"tensors": 1, "rss": 10}, {"tensors": 3, "rss": 30}])
+    assert median_peak(lambda: None, 3, measure=lambda fn: next(runs)) == {"tensors": 3, "rss": 30}
+    no_rss = iter([{"tensors": 4, "rss": None}, {"tensors": 2, "rss": None}])
+    assert median_peak(lambda: None, 2, measure=lambda fn: next(no_rss)) == {"tensors": 3, "rss": None}
+
+
+def test_mem_figures_by_hand():
+    got = mem_figures("sweep", {"tensors": 3 * MiB, "rss": 9 * MiB}, {"tensors": 2 * MiB, "rss": None})
+    assert got == {"ratio": 1.5, "mb": {"sweep": 3.0, "plain": 2.0}, "rss_mb": {"sweep": 9.0, "plain": None}}
+    # a plain call holding nothing: the ratio is over 1 byte, not a division by zero
+    assert mem_figures("x", {"tensors": 7, "rss": None}, {"tensors": 0, "rss": None})["ratio"] == 7.0

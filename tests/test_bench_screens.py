@@ -1,22 +1,112 @@
-"""The screen benchmark's figures stand in the relations they claim (on the tiny pixel model)."""
+"""The screen benchmark's figures against hand-computed values, from known timings, tables and peaks.
+
+The trace methods, the naive pipeline call and the clock are replaced by stand-ins whose numbers
+are known, so each figure can be checked against its arithmetic by hand; no wall clock is read.
+One slow test runs the real benchmark on the tiny model and checks its row counts against an
+independent count from the tokenizer and the site table.
+"""
 from __future__ import annotations
 
-from diffloc.bench_screens import bench_screens
+import types
+
+import pandas as pd
+import pytest
+
+import diffloc.bench_screens as bs
+from diffloc.tracing.prompts import MarkedPrompt
+from diffloc.tracing.sampler import SamplerConfig
 from diffloc.tracing.testing import tiny_scorer
 
+MiB = 2**20
+PROMPT = "a photo of two [red] circles at the top on a plain background"
 
-def test_bench_screens_figures_are_consistent(pixel_model):
-    r = bench_screens(model=pixel_model, scorer=tiny_scorer(), naive_sample=4, heads=True)
-    sec = r["seconds"]
-    for method in ("atp", "ig"):
-        for scope in ("text_encoder", "heads"):
-            # each ratio is the two timings of this run, not a constant
-            assert abs(r["screen_over_exact"][method][scope] - sec[f"{method}_{scope}"] / sec[f"exact_{scope}"]) < 1e-3
-    # ig takes ig_steps backward passes where atp takes one: it cannot be cheaper
-    assert sec["ig_text_encoder"] > sec["atp_text_encoder"]
-    skip = r["skipped_noop"]
-    prompt = r["screen_setup"]["prompt"]
-    assert 0 < skip["skipped"] < skip["rows"], (skip, prompt)
-    # one call per row re-runs the clean and corrupted rows each time: slower than the batched sweep
-    assert r["naive_over_sweep_text"] > 1
-    assert r["peak_mem_mb_screen"]["screen"] > 0 and r["peak_mem_ratio_screen"] > 0
+
+class ScriptedClock:
+    def __init__(self, *readings: float):
+        self.readings = list(readings)
+
+    def __call__(self) -> float:
+        return self.readings.pop(0)
+
+
+class FakeMethod:
+    """Plans units of known sizes; each unit's table has known no-op and duplicate flags."""
+
+    def __init__(self, units: list[tuple[list[bool], list[bool]]]):
+        self.units = units  # per unit: (skipped_noop, skipped_duplicate) of its restored rows
+
+    def options(self, cfg):
+        return types.SimpleNamespace(ig_steps=8)
+
+    def plan(self, cfg, model, prompts, n_steps):
+        return [types.SimpleNamespace(rows=[types.SimpleNamespace(restore=f"u{i}r{j}") for j in range(len(noop))])
+                for i, (noop, _) in enumerate(self.units)]
+
+    def run_unit(self, unit, ctx, cfg):
+        i = int(unit.rows[0].restore[1])
+        noop, dup = self.units[i]
+        return pd.DataFrame({"skipped_noop": [False, False] + noop, "skipped_duplicate": [False, False] + dup}), {}
+
+
+# exact: unit 0 has 3 restored rows (2 no-ops), unit 1 has 2 (1 duplicate): 5 rows, 3 skipped
+EXACT = FakeMethod([([True, True, False], [False, False, False]), ([False, False], [False, True])])
+SCREEN = FakeMethod([([False] * 5, [False] * 5)])
+
+
+@pytest.fixture
+def faked(monkeypatch, pixel_model):
+    methods = {"exact": EXACT, "atp": SCREEN, "ig": SCREEN}
+    monkeypatch.setattr(bs, "TRACE_METHODS", types.SimpleNamespace(get=methods.__getitem__))
+    naive_calls: list = []
+    monkeypatch.setattr(bs, "patched_generate", lambda model, text, restores, *a, **k: naive_calls.append(restores))
+    monkeypatch.setattr(bs, "make_corruption", lambda *a, **k: None)
+    ctx = types.SimpleNamespace(model=pixel_model, prompts=[MarkedPrompt.parse(PROMPT)],
+                                scfg=SamplerConfig(num_inference_steps=2, guidance_scale=2.0))
+    monkeypatch.setattr(bs, "screen_context", lambda base, model=None, scorer=None: ctx)
+    return naive_calls
+
+
+def test_bench_screens_figures_are_the_arithmetic_of_known_timings(faked):
+    # clock reads, in order: text exact 4 s, atp 0.2 s, ig 1 s; heads exact 8 s, atp 0.1 s, ig 2 s; 3 naive rows 3 s
+    clock = ScriptedClock(0, 4, 10, 10.2, 20, 21, 30, 38, 40, 40.1, 50, 52, 60, 63)
+    peaks = iter([{"tensors": 6 * MiB, "rss": 8 * MiB}, {"tensors": 2 * MiB, "rss": 4 * MiB}])  # atp screen, then plain
+    r = bs.bench_screens(model=object(), scorer=object(), naive_sample=3, heads=True, steps=2, clock=clock,
+                         peak=lambda fn, repeats: next(peaks))
+    assert not clock.readings, "every timed block read the clock twice"
+    assert r["seconds"] == {"exact_text_encoder": 4.0, "atp_text_encoder": 0.2, "ig_text_encoder": 1.0,
+                            "exact_heads": 8.0, "atp_heads": 0.1, "ig_heads": 2.0}
+    # 0.2 / 4, 1 / 4, 0.1 / 8, 2 / 8
+    assert r["screen_over_exact"] == {"atp": {"text_encoder": 0.05, "heads": 0.0125}, "ig": {"text_encoder": 0.25, "heads": 0.25}}
+    assert r["rows_text_encoder"] == r["rows_heads"] == 5
+    assert r["skipped_noop"] == {"rows": 5, "skipped": 3, "noop": 2, "duplicate": 1}
+    # 3 naive calls in 3 s: 1 s a row, times 5 rows = 5 s, over the exact sweep's 4 s
+    assert r["naive_text_estimated_s"] == 5.0 and r["naive_over_sweep_text"] == 1.25
+    # the naive rows are spread over the table (first, middle, last), one pipeline call each
+    assert faked == [["u0r0"], ["u0r2"], ["u1r1"]]
+    assert r["peak_mem_ratio_screen"] == 3.0 and r["peak_mem_mb_screen"] == {"screen": 6.0, "plain": 2.0}
+    assert r["peak_rss_mb_screen"] == {"screen": 8.0, "plain": 4.0}
+    assert r["screen_setup"]["ig_steps"] == 8 and r["screen_setup"]["naive_sample"] == 3
+
+
+def test_without_heads_only_the_text_encoder_is_timed(faked):
+    clock = ScriptedClock(0, 2, 3, 3.5, 4, 5, 6, 6.5)  # exact 2 s, atp 0.5 s, ig 1 s, one naive row 0.5 s
+    r = bs.bench_screens(model=object(), scorer=object(), naive_sample=1, heads=False, steps=2, clock=clock,
+                         peak=lambda fn, repeats: {"tensors": MiB, "rss": None})
+    assert set(r["seconds"]) == {"exact_text_encoder", "atp_text_encoder", "ig_text_encoder"} and "rows_heads" not in r
+    assert r["screen_over_exact"] == {"atp": {"text_encoder": 0.25}, "ig": {"text_encoder": 0.5}}
+    assert r["naive_over_sweep_text"] == 1.25  # 0.5 s a row x 5 rows / 2 s
+    assert faked == [["u0r0"]]
+
+
+@pytest.mark.slow
+def test_bench_screens_counts_rows_as_the_site_table_and_tokenizer_say(pixel_model):
+    """The real benchmark on the tiny model: rows = kinds x layers x tokens (BOS..EOS), counted independently."""
+    r = bs.bench_screens(model=pixel_model, scorer=tiny_scorer(), naive_sample=2, heads=False, steps=2, text_kinds=("hidden", "mlp"))
+    text = MarkedPrompt.parse(r["screen_setup"]["prompt"]).text
+    n_tokens = len(pixel_model.tokenizer(text).input_ids)
+    layers = pixel_model.sites.text_layers["text_encoder"]
+    assert r["rows_text_encoder"] == 2 * layers * n_tokens
+    # rule (a): a restored token before the first corrupted one cannot change the image; "a photo of two" precede "red"
+    first = min(MarkedPrompt.parse(r["screen_setup"]["prompt"]).positions(pixel_model.tokenizer))
+    assert first == 5 and r["skipped_noop"]["noop"] >= 2 * layers * first
+    assert set(r["seconds"]) == {"exact_text_encoder", "atp_text_encoder", "ig_text_encoder"}

@@ -1,21 +1,42 @@
-"""The contract batteries of tests/contracts.py applied to every built-in executor, editor and family."""
+"""The contract batteries of tests/contracts.py applied to every registered executor, trace method, metric,
+world, editor and family. The registries are checked to hold exactly the names listed here, so a new
+registration without its contract class fails."""
 from __future__ import annotations
 
 import pytest
 
-from contracts import ArchitectureContract, EditorContract, ExecutorContract
+from contracts import (
+    ArchitectureContract,
+    EditorContract,
+    ExecutorContract,
+    MetricContract,
+    TraceMethodContract,
+    WorldContract,
+)
 from diffloc.tracing.executors import EXECUTORS
+from diffloc.tracing.methods import TRACE_METHODS
+from diffloc.tracing.metrics import METRICS
 from diffloc.tracing.models import load_model
+from diffloc.tracing.worlds import WORLDS
+
+
+@pytest.mark.parametrize("registry, names", [(EXECUTORS, {"local", "ray"}), (TRACE_METHODS, {"exact", "atp", "ig", "crossattn-swap"}),
+                                             (METRICS, {"clip", "gt"}), (WORLDS, {"sd", "toy"})])
+def test_every_registered_name_has_its_contract_class_here(registry, names):
+    assert set(registry.names()) == names
 
 
 class TestLocalExecutor(ExecutorContract):
-    def make_executor(self):
-        return EXECUTORS.get("local")()
+    executor_name = "local"
+
+    def make_executor(self, **options):
+        return EXECUTORS.get("local")(**options)
 
 
 class TestRayExecutor(ExecutorContract):
     @pytest.fixture(autouse=True, scope="class")
-    def _ray(self):
+    @classmethod
+    def _ray(cls):
         ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'diffloc[ray]'")
         started = not ray.is_initialized()
         if started:
@@ -24,8 +45,54 @@ class TestRayExecutor(ExecutorContract):
         if started:
             ray.shutdown()
 
-    def make_executor(self):
-        return EXECUTORS.get("ray")(num_workers=2)
+    executor_name = "ray"
+
+    def make_executor(self, **options):
+        return EXECUTORS.get("ray")(num_workers=2, **options)
+
+
+TEXT = {"component": "text_encoder", "text_kinds": ("hidden",)}
+
+
+class TestExactMethod(TraceMethodContract):
+    method_name = "exact"
+    config = TEXT
+
+
+class TestAtpMethod(TraceMethodContract):
+    method_name = "atp"
+    config = TEXT
+
+
+class TestIgMethod(TraceMethodContract):
+    method_name = "ig"
+    config = TEXT
+
+
+class TestCrossattnSwapMethod(TraceMethodContract):
+    method_name = "crossattn-swap"
+    config = {"component": "denoiser"}
+
+
+class TestClipMetric(MetricContract):
+    metric_name = "clip"
+
+
+class TestGroundTruthMetric(MetricContract):
+    metric_name = "gt"  # the tiny model is of the toy world, which has readers
+
+
+class TestSDWorld(WorldContract):
+    world_name = "sd"
+
+
+class TestToyWorld(WorldContract):
+    world_name = "toy"
+
+    def render(self, caption: str):
+        from diffloc_toy import world
+
+        return world.render(world.parse_caption(caption), seed=0)
 
 
 class TestQuickfixContract(EditorContract):

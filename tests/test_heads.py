@@ -11,7 +11,7 @@ from diffloc.tracing.hooks import Recorder, hook_count, hooks
 from diffloc.tracing.prompts import MarkedPrompt
 from diffloc.tracing.sampler import Restore, SamplerConfig, make_corruption, patched_generate
 from diffloc.tracing.sites import Site, SiteError, build_site_table, head_slice
-from diffloc.tracing.trace_config import RowSpec, TraceConfig, unet_rows
+from diffloc.tracing.trace_config import RowSpec, TraceConfig, denoiser_rows
 
 PROMPT = MarkedPrompt.parse("a photo of two [red] circles at the top")
 CFG = SamplerConfig(num_inference_steps=3, guidance_scale=2.0)
@@ -99,9 +99,9 @@ def test_head_counts_match_published_models(family, unet_dims):
     parts = build_published(family)
     modules = {k: v for k, v in parts.items() if k in ("unet", "text_encoder", "text_encoder_2")}
     texts = {k: v.config for k, v in modules.items() if k != "unet"}
-    table = build_site_table(family, parts["unet"].config, texts)
+    table = build_site_table(family, parts["unet"].config, texts, "unet")
     _check_heads(table, modules)
-    dims = {head_slice(table.heads_of(s)[0], modules)[1].stop for s in table.unet_heads}
+    dims = {head_slice(table.heads_of(s)[0], modules)[1].stop for s in table.denoiser_heads}
     assert dims == unet_dims
 
 
@@ -218,12 +218,12 @@ def test_heads_on_a_unet_without_attention_is_a_config_error():
     from diffloc.tracing.errors import ConfigError
 
     config = dict(down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), mid_block_type=None, layers_per_block=1)
-    fake = SimpleNamespace(sites=build_site_table("x", config, {}), name="no-attention")
+    fake = SimpleNamespace(sites=build_site_table("x", config, {}, "unet"), name="no-attention", family=SimpleNamespace(denoiser="unet"))
     assert fake.sites.heads() == []
     with pytest.raises(ConfigError, match="has no attention heads") as err:
-        unet_rows(fake, TraceConfig(component="unet", heads=True), 3)
+        denoiser_rows(fake, TraceConfig(component="unet", heads=True), 3)
     assert "\n" not in str(err.value)
-    assert len(unet_rows(fake, TraceConfig(component="unet"), 3)) == len(fake.sites.denoiser)
+    assert len(denoiser_rows(fake, TraceConfig(component="unet"), 3)) == len(fake.sites.denoiser)
 
 
 def test_sweep_with_heads_has_head_rows(tmp_path, pixel_model, scorer):
@@ -281,7 +281,7 @@ def test_screen_over_heads_sums_to_the_layer(f64, method):
     tok = (PROMPT.positions(model.tokenizer)[-1],)
     text, unet = _heads(model, TEXT_ATTN), _heads(model, UNET_ATTN)
     rows = [_row([TEXT_ATTN], tok)] + [_row([h], tok) for h in text] + [_row([UNET_ATTN], window=(1, 3))] + [_row([h], window=(1, 3)) for h in unet]
-    res = screen(model, PROMPT, rows, corr, torch.Generator().manual_seed(0), CFG, fn, method=method, ig_steps=2)
+    res = screen(model, PROMPT, rows, corr, torch.Generator().manual_seed(0), CFG, fn, ig_steps=None if method == "atp" else 2)
     est = res.estimates
     n = len(text)
     assert abs(est[0]) > 1e-6 and abs(est[n + 1]) > 1e-6, "vacuous case"

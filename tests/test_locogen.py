@@ -22,10 +22,14 @@ A = "a photo of two blue circles at the top on a plain background"
 CFG = SamplerConfig(num_inference_steps=3, guidance_scale=2.0)
 
 
+OPTIONS = ("ig_steps", "confirm_top", "window", "swap")  # a method's own options: TraceConfig.method_options
+
+
 def _cfg(**kw):
-    base = dict(model="tiny", attribute="colour", method="crossattn-swap", component="unet", seeds=(0,),
+    opts = {k: kw.pop(k) for k in OPTIONS if k in kw}
+    base = dict(model="tiny", attribute="colour", method="crossattn-swap", component="denoiser", seeds=(0,),
                 prompts=("a photo of two [red] circles at the top on a plain background",), num_inference_steps=2)
-    return TraceConfig(**{**base, **kw})
+    return TraceConfig(**{**base, **kw}, method_options=opts)
 
 
 # (a) a window over every attn2 layer is generation from the altered prompt -------------------
@@ -147,7 +151,7 @@ def test_runs_on_tiny_replicas(tmp_path, family, scorer):
     from diffloc.tracing.models import load_model
 
     model = load_model(f"tiny-{family}")
-    cfg = TraceConfig(model=f"tiny-{family}", attribute="style", method="crossattn-swap", component="unet", swap="remove",
+    cfg = TraceConfig(model=f"tiny-{family}", attribute="style", method="crossattn-swap", component="denoiser", method_options={"swap": "remove"},
                       prompts=("a painting of a house in the style of [Van Gogh]",), seeds=(0,), num_inference_steps=1,
                       guidance_scale=5.0, batch_size=128)
     table = run_sweep(cfg, tmp_path, model=model, scorer=scorer)

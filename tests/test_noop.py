@@ -1,12 +1,13 @@
 """The exact sweep skips rows that cannot change the image, and its table equals a full run's."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import diffloc.tracing.exact as exact
-from diffloc.tracing.exact import noop_rows
+from diffloc.tracing.exact import reused_rows
 from diffloc.tracing.prompts import MarkedPrompt
 from diffloc.tracing.sampler import Restore, make_corruption
 from diffloc.tracing.sweep import run_sweep
@@ -26,7 +27,7 @@ def _cfg(**kw):
 def runs(tmp_path_factory, pixel_model, scorer):
     skipped = run_sweep(_cfg(), tmp_path_factory.mktemp("skip"), model=pixel_model, scorer=scorer)
     mp = pytest.MonkeyPatch()
-    mp.setattr(exact, "SKIP_NOOPS", False)
+    mp.setattr(exact, "reused_rows", lambda model, prompt, rows, corruption: np.full(len(rows), -1))  # generate every row
     try:
         full = run_sweep(_cfg(), tmp_path_factory.mktemp("full"), model=pixel_model, scorer=scorer)
     finally:
@@ -87,9 +88,9 @@ def test_embedding_rule_finds_sdxl_unread_last_layer():
     pos = prompt.positions(model.tokenizer)
     corruption = make_corruption(model, pos, torch.Generator().manual_seed(3))
     rows = [r for c in ("text_encoder", "text_encoder_2") for r in text_rows(model, prompt, _cfg(), c)]
-    skip = noop_rows(model, prompt.text, [r.restore for r in rows], corruption)
+    skip = reused_rows(model, prompt.text, [r.restore for r in rows], corruption) == 1
     last = {c: model.sites.text_layers[c] - 1 for c in ("text_encoder", "text_encoder_2")}
     eos = len(prompt.tokens(model.tokenizer)) - 1
     expected = [r.token < pos[0] or (r.layer == last[r.component] and (r.component == "text_encoder" or r.token != eos)) for r in rows]
     assert list(skip) == expected
-    assert not noop_rows(model, prompt.text, [Restore((model.sites.denoiser[0],))], corruption).any(), "UNet rows are never skipped"
+    assert not (reused_rows(model, prompt.text, [Restore((model.sites.denoiser[0],))], corruption) == 1).any(), "denoiser rows are never skipped"

@@ -14,9 +14,13 @@ from diffloc.tracing.trace_config import TraceConfig
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 
 
+OPTIONS = ("ig_steps", "confirm_top", "window", "swap")  # a method's own options: TraceConfig.method_options
+
+
 def _cfg(**kw):
+    opts = {k: kw.pop(k) for k in OPTIONS if k in kw}
     base = dict(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0,), num_inference_steps=3, batch_size=256)
-    return TraceConfig(**{**base, **kw})
+    return TraceConfig(**{**base, **kw}, method_options=opts)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ KEYS = ["component", "kind", "site", "layer", "token", "window_start", "window_e
 
 @pytest.mark.parametrize("method", ["atp", "ig"])
 def test_screen_covers_exactly_the_exact_sweeps_sites(tmp_path, pixel_model, scorer, exact, method):
-    table = run_sweep(_cfg(method=method, ig_steps=2), tmp_path / method, model=pixel_model, scorer=scorer)
+    table = run_sweep(_cfg(method=method, **({"ig_steps": 2} if method == "ig" else {})), tmp_path / method, model=pixel_model, scorer=scorer)
     screened = table[table.method == method]
     ref = exact[~exact.kind.isin(["clean", "corrupted"])]
     got = screened[~screened.kind.isin(["clean", "corrupted"])]
@@ -61,7 +65,7 @@ def test_screen_errors_are_input_errors(tmp_path, pixel_model, scorer):
         run_sweep(_cfg(method="ig", ig_steps=0), tmp_path / "a", model=pixel_model, scorer=scorer)
     with pytest.raises(DifflocInputError, match=r"--confirm-top 100000 outside 0\.\."):
         run_sweep(_cfg(method="atp", confirm_top=100000), tmp_path / "b", model=pixel_model, scorer=scorer)
-    flat = CallableMetric("redness", lambda imgs, texts: imgs[:, 0].mean((1, 2)).detach())
+    flat = CallableMetric("redness", lambda imgs, texts: imgs[:, 0].mean((1, 2)).detach(), role="scorer")
     with pytest.raises(DifflocInputError, match="needs a differentiable scorer; redness"):
         run_sweep(_cfg(method="atp"), tmp_path / "c", model=pixel_model, scorer=scorer, metrics=[flat])
     with pytest.raises(DifflocInputError, match="unknown trace method 'gradcam'"):

@@ -14,6 +14,27 @@ from diffloc.tracing.trace_config import TraceConfig
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 
 
+class Interrupt(Exception):
+    """Raised by a progress bar to cut a sweep after some units (as a kill would)."""
+
+
+def cut_after(n: int):
+    """A ``progress`` factory whose bar stops the sweep once ``n`` new units have finished."""
+    class Bar:
+        def __init__(self, total, initial=0):
+            self.done = 0
+
+        def update(self, k):
+            self.done += k
+            if self.done >= n:
+                raise Interrupt
+
+        def close(self):
+            pass
+
+    return Bar
+
+
 def _cfg(**kw):
     base = dict(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0, 1), num_inference_steps=3, batch_size=64,
                 component="unet", bootstrap=400)
@@ -72,7 +93,8 @@ def test_a_rerun_recomputes_no_unit(stable_run, pixel_model, scorer):
 def test_an_interrupted_run_resumes_to_the_same_table(tmp_path, stable_run, pixel_model, scorer):
     out = tmp_path / "cut"
     kw = dict(target=0.9, max_seeds=8, model=pixel_model, scorer=scorer, stability_metrics=["clip"])
-    assert run_until_stable(_cfg(), out, stop_after=1, **kw) == (None, [])
+    with pytest.raises(Interrupt):
+        run_until_stable(_cfg(), out, progress=cut_after(1), **kw)
     stamps = _stamps(out)
     assert len(stamps) == 1
     table, history = run_until_stable(_cfg(), out, **kw)

@@ -18,6 +18,27 @@ PROMPTS = ("a photo of two [red] circles at the top on a plain background",
            "three [blue] squares in the middle, striped background")
 
 
+class Interrupt(Exception):
+    """Raised by a progress bar to cut a sweep after some units (as a kill would)."""
+
+
+def cut_after(n: int):
+    """A ``progress`` factory whose bar stops the sweep once ``n`` new units have finished."""
+    class Bar:
+        def __init__(self, total, initial=0):
+            self.done = 0
+
+        def update(self, k):
+            self.done += k
+            if self.done >= n:
+                raise Interrupt
+
+        def close(self):
+            pass
+
+    return Bar
+
+
 def _cfg(**kw):
     base = dict(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0, 1), num_inference_steps=3, batch_size=48)
     base.update(kw)
@@ -87,7 +108,8 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path, full_run, pixel_model,
 
 def test_resume_skips_finished_units(tmp_path, pixel_model, scorer):
     out = tmp_path / "partial"
-    assert run_sweep(_cfg(), out, model=pixel_model, scorer=scorer, stop_after=1) is None
+    with pytest.raises(Interrupt):
+        run_sweep(_cfg(), out, model=pixel_model, scorer=scorer, progress=cut_after(1))
     first = next((out / "shards").glob("*.parquet"))
     stamp = first.stat().st_mtime_ns
     run_sweep(_cfg(), out, model=pixel_model, scorer=scorer)

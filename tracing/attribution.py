@@ -2,18 +2,18 @@
 
 Usage::
 
-    score_fn = clip_score_fn(scorer)                        # differentiable max(100·cos, 0)
+    score_fn = clip_score_fn(scorer)                        # scorer.score: differentiable max(100·cos, 0)
     corr = make_corruption(model, prompt.positions(model.tokenizer), torch.Generator().manual_seed(1))
-    rows = text_rows(model, prompt, tcfg) + unet_rows(model, tcfg, cfg.num_inference_steps)
-    res = screen(model, prompt, rows, corr, torch.Generator().manual_seed(0), cfg, score_fn, method="ig")
+    rows = text_rows(model, prompt, tcfg) + denoiser_rows(model, tcfg, cfg.num_inference_steps)
+    res = screen(model, prompt, rows, corr, torch.Generator().manual_seed(0), cfg, score_fn, ig_steps=8)
     res.effects          # [len(rows)] on exact patching's scale (restored − corrupted)/(clean − corrupted)
 
 Exact causal tracing generates one image per restored row. A screen estimates all rows at once
 from the first-order term of restoring a site: ``(a_clean − a_corrupted) · ∂score/∂a``.
 
-- ``atp``: the gradient is taken at the corrupted run: one clean forward (no grad, records every
+- ``ig_steps=None`` (AtP, method ``atp``): the gradient is taken at the corrupted run: one clean forward (no grad, records every
   site) and one corrupted forward + backward.
-- ``ig``: the gradient is averaged over ``ig_steps`` points on the straight path from the
+- ``ig_steps=N`` (integrated gradients, method ``ig``): the gradient is averaged over ``N`` points on the straight path from the
   corrupted input to the clean one (the corruption noise scaled by ``1 − α``), EAP-IG style;
   every site's gradient comes from the same ``ig_steps`` backward passes. The points are the
   midpoints ``α = (k + ½)/N``: with N gradient evaluations the midpoint rule has half the
@@ -36,7 +36,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import DifflocInputError
 from .prompts import MarkedPrompt
@@ -44,7 +43,6 @@ from .sampler import Corruption, SamplerConfig, _check_rows, hooked_generate, in
 from .sites import Site
 from .trace_config import RowSpec
 
-METHODS = ("atp", "ig")
 ScoreFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
 
@@ -59,50 +57,27 @@ class ScreenResult:
     ``seconds``: wall time of the clean run, the corrupted run, the gradient runs, and in total.
     """
 
-    method: str
     rows: tuple[RowSpec, ...]
     estimates: np.ndarray
     effects: np.ndarray
     clean_score: float
     corrupted_score: float
     seconds: dict
-    ig_steps: int | None = None
+    ig_steps: int | None = None             # None: AtP (gradient at the corrupted run)
     checkpoint: bool = True
     site_values: dict = field(default_factory=dict, repr=False)
     estimates_abs: np.ndarray | None = None  # Σ |per-token or per-step contribution| of each row
 
 
 def clip_score_fn(scorer) -> ScoreFn:
-    """A differentiable ``max(100·cos, 0)`` from a :class:`~tracing.scoring.ClipScorer`'s public fields.
+    """The differentiable CLIP score ``max(100·cos, 0)`` of a :class:`~tracing.scoring.ClipScorer`: its ``score``.
 
     Usage::
 
         fn = clip_score_fn(load_scorer("toy"))
         s = fn(images, ["a red circle"] * len(images))      # [B], with a graph back to images
-
-    Same preprocessing as ``ClipScorer.score`` (bicubic antialiased resize, mean/std); the text
-    features carry no gradient and are cached.
     """
-    cache: dict[str, torch.Tensor] = {}
-
-    def score(images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        param = next(scorer.model.parameters())
-        dev, dtype = param.device, param.dtype
-        x = images.to(dev, dtype)  # [B, 3, H, W] in [0, 1]
-        size = scorer.image_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        x = (x - torch.tensor(scorer.mean, device=dev).view(1, -1, 1, 1)) / torch.tensor(scorer.std, device=dev).view(1, -1, 1, 1)
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
-        if missing:
-            with torch.no_grad():
-                feats = F.normalize(scorer.model.encode_text(scorer.tokenizer(missing).to(dev)), dim=-1)
-            cache.update(zip(missing, feats))
-        txt = torch.stack([cache[t] for t in texts])  # [B, E]
-        img = F.normalize(scorer.model.encode_image(x), dim=-1)  # [B, E]
-        return (100 * (img * txt).sum(-1)).clamp(min=0)
-
-    return score
+    return scorer.score
 
 
 class _Taps:
@@ -186,9 +161,9 @@ def _row_estimate(row: RowSpec, values: dict[Site, torch.Tensor]) -> tuple[float
     return total, absolute
 
 
-def _check_args(method: str, ig_steps: int) -> None:
-    if method not in METHODS:
-        raise DifflocInputError(f"unknown screen method {method!r}; allowed: {', '.join(METHODS)}")
+def _check_args(ig_steps: int | None) -> None:
+    if ig_steps is None:
+        return
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
         raise DifflocInputError(f"ig_steps must be an integer >= 1, got {ig_steps!r}")
 
@@ -208,7 +183,7 @@ def _first_score(score_fn: ScoreFn, images: torch.Tensor, text: str) -> float:
 
 
 def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Corruption, generator: torch.Generator,
-           cfg: SamplerConfig, score_fn: ScoreFn, method: str = "atp", ig_steps: int = 8, checkpoint: bool = True,
+           cfg: SamplerConfig, score_fn: ScoreFn, ig_steps: int | None = None, checkpoint: bool = True,
            latents: torch.Tensor | None = None) -> ScreenResult:
     """Estimate the indirect effect of every row (see the module docstring).
 
@@ -216,10 +191,11 @@ def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Cor
 
         res = screen(model, prompt, rows, corr, torch.Generator().manual_seed(0), cfg, clip_score_fn(scorer))
 
-    ``generator`` draws the initial noise exactly as :func:`~tracing.sampler.patched_generate`
+    ``ig_steps``: None takes the gradient at the corrupted run (AtP); N averages it over N points
+    of the path from corrupted to clean (IG). ``generator`` draws the initial noise exactly as :func:`~tracing.sampler.patched_generate`
     does (or pass ``latents`` [1, C, h, w]), so estimates compare row by row with exact patching.
     """
-    _check_args(method, ig_steps)
+    _check_args(ig_steps)
     _check_rows(model, [r.restore for r in rows], cfg)
     t0 = time.perf_counter()
     latents = initial_latents(model, generator) if latents is None else latents[:1]
@@ -245,7 +221,7 @@ def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Cor
         clean = _first_score(score_fn, run(None), text)
     t1 = time.perf_counter()
     taps.record = "delta"
-    if method == "atp":
+    if ig_steps is None:  # AtP: the corrupted run is the gradient run
         taps.probing = True
         corrupted = backward(1.0)
         t2 = t3 = time.perf_counter()
@@ -264,7 +240,6 @@ def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Cor
     estimates, absolute = both[:, 0], both[:, 1]
     denom = clean - corrupted
     effects = estimates / denom if denom != 0 else np.full(len(rows), np.nan)
-    seconds = {"clean": t1 - t0, "corrupted": t2 - t1, "gradient": t3 - t1 if method == "atp" else t3 - t2, "total": t3 - t0}
-    return ScreenResult(method, tuple(rows), estimates, effects, clean, corrupted, seconds,
-                        ig_steps if method == "ig" else None, checkpoint,
+    seconds = {"clean": t1 - t0, "corrupted": t2 - t1, "gradient": t3 - t1 if ig_steps is None else t3 - t2, "total": t3 - t0}
+    return ScreenResult(tuple(rows), estimates, effects, clean, corrupted, seconds, ig_steps, checkpoint,
                         {str(s): v.numpy() for s, v in taps.values.items()}, absolute)

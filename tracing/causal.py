@@ -27,6 +27,7 @@ import pandas as pd
 
 from .errors import DifflocInputError
 from .io import read_json_format, write_json_format
+from .rows import REFERENCE_KINDS, is_text
 from .stats import LEVEL, SITE_KEYS, bootstrap_effects, real_effects, restored_rows, split_half
 
 RULE = ("effect = (mean restored - mean corrupted) / (mean clean - mean corrupted) over prompts, seeds and noise samples; "
@@ -46,7 +47,7 @@ def site_effects(table: pd.DataFrame, metric: str = "clip") -> pd.DataFrame:
 def stability(table: pd.DataFrame, metric: str = "clip") -> dict:
     """Spearman rank correlation of site effects between two disjoint halves of the seeds.
 
-    Per component: UNet sites, and text-encoder (site, token role) pairs. None where fewer
+    Per component: denoiser sites, and text-encoder (site, token role) pairs. None where fewer
     than two seeds or fewer than three sites.
     """
     seeds = sorted(table.seed.unique())
@@ -84,7 +85,7 @@ def uncertainty(table: pd.DataFrame, metric: str = "clip", bootstrap: int = 1000
 def _entry(r) -> dict:
     e = {"site": r.site, "component": r.component, "kind": r.kind, "effect": round(float(r.effect), 4),
          "interval": [round(float(r.lower), 4), round(float(r.upper), 4)], "n_pairs": int(r.n_pairs)}
-    if r.component.startswith("text_encoder"):
+    if is_text(r.component):
         e.update(layer=int(r.layer), token_role=r.token_role)
     if r.window_start >= 0:
         e["window"] = [int(r.window_start), int(r.window_end)]
@@ -94,7 +95,7 @@ def _entry(r) -> dict:
 def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5, bootstrap: int = 1000, bootstrap_seed: int = 0) -> dict:
     """Write ``causal_sites.json``: per metric, the sites whose interval's lower bound reaches ``threshold``."""
     metrics = metric_names(table)
-    refs = table[table.kind.isin(["clean", "corrupted"])]
+    refs = table[table.kind.isin(REFERENCE_KINDS)]
     result: dict = {"threshold": threshold, "rule": RULE, "metrics": metrics,
                     "clean": {m: float(table[f"{m}_clean"].mean()) for m in metrics},
                     "corrupted": {m: float(table[f"{m}_corrupted"].mean()) for m in metrics},

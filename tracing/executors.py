@@ -8,9 +8,13 @@ Usage::
     diffloc trace --model toy --attribute colour --executor ray --workers 2 --out results/colour
     diffloc trace ... --executor ray --ray-address ray://head:10001 --workers 8
 
-An executor implements ``run(units, fn, progress=None)``: call ``fn(unit)`` once for every unit
-(``fn`` writes the unit's result itself, e.g. a shard file) and ``progress.update(1)`` after
-each. A new executor is one class registered in :data:`EXECUTORS` plus the contract battery in
+An executor is a class satisfying :class:`Executor`: ``run(units, fn, progress=None)`` calls
+``fn(unit)`` once for every unit (``fn`` writes the unit's result itself, e.g. a shard file) and
+``progress.update(1)`` after each. Its options are its constructor's keyword arguments, every
+one declared; the sweep passes ``stop_after`` and ``gpu`` to all of them, so every executor
+declares both. An option it does not declare (a mistyped one) is a one-line
+:class:`DifflocInputError` naming the options it has (:func:`declares_options`). A new
+executor is one class registered in :data:`EXECUTORS` plus the contract battery in
 ``tests/contracts.py``. ``fn`` must be picklable for executors that ship it to other
 processes: the sweep passes a :class:`tracing.sweep.UnitRunner` that loads the model and
 metrics once per process.
@@ -24,23 +28,59 @@ equal a local run's bit for bit at the same thread count.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 from .errors import DifflocInputError, UsageError
 from .registry import Registry
 
 
+@runtime_checkable
 class Executor(Protocol):
+    """What the sweep calls. ``options``: the keyword arguments the constructor accepts."""
+
+    options: tuple[str, ...]
+
     def run(self, units: Sequence[Any], fn: Callable[[Any], Any], progress: Any = None) -> None:
         """Call ``fn(unit)`` for every unit; ``progress.update(1)`` after each."""
 
 
-class LocalExecutor:
-    """In this process, in unit order. ``stop_after``: run at most that many units (tests)."""
+E = TypeVar("E", bound=type)
 
-    def __init__(self, stop_after: int | None = None, **_ignored):
-        self.stop_after = stop_after
+
+def declares_options(cls: E) -> E:
+    """Class decorator: ``cls.options`` are its constructor's keyword arguments, and any other keyword
+    is a one-line :class:`DifflocInputError` naming them (instead of a TypeError, or being dropped)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
+        raise TypeError(f"{cls.__name__}.__init__ must declare every option, not take *args / **kwargs")  # a bug, not input
+    cls.options = tuple(n for n in params if n != "self")
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(cls.options))
+        if unknown:
+            raise DifflocInputError(f"executor {cls.__name__} has no option {', '.join(map(repr, unknown))}; "
+                                    f"allowed: {', '.join(cls.options)}")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = checked
+    return cls
+
+
+@declares_options
+class LocalExecutor:
+    """In this process, in unit order. ``stop_after``: run at most that many units (tests).
+    ``gpu`` is accepted for the sweep's uniform call and changes nothing: the model in this
+    process is already on its device."""
+
+    options: tuple[str, ...]
+
+    def __init__(self, stop_after: int | None = None, gpu: bool = False):
+        self.stop_after, self.gpu = stop_after, gpu
 
     def run(self, units: Sequence[Any], fn: Callable[[Any], Any], progress: Any = None) -> None:
         for n, unit in enumerate(units):
@@ -82,14 +122,19 @@ class _Actor:
         return {"pid": os.getpid(), "threads": torch.get_num_threads(), "units": self.units, "models_loaded": loaded}
 
 
+@declares_options
 class RayExecutor:
-    """Ray actors, ``num_workers`` of them (one CPU, or one GPU with ``gpu=True``, each)."""
+    """Ray actors, ``num_workers`` of them (one CPU, or one GPU with ``gpu=True``, each).
+    ``stop_after``: run at most that many units (the first ones), as the local executor does."""
+
+    options: tuple[str, ...]
 
     def __init__(self, num_workers: int = 2, address: str | None = None, threads: int | None = 1, gpu: bool = False,
-                 on_done: Callable | None = None, **_ignored):
+                 on_done: Callable | None = None, stop_after: int | None = None):
         if num_workers < 1:
             raise DifflocInputError(f"--workers must be >= 1, got {num_workers}")
         self.num_workers, self.address, self.threads, self.gpu, self.on_done = num_workers, address, threads, gpu, on_done
+        self.stop_after = stop_after
 
     def _start(self):
         ray = import_ray()
@@ -103,6 +148,7 @@ class RayExecutor:
         return ray
 
     def run(self, units: Sequence[Any], fn: Callable[[Any], Any], progress: Any = None) -> None:
+        units = list(units)[: self.stop_after]
         if not units:
             return
         ray = self._start()
@@ -144,6 +190,6 @@ class RayExecutor:
                 self.on_done(n_done, list(workers))
 
 
-EXECUTORS: Registry[type] = Registry("executor")
+EXECUTORS: Registry[type[Executor]] = Registry("executor")
 EXECUTORS.register("local", LocalExecutor)
 EXECUTORS.register("ray", RayExecutor)

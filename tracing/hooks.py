@@ -14,7 +14,10 @@ exit, also when the body raises. ``docs/hooks.md`` records why raw hooks sit und
 rather than nnsight (measured cost of per-row patching inside a batched sampling loop).
 
 A hook function gets the module's output with tuples unwrapped to their first element (the
-activation) and may return a replacement tensor of the same shape, or ``None`` to keep it.
+activation) and may return a replacement tensor of the same shape, or ``None`` to keep it. At a
+DiT stream site (``transformer_blocks.3@image``; see :mod:`tracing.sites`) it gets the tuple
+element of that stream instead (``@text`` element 0, ``@image`` element 1), and a replacement
+goes back into that element; the other stream is passed on unchanged.
 
 A head site (``...self_attn.heads.3``, ``...attn2.heads.2``; see :mod:`tracing.sites`) is a
 forward *pre*-hook on the attention's output projection: the function gets that head's slice
@@ -31,7 +34,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .sites import Site, head_slice, resolve
+from .sites import STREAMS, Site, head_slice, resolve
 
 HookFn = Callable[[nn.Module, tuple, torch.Tensor], "torch.Tensor | None"]
 
@@ -40,13 +43,15 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def _wrap(fn: HookFn):
+def _wrap(fn: HookFn, index: int = 0):
+    """Forward hook calling ``fn`` on tuple element ``index`` of the output (the output itself if not a tuple)."""
+
     def hook(module, inputs, output):
-        new = fn(module, inputs, _first(output))
+        new = fn(module, inputs, output[index] if isinstance(output, tuple) else output)  # e.g. [B, T, D]
         if new is None:
             return None
         if isinstance(output, tuple):
-            return (new,) + tuple(output[1:])
+            return output[:index] + (new,) + output[index + 1:]
         return new
 
     return hook
@@ -78,13 +83,14 @@ def hooks(modules: Mapping[str, nn.Module], fns: Mapping[Site | str, HookFn | Se
             module, cols = head_slice(site, modules)
         else:
             module, cols = resolve(site, modules), None
+        index = STREAMS[site.stream] if site.stream else 0
         for f in fn if isinstance(fn, (list, tuple)) else [fn]:
-            targets.append((module, f, cols))
+            targets.append((module, f, cols, index))
     handles = []
     try:
-        for module, f, cols in targets:
+        for module, f, cols, index in targets:
             if cols is None:
-                handles.append(module.register_forward_hook(_wrap(f)))
+                handles.append(module.register_forward_hook(_wrap(f, index)))
             else:
                 handles.append(module.register_forward_pre_hook(_wrap_head(f, cols)))
         yield

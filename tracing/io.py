@@ -5,12 +5,20 @@ Usage::
     write_trace(table, out / "trace.parquet");   table = read_trace(out / "trace.parquet")
     write_meta(meta, out / "meta.json");          meta = read_meta(out / "meta.json")
     write_json_format("causal_sites", data, out / "causal_sites.json"); read_json_format("causal_sites", path)
+    cases = read_jsonl("experiments/cases/toy_edits.jsonl", "cases")      # user files: one error names file and line
+    templates = read_lines(Path("templates.txt"), "templates")
+    write_model_defaults(model.defaults, folder / "diffloc.json");  defaults = read_model_defaults(folder / "diffloc.json")
 
 Every file carries a schema version: JSON files a top-level ``"schema": "<format>/<version>"``,
 Parquet tables the key ``diffloc_schema`` in their Arrow metadata. A file without one is
 version 1 (written before versions existed) and still reads; a file from a newer diffloc gives
 one line naming the format and both versions. Writes go to a temporary file in the same
 folder and are renamed over the target, so a reader never sees half a file.
+
+A file that exists but cannot be parsed (not JSON, a JSONL line that is not JSON, a damaged
+Parquet, npz or safetensors file) is bad input, not a bug: every reader here raises
+:class:`~tracing.errors.InputFileError` naming the file (and, for JSONL and text files, the
+line), which the CLI prints as one line with exit code 2.
 """
 from __future__ import annotations
 
@@ -18,12 +26,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
-from .errors import FormatVersionError, InputFileError
+from .errors import DifflocInputError, FormatVersionError, InputFileError
 
 #: format -> current schema version. Bump a version when a reader must tell files apart.
-VERSIONS = {"trace": 2, "meta": 2, "causal_sites": 3, "edit": 2, "summary": 2, "strip": 1, "diagnosis": 1, "stability": 1}
+VERSIONS = {"trace": 2, "meta": 2, "causal_sites": 3, "edit": 2, "summary": 2, "strip": 1, "diagnosis": 1, "stability": 1,
+            "model_defaults": 1}
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -52,6 +62,20 @@ def _check_version(fmt: str, found: str | None, path: Path) -> int:
     if int(ver) > VERSIONS[fmt]:
         raise FormatVersionError(f"{path} has {fmt} schema version {ver}; this diffloc reads versions 1..{VERSIONS[fmt]}")
     return int(ver)
+
+
+@contextmanager
+def _unreadable(path: Path, kind: str, errors: tuple = ()):
+    """A parse error of a binary file becomes one input error naming the file."""
+    import zipfile
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, *errors) as err:
+        if isinstance(err, DifflocInputError):
+            raise
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise InputFileError(f"{path} is not a readable {kind} file ({first})") from None
 
 
 def _need(path: Path) -> Path:
@@ -92,6 +116,51 @@ def write_plain_json(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
+def write_model_defaults(defaults: dict, path: str | Path) -> None:
+    """A toy-layout model folder's ``diffloc.json`` (arch, world, sampler defaults, training config)."""
+    write_json_format("model_defaults", defaults, path)
+
+
+def read_model_defaults(path: str | Path) -> dict:
+    """The defaults of a ``diffloc.json``, without its ``schema`` key (files without one are version 1)."""
+    data = read_json_format("model_defaults", path)
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path} is not a JSON object")
+    return {k: v for k, v in data.items() if k != "schema"}
+
+
+# ---- user text files: JSONL records and line lists ----------------------------------------------
+
+def _text(path: Path, what: str) -> str:
+    if not path.exists():
+        raise InputFileError(f"{what} file {path} does not exist")
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputFileError(f"{what} file {path} cannot be read as text ({err})") from None
+
+
+def read_jsonl(path: str | Path, what: str = "JSONL") -> list[tuple[int, Any]]:
+    """``(line number, object)`` of every non-blank line; a line that is not JSON is one error
+    naming the file and the line."""
+    path = Path(path)
+    out = []
+    for n, line in enumerate(_text(path, what).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise InputFileError(f"{what} file {path}, line {n}: not valid JSON ({err.msg} at column {err.colno})") from None
+    return out
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """The stripped non-blank lines of a text file, ``#`` comment lines dropped."""
+    path = Path(path)
+    return [line.strip() for line in _text(path, what).splitlines() if line.strip() and not line.startswith("#")]
+
+
 # ---- Parquet: the trace table (trace.parquet and its shards) -----------------------------------
 
 def write_trace(table, path: str | Path) -> None:
@@ -120,10 +189,13 @@ def read_trace(path: str | Path):
     import pyarrow.parquet as pq
 
     path = _need(Path(path))
-    meta = pq.read_schema(path).metadata or {}
+    with _unreadable(path, "Parquet"):
+        meta = pq.read_schema(path).metadata or {}
     raw = meta.get(b"diffloc_schema")
     version = _check_version("trace", raw.decode() if raw else None, path)
-    table = pq.read_table(path).to_pandas()
+    with _unreadable(path, "Parquet"):
+        arrow = pq.read_table(path)
+    table = arrow.to_pandas()
     if version < 2:
         if "method" not in table.columns:
             table["method"] = "exact"
@@ -151,7 +223,9 @@ def write_table(table, path: str | Path) -> None:
 def read_table(path: str | Path):
     import pandas as pd
 
-    return pd.read_parquet(_need(Path(path)))
+    path = _need(Path(path))
+    with _unreadable(path, "Parquet"):
+        return pd.read_parquet(path)
 
 
 # ---- image strips of a sweep unit (npz) ---------------------------------------------------------
@@ -171,6 +245,27 @@ def read_strip(path: str | Path) -> tuple:
     import numpy as np
 
     path = _need(Path(path))
-    data = np.load(path)
-    _check_version("strip", str(data["schema"]) if "schema" in data.files else None, path)
-    return data["images"], data["rows"]
+    with _unreadable(path, "npz"):
+        data = np.load(path)
+        schema = str(data["schema"]) if "schema" in data.files else None
+        images, rows = data["images"], data["rows"]
+    _check_version("strip", schema, path)
+    return images, rows
+
+
+# ---- tensors of an edit record (safetensors) ------------------------------------------------------
+
+def write_tensors(tensors: dict, path: str | Path) -> None:
+    """Named tensors (an edit's float64 delta, and its original weight where needed) as safetensors."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+
+
+def read_tensors(path: str | Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = _need(Path(path))
+    with _unreadable(path, "safetensors", (SafetensorError,)):
+        return load_file(str(path))

@@ -1,13 +1,14 @@
 """LocoGen localisation (``crossattn-swap``): which cross-attention layers control an attribute.
 
 Basu et al. 2024, "On Mechanistic Knowledge Localization in Text-to-Image Generative Models":
-a few cross-attention layers of the UNet get the text embeddings of an *altered* prompt as
+a few cross-attention layers of the denoiser get the text embeddings of an *altered* prompt as
 the input of their key and value projections, every other cross-attention layer keeps the
 original prompt; a window of layers *controls* an attribute when the image then follows the
 altered prompt. Usage::
 
-    cfg = TraceConfig(model="toy", attribute="style", method="crossattn-swap", window=2, swap="value", component="unet")
-    table = run_sweep(cfg, "results/style_locogen")      # one row per window of cfg.window attn2 layers
+    cfg = TraceConfig(model="toy", attribute="style", method="crossattn-swap", component="denoiser",
+                      method_options={"window": 2, "swap": "value"})     # SwapOptions
+    table = run_sweep(cfg, "results/style_locogen")      # one row per window of `window` attn2 layers
     windows = layer_windows(model.sites, 2)                # [(attn2 site, attn2 site), ...] in execution order
     images = swap_generate(model, "a red circle", "a blue circle", windows, generator, scfg)  # [2 + len(windows), 3, H, W]
 
@@ -16,7 +17,7 @@ altered prompt. Usage::
 **Altered prompt** (:func:`altered_captions`): ``swap="value"`` sets the attribute to each
 other value of the world (at most ``MAX_ALTERNATES`` = 3: all of them on the toy), in the
 world's order starting after the prompt's own value (one unit per alternate; the unit's
-``noise_index`` numbers the alternate: there is no noise, ``noise_samples`` is not used).
+``variant`` numbers the alternate; there is no noise: ``noise_index`` is 0, ``noise_samples`` is not used).
 A world with readers takes the values and the caption from its own corpus (the caption of
 the target attributes closest to the original wording, so plurals stay right); other worlds
 (``sd``) replace the marked words by the other marked words of their prompt set.
@@ -28,11 +29,11 @@ the world's neutral caption ``""`` (what classifier-free guidance's unconditiona
 **Rows** of a unit (one batched sampler call; rows are batch entries): row 0 the original
 prompt everywhere, row 1 the altered prompt everywhere (text embeddings, and on SDXL its
 pooled embedding too: an image of the altered prompt), then one row per window of
-``cfg.window`` consecutive attn2 layers in execution order (``n_attn2 − window + 1`` of
+``window`` consecutive attn2 layers in execution order (``n_attn2 − window + 1`` of
 them). A window row uses the original prompt except at its attn2 layers, whose ``to_k`` and
 ``to_v`` outputs are copied from row 1's: the keys and values of the altered prompt's
 embeddings, on the conditional half of the CFG batch only (the unconditional half is never
-touched). Labels: ``component="unet"``, ``kind="attn2"``, ``site`` the window's first attn2
+touched). Labels: ``component`` the denoiser (``model.family.denoiser``), ``kind="attn2"``, ``site`` the window's first attn2
 site, ``layer`` the window index, ``window_layers`` the list of its sites; ``window_start`` /
 ``window_end`` stay -1 (they are *step* windows elsewhere; this method swaps at every step).
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -61,14 +63,17 @@ import pandas as pd
 import torch
 
 from .errors import ConfigError, DifflocInputError
-from .exact import score_rows, with_effects
+from .exact import score_rows
+from .method_base import BaseMethod
 from .metrics import GroundTruthMetric
 from .prompts import MarkedPrompt, attribute_prompts
 from .sampler import Restore, SamplerConfig, _copy_rows, _sample, encode, initial_latents
 from .sites import Site, SiteTable
-from .trace_config import RowSpec, TraceConfig, Unit, UnitContext
+from .rows import Label, best_strip, build_rows
+from .trace_config import RowSpec, Unit, UnitContext
 from .worlds import world_of
 
+SWAP_CHOICES = ("value", "remove")
 MAX_ALTERNATES = 3  # other values tried per prompt (the toy's attributes have 3-4 values: all of them)
 NEUTRAL = ""  # the world's neutral caption: the empty prompt, CFG's unconditional text
 # words that belong to the phrase of the removed words ("at the [top]", "on a [plain] background")
@@ -189,7 +194,7 @@ def altered_captions(world, prompt: MarkedPrompt, attribute: str, swap: str, val
 # ---------------------------------------------------------------------------- sampling
 def swap_hooks(model, windows: Sequence[Sequence[Site]], n_rows: int, cfg_on: bool, altered_row: int = 1,
                first_row: int = 2) -> dict:
-    """UNet hooks: window ``w``'s attn2 layers take keys and values of batch row ``altered_row`` into row ``first_row + w``.
+    """Denoiser hooks: window ``w``'s attn2 layers take keys and values of batch row ``altered_row`` into row ``first_row + w``.
 
     Hooks sit on each attn2's ``to_k`` and ``to_v`` and copy the output rows, so a windowed
     row attends with its own queries to the altered prompt's keys and values. With CFG the
@@ -227,58 +232,82 @@ def swap_generate(model, prompt: str, altered: str, windows: Sequence[Sequence[S
 
 
 # ---------------------------------------------------------------------------- the method
-class CrossAttnSwapMethod:
+@dataclass(frozen=True)
+class SwapOptions:
+    """Options of ``crossattn-swap``."""
+
+    window: int = field(default=2, metadata={"help": "Cross-attention layers per sliding window (LocoGen: 2)."})
+    swap: str = field(default="value", metadata={"help": "The altered prompt sets another value (value) or drops it (remove)."})
+
+    def __post_init__(self) -> None:
+        if self.swap not in SWAP_CHOICES:
+            raise ConfigError(f"unknown --swap {self.swap!r}; allowed: {', '.join(SWAP_CHOICES)}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ConfigError(f"--window must be an integer >= 1, got {self.window!r}")
+
+
+class CrossAttnSwapMethod(BaseMethod):
     """``crossattn-swap``: LocoGen's sliding window of cross-attention layers fed the altered prompt."""
 
     name = "crossattn-swap"
+    Options = SwapOptions
+    measures = True          # each row is a generated image
+    restores_tokens = False  # it swaps prompts; --restore does not apply
 
-    def _alternates(self, cfg: TraceConfig, model, prompts, prompt) -> list[tuple[str, str]]:
-        world = world_of(model)
-        values = world_values(world, cfg.attribute, prompts) if cfg.swap == "value" else []
-        return altered_captions(world, prompt, cfg.attribute, cfg.swap, values)
+    def describe(self, options: SwapOptions) -> str:
+        return f", window {options.window}, swap {options.swap}"
 
-    def plan(self, cfg: TraceConfig, model, prompts, n_steps: int) -> list[Unit]:
+    def denoiser_title(self, table) -> str | None:
+        if "window_size" not in table.columns or not (table.method == self.name).any():
+            return None
+        size = int(table.window_size.dropna().iloc[0])
+        return (f"windows of {size} cross-attention layers reading the altered prompt "
+                f"(labelled by their first layer); effect 1 = the attribute follows the altered prompt")
+
+    def _alternates(self, cfg, model, prompts, prompt) -> list[tuple[str, str]]:
+        world, swap = world_of(model), self.options(cfg).swap
+        values = world_values(world, cfg.attribute, prompts) if swap == "value" else []
+        return altered_captions(world, prompt, cfg.attribute, swap, values)
+
+    def plan(self, cfg, model, prompts, n_steps: int) -> list[Unit]:
+        denoiser = model.family.denoiser
         if cfg.component == "text_encoder":
-            raise ConfigError("--method crossattn-swap swaps the UNet's cross-attention inputs; --component text_encoder has none. Allowed: unet, all")
-        windows = layer_windows(model.sites, cfg.window)
-        rows = [RowSpec(Restore(w), "unet", "attn2", str(w[0]), i) for i, w in enumerate(windows)]
+            raise ConfigError(f"--method crossattn-swap swaps the denoiser's cross-attention inputs; --component text_encoder has none. "
+                              f"Allowed: {denoiser}, denoiser, all")
+        windows = layer_windows(model.sites, self.options(cfg).window)
+        rows = [RowSpec(Restore(w), denoiser, "attn2", str(w[0]), i) for i, w in enumerate(windows)]
         units = []
         for pi, prompt in enumerate(prompts):
             n_alt = len(self._alternates(cfg, model, prompts, prompt))
             for seed in cfg.seeds:
                 for ai in range(n_alt):
                     for ci in range(0, len(rows), cfg.batch_size):
-                        units.append(Unit(pi, seed, ai, "unet", ci // cfg.batch_size, tuple(rows[ci : ci + cfg.batch_size])))
+                        chunk = tuple(rows[ci : ci + cfg.batch_size])
+                        units.append(Unit(pi, seed, 0, denoiser, ci // cfg.batch_size, chunk, variant=ai))
         return units
 
-    def run_unit(self, unit: Unit, ctx: UnitContext, cfg: TraceConfig):
-        model, prompt = ctx.model, ctx.prompts[unit.prompt_index]
-        altered, value = self._alternates(cfg, model, ctx.prompts, prompt)[unit.noise_index]
-        windows = [r.restore.sites for r in unit.rows]
-        images = swap_generate(model, prompt.text, altered, windows, torch.Generator().manual_seed(unit.seed), ctx.scfg)
-        scores = score_rows(images, [prompt.text] * len(images), ctx)
+    def _scores(self, images, prompt: str, altered: str, ctx: UnitContext) -> dict:
+        """Every metric against the original caption, and (``<m>_alt``) against the altered one."""
+        scores = score_rows(images, [prompt] * len(images), ctx)
         for name, s in score_rows(images, [altered] * len(images), ctx).items():
             metric = next(m for m in ctx.metrics if m.name == name)
             blind = isinstance(metric, GroundTruthMetric) and metric.world.parse_caption(altered).get(metric.attribute) is None
             scores[f"{name}_alt"] = np.full(len(s), np.nan) if blind else s
-        clip = ctx.metrics[0]
-        base = dict(prompt_index=unit.prompt_index, prompt=prompt.marked, attribute=cfg.attribute, seed=unit.seed,
-                    noise_index=unit.noise_index, unit=unit.key, method=self.name, restore=cfg.restore, scorer=clip.model_id,
-                    formula=clip.formula, swap=cfg.swap, alt_prompt=altered, alt_value=value, window_size=cfg.window)
+        return scores
+
+    def run_unit(self, unit: Unit, ctx: UnitContext, cfg):
+        model, prompt, opts = ctx.model, ctx.prompts[unit.prompt_index], self.options(cfg)
+        altered, value = self._alternates(cfg, model, ctx.prompts, prompt)[unit.variant]
+        windows = [r.restore.sites for r in unit.rows]
+        images = swap_generate(model, prompt.text, altered, windows, torch.Generator().manual_seed(unit.seed), ctx.scfg)
+        scores = self._scores(images, prompt.text, altered, ctx)
         # reference rows are labelled by their role in the effect (row 0 original = "corrupted", row 1 altered = "clean"),
         # so a row of kind "clean" has <m>_score == <m>_clean as in every other method; ``reference`` names the prompt
-        labels = [("corrupted", "corrupted", "", -1, (), "original"), ("clean", "clean", "", -1, (), "altered")]
-        labels += [("unet", "attn2", r.site, r.layer, r.restore.sites, "") for r in unit.rows]
-        recs = []
-        for i, (comp, kind, site, layer, layers, ref) in enumerate(labels):
-            rec = dict(base, row=i, component=comp, kind=kind, reference=ref, site=site, layer=layer,
-                       window_layers=[str(s) for s in layers], token=-1, token_str="", token_role="",
-                       is_last_subject=False, window_start=-1, window_end=-1, skipped_noop=False, skipped_duplicate=False)
-            rec.update({f"{name}_score": float(s[i]) for name, s in scores.items()})
-            recs.append(rec)
+        labels = [Label("corrupted", "corrupted"), Label("clean", "clean")]
+        labels += [Label(r.component, "attn2", r.site, r.layer) for r in unit.rows]
+        per_row = [dict(reference="original", window_layers=[]), dict(reference="altered", window_layers=[])]
+        per_row += [dict(reference="", window_layers=[str(s) for s in r.restore.sites]) for r in unit.rows]
+        base = dict(swap=opts.swap, alt_prompt=altered, alt_value=value, window_size=opts.window)
         # clean := the altered reference (row 1), corrupted := the original (row 0): effect 1 = follows the altered prompt
-        df = with_effects(pd.DataFrame(recs), scores, clean_row=1, corrupted_row=0)
-        eff = df[f"effect_{clip.name}"].to_numpy()[2:]
-        best = np.argsort(-np.nan_to_num(eff, nan=-np.inf), kind="stable")[:3] + 2
-        keep = np.concatenate([[0, 1], best]).astype(int)
-        return df, {"images": (images[keep] * 255).round().byte().cpu().numpy(), "rows": keep}
+        df = build_rows(unit, ctx, cfg, self.name, labels, scores, base=base, per_row=per_row, clean_row=1, corrupted_row=0)
+        return df, best_strip(images, df[f"effect_{ctx.scorer.name}"].to_numpy())

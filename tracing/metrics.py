@@ -9,9 +9,14 @@ Usage::
     metrics = default_metrics(model, scorer, "colour")  # what a sweep scores with
 
 A sweep writes one column ``<name>_score`` (and ``effect_<name>``) per metric. A metric is
-any object with ``name``, ``model_id``, ``formula``, ``differentiable`` and
+any object with ``name``, ``model_id``, ``formula``, ``differentiable``, ``role`` and
 ``__call__(images [B, 3, H, W] in [0, 1], texts) -> [B]``; gradient screens need
 ``differentiable=True`` and a call that keeps the graph when grad mode is on.
+
+``role`` says what a metric is for: exactly one metric of a sweep has role ``scorer`` (its
+``model_id`` and ``formula`` fill every row's ``scorer`` / ``formula`` columns, it ranks the
+image strip and the screens take its gradient); every other metric is ``extra`` (a column
+more). ``scorer_of(metrics)`` finds it; a sweep given only extra metrics adds the CLIP one.
 """
 from __future__ import annotations
 
@@ -20,11 +25,14 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import DifflocInputError
 from .registry import Registry
 from .scoring import ClipScorer
+
+
+SCORER, EXTRA = "scorer", "extra"
+ROLES = (SCORER, EXTRA)
 
 
 @runtime_checkable
@@ -33,6 +41,7 @@ class Metric(Protocol):
     model_id: str
     formula: str
     differentiable: bool
+    role: str                # SCORER (the one recorded as the rows' scorer) or EXTRA
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """One score per image [B]."""
@@ -45,6 +54,7 @@ class ClipMetric:
     scorer: ClipScorer
     name: str = "clip"
     differentiable: bool = True
+    role: str = SCORER
 
     @property
     def model_id(self) -> str:
@@ -55,11 +65,7 @@ class ClipMetric:
         return self.scorer.formula
 
     def __call__(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        if len(texts) != len(images):
-            raise ValueError(f"{len(images)} images but {len(texts)} texts; pass one text per image")
-        img = F.normalize(self.scorer.model.encode_image(self.scorer.prep(images)).float(), dim=-1)  # [B, E]
-        txt = self.scorer.text_features(texts)  # [B, E], no grad needed
-        return (100 * (img * txt).sum(-1)).clamp(min=0)
+        return self.scorer.score(images, texts)
 
 
 @dataclass
@@ -70,6 +76,7 @@ class GroundTruthMetric:
     attribute: str
     name: str = "gt"
     differentiable: bool = False
+    role: str = EXTRA
 
     def __post_init__(self) -> None:
         if not self.world.has_readers:
@@ -100,8 +107,11 @@ class CallableMetric:
     differentiable: bool = False
     model_id: str = "callable"
     formula: str = "user function"
+    role: str = EXTRA  # SCORER: record it as the rows' scorer (and take its gradient in screens)
 
     def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise DifflocInputError(f"metric role {self.role!r} unknown; allowed: {', '.join(ROLES)}")
         if not self.name.isidentifier() or self.name in ("clip", "gt"):
             raise DifflocInputError(f"metric name {self.name!r} must be a new identifier (not clip or gt): it names the table column")
 
@@ -126,6 +136,21 @@ def _gt(model, scorer: ClipScorer, attribute: str) -> Metric | None:
 METRICS: Registry[Callable] = Registry("metric")
 METRICS.register("clip", _clip)
 METRICS.register("gt", _gt)
+
+
+def scorer_of(metrics: Sequence[Metric]) -> Metric:
+    """The one metric of role ``scorer``; a one-line input error when there is none or more than one."""
+    found = [m for m in metrics if getattr(m, "role", EXTRA) == SCORER]
+    if len(found) != 1:
+        names = ", ".join(m.name for m in found) or "none"
+        raise DifflocInputError(f"a sweep needs exactly one metric of role {SCORER!r}; got {names}")
+    return found[0]
+
+
+def with_scorer(metrics: Sequence[Metric], scorer: ClipScorer) -> list[Metric]:
+    """``metrics``, with the CLIP metric of ``scorer`` first when none of them has role ``scorer``."""
+    metrics = list(metrics)
+    return metrics if any(getattr(m, "role", EXTRA) == SCORER for m in metrics) else [ClipMetric(scorer), *metrics]
 
 
 def default_metrics(model, scorer: ClipScorer, attribute: str, names: Sequence[str] = ("clip", "gt")) -> list[Metric]:

@@ -9,7 +9,9 @@ Usage::
     model = load_model("tiny-sd1")                             # structure-faithful replica
     model.sites.denoiser[:3], model.module("unet:mid_block.resnets.0")
 
-Specs: ``toy``; ``tiny-sd1``, ``tiny-sd2``, ``tiny-sdxl`` (random replicas, for tests and
+Specs: ``toy``; ``toy-dit`` (the toy world's MM-DiT, or any folder exported by
+``experiments/toy/train_dit.py``: ``diffloc.json`` with ``"arch": "toy-dit"``); ``tiny-sd1``,
+``tiny-sd2``, ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux``, ``tiny-pixart`` (random replicas, for tests and
 demos); ``random-sd1``, ``random-sd2``, ``random-sdxl`` (the full-size published models with
 random weights, for speed and memory benchmarks: ``diffloc bench trace --model random-sdxl``); a local folder (diffusers layout, or the toy layout with ``diffloc.json``); a single
 ``.safetensors``/``.ckpt`` file; a hub id ``owner/name`` (honours ``HF_HUB_OFFLINE``).
@@ -30,8 +32,12 @@ from .sites import Site, SiteTable, build_site_table, resolve
 from .families import FAMILIES
 from .worlds import WORLDS
 
-REPLICAS = ("tiny-sd1", "tiny-sd2", "tiny-sdxl")
-RANDOM = ("random-sd1", "random-sd2", "random-sdxl")  # full-size published configs, random weights (benchmarks)
+REPLICAS = ("tiny-sd1", "tiny-sd2", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart")
+RANDOM = ("random-sd1", "random-sd2", "random-sdxl", "random-sd3", "random-flux", "random-pixart")  # full size, random weights (benchmarks)
+# Sampling defaults of the DiT pipelines (FLUX.1-dev's embedded guidance 3.5; latent_size: FLUX has no sample_size)
+DIT_DEFAULTS = {"sd3": {"guidance_scale": 7.0, "num_inference_steps": 10},
+                "flux": {"guidance_scale": 3.5, "num_inference_steps": 10},
+                "pixart": {"guidance_scale": 4.5, "num_inference_steps": 10}}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -74,6 +80,7 @@ class Model:
 
     def __post_init__(self) -> None:
         fam = self.family
+        fam.prepare(self)
         texts = {c: self.modules[c].config for c in self.text_components}
         self.sites: SiteTable = fam.site_table(self.denoiser.config, texts)
         for m in self.modules.values():
@@ -176,6 +183,41 @@ def _load_toy_folder(folder: Path, dtype: torch.dtype, name: str) -> Model:
     )
 
 
+def _dit_defaults(family: str, **extra) -> dict | None:
+    return {**DIT_DEFAULTS[family], **extra} if family in DIT_DEFAULTS else None
+
+
+def _toy_dit_dir() -> Path:
+    """Where the toy world's plug-in ships toy-dit (``dit_model_dir``); one-line error if absent."""
+    world = WORLDS.get("toy") if "toy" in WORLDS else None
+    folder = world.dit_model_dir() if world is not None and hasattr(world, "dit_model_dir") else None
+    if folder is None or not (folder / "diffloc.json").exists():
+        raise ModelSpecError(f"toy-dit weights missing at {folder}; train them with "
+                             "`python -m experiments.toy.train_dit --out DIR` and copy DIR/dit there")
+    return folder
+
+
+def _load_toy_dit(folder: Path, dtype: torch.dtype, name: str) -> Model:
+    """A toy-dit export: ``transformer/``, ``scheduler/``, ``diffloc.json`` whose ``text_encoder_from``
+    (relative to the folder) holds the frozen toy ``text_encoder/`` and ``tokenizer/``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    defaults = _read_defaults(folder)
+    text_dir = (folder / defaults.get("text_encoder_from", "../model")).resolve()
+    if not (text_dir / "text_encoder").is_dir():
+        raise InputFileError(f"toy-dit at {folder}: its text encoder folder {text_dir / 'text_encoder'} does not exist "
+                             "(diffloc.json's text_encoder_from)")
+    world = defaults.get("world", "toy")
+    corpus = WORLDS.get(world).sigma_corpus() if world in WORLDS and hasattr(WORLDS.get(world), "sigma_corpus") else None
+    return Model(name=name, arch="toy-dit",
+                 modules={"text_encoder": CLIPTextModel.from_pretrained(text_dir, subfolder="text_encoder", dtype=dtype),
+                          "transformer": SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)},
+                 tokenizers={"text_encoder": CLIPTokenizer.from_pretrained(text_dir, subfolder="tokenizer")},
+                 scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+                 defaults=defaults, source=str(folder), corpus=corpus, world=world if world in WORLDS else "sd")
+
+
 def _from_pipeline(pipe: Any, name: str, source: str) -> Model:
     return _from_parts(dict(pipe.components), name, source=source, defaults={"guidance_scale": 7.5, "num_inference_steps": 50})
 
@@ -206,7 +248,8 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
     if spec in RANDOM:  # built where it will run: SDXL's 3.5 B parameters initialise in seconds on a GPU
         from .replicas import build_random
 
-        model = _from_parts(build_random(spec.removeprefix("random-"), device=str(device)), spec)
+        fam = spec.removeprefix("random-")
+        model = _from_parts(build_random(fam, device=str(device)), spec, defaults=_dit_defaults(fam))
     else:
         model = _load(spec, dtype)
     for m in [*model.modules.values(), model.vae]:
@@ -222,6 +265,8 @@ def load_model(spec: str, dtype: torch.dtype | str = torch.float32, device: str 
 
 
 def _load(spec: str, dtype: torch.dtype) -> Model:
+    if spec == "toy-dit":
+        return _load_toy_dit(_toy_dit_dir(), dtype, spec)
     if spec in WORLDS and WORLDS.get(spec).model_dir() is not None:
         folder = WORLDS.get(spec).model_dir()
         if not (folder / "diffloc.json").exists():
@@ -231,9 +276,11 @@ def _load(spec: str, dtype: torch.dtype) -> Model:
         from .replicas import build_replica
 
         parts = build_replica(spec.removeprefix("tiny-"))
-        return _from_parts(parts, spec)
+        return _from_parts(parts, spec, defaults=_dit_defaults(spec.removeprefix("tiny-"), latent_size=8))
     path = Path(spec).expanduser()
     if path.is_dir():
+        if (path / "diffloc.json").exists() and _read_defaults(path).get("arch") == "toy-dit":
+            return _load_toy_dit(path, dtype, str(path))
         if (path / "diffloc.json").exists() and not (path / "vae").exists():
             return _load_toy_folder(path, dtype, str(path))
         if not (path / "model_index.json").exists():

@@ -98,7 +98,7 @@ class Bridge:
         self.interventions: dict[str, Callable] = {}
         self.calls: dict[str, int] = {}
         swaps = {name: _Traced(self, name) for name in self.real}
-        self.model = dataclasses.replace(model, **swaps)  # same parts, traced components
+        self.model = dataclasses.replace(model, modules=swaps)  # same parts, traced components
 
     def site_envoy(self, site: Site | str):
         """The nnsight envoy of a site's module (for a head site: the module holding the heads)."""

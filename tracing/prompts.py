@@ -6,11 +6,15 @@ Usage::
     p.text                      # 'a painting in the style of Van Gogh'
     p.subject                   # 'Van Gogh'
     p.positions(tokenizer)      # (7, 8): token indices of the marked words (BOS is index 0)
+    q = MarkedPrompt.parse("a painting in the style of [Van Gogh|Monet|Picasso]")
+    q.subject, q.alternatives   # 'Van Gogh', ('Van Gogh', 'Monet', 'Picasso'): counterfactuals for --corrupt replace
+    q.with_subject("Monet").text  # 'a painting in the style of Monet'
     prompts = load_prompt_file("experiments/prompts/toy/colour.txt")
     prompts = attribute_prompts("toy", "colour")   # a world's shipped set (tracing.worlds)
 
 A prompt file has one marked prompt per line; blank lines and ``#`` comments are skipped.
-Exactly one ``[...]`` span per prompt. The last marked token is the *last subject token*,
+Exactly one ``[...]`` span per prompt; ``[a|b|c]`` names the values a counterfactual
+corruption may put in its place (the first is the prompt's own). The last marked token is the *last subject token*,
 where the seed paper finds the text encoder's one causal state.
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ class MarkedPrompt:
     text: str
     start: int
     end: int
+    alternatives: tuple[str, ...] = ()  # the marked word's values ([a|b|c]); empty: none given
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.end <= len(self.text):
@@ -48,11 +53,17 @@ class MarkedPrompt:
                 f"prompt {marked!r} has {len(spans)} marked spans; mark exactly one attribute, e.g. 'a photo of a [red] circle'"
             )
         m = spans[0]
-        word = m.group(1)
-        if not word.strip():
-            raise PromptError(f"prompt {marked!r} marks an empty attribute")
+        values = tuple(v.strip() for v in m.group(1).split("|"))
+        word = values[0]
+        if not all(values) or len(set(values)) != len(values):
+            raise PromptError(f"prompt {marked!r} marks an empty or repeated attribute value; expected '[word]' or '[word|other|...]'")
         text = marked[: m.start()] + word + marked[m.end() :]
-        return cls(text=text, start=m.start(), end=m.start() + len(word))
+        return cls(text=text, start=m.start(), end=m.start() + len(word), alternatives=values if len(values) > 1 else ())
+
+    def with_subject(self, value: str) -> "MarkedPrompt":
+        """The same prompt with ``value`` in place of the marked words (alternatives kept)."""
+        text = self.text[: self.start] + value + self.text[self.end :]
+        return MarkedPrompt(text, self.start, self.start + len(value), self.alternatives)
 
     @property
     def subject(self) -> str:
@@ -60,7 +71,8 @@ class MarkedPrompt:
 
     @property
     def marked(self) -> str:
-        return f"{self.text[: self.start]}[{self.subject}]{self.text[self.end :]}"
+        inner = "|".join([self.subject] + [v for v in self.alternatives if v != self.subject])
+        return f"{self.text[: self.start]}[{inner}]{self.text[self.end :]}"
 
     def positions(self, tokenizer) -> tuple[int, ...]:
         """Token indices (in the padded id sequence) covered by the marked words."""

@@ -6,6 +6,7 @@ Usage::
     parts = build_replica("sdxl")          # ... plus 'text_encoder_2', 'tokenizer_2'
     save_replica("sd2", "/tmp/tiny-sd2")   # StableDiffusionPipeline.from_pretrained opens it
     real = build_published("sdxl")         # the full published model, on the meta device
+    parts = build_replica("sd3")           # DiTs (sd3, flux, pixart): tracing/families/dit_replicas.py
 
 A replica is the published config (``tracing/configs/<family>.json``) with only its widths
 shrunk by :func:`replica_configs`: block types and counts, ``layers_per_block``, transformer
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from diffloc.tracing.configs import FAMILIES, published
+from diffloc.tracing.configs import DIT_FAMILIES, FAMILIES, published
 
 # Keys that describe a checkpoint file rather than a model; not carried over. (An old
 # `_diffusers_version` would also make StableDiffusionPipeline reset sample_size to 64.)
@@ -156,13 +157,22 @@ def build_replica(family: str, seed: int = 0, widths: Widths = WIDTHS) -> dict:
     """Components of a tiny ``family`` replica: unet, text_encoder(s), tokenizer(s), vae, scheduler.
 
     Deterministic in ``(family, seed)``; everything is float32, on CPU, in eval mode.
+    DiT families (sd3, flux, pixart) give ``transformer`` instead of ``unet``.
     """
+    if family in DIT_FAMILIES:
+        from .families.dit_replicas import build_dit_replica
+
+        return build_dit_replica(family, seed)
     cfgs = replica_configs(family, widths)
     return _with_tokenizers(_build_models(cfgs, seed), cfgs)
 
 
 def build_published(family: str, device: str = "meta") -> dict:
     """The full-size published unet / text encoder(s) / vae, built on ``device`` (no weights)."""
+    if family in DIT_FAMILIES:
+        from .families.dit_replicas import build_dit_published
+
+        return build_dit_published(family, device)
     return _build_models(published(family), seed=None, device=device)
 
 
@@ -173,6 +183,10 @@ def build_random(family: str, seed: int = 0, device: str = "cpu") -> dict:
     sweep's cost depends on the shapes, not the weights. Initialised by each library's own
     initialiser, seeded with ``seed`` on ``device``'s generator (so CPU and CUDA builds differ).
     """
+    if family in DIT_FAMILIES:
+        from .families.dit_replicas import build_dit_random
+
+        return build_dit_random(family, seed, device)
     cfgs = _model_configs(family)
     parts = _build_models(cfgs, seed, device=device)
     return _with_tokenizers(parts, cfgs)
@@ -188,6 +202,10 @@ def _with_tokenizers(parts: dict, cfgs: dict) -> dict:
 
 def replica_pipeline(family: str, seed: int = 0, widths: Widths = WIDTHS):
     """A stock diffusers pipeline (class from the published model_index) around a replica."""
+    if family in DIT_FAMILIES:
+        from .families.dit_replicas import dit_replica_pipeline
+
+        return dit_replica_pipeline(family, seed)
     index = published(family)["model_index.json"]
     cls = _class(["diffusers", index["_class_name"]])
     parts = build_replica(family, seed, widths)

@@ -140,9 +140,12 @@ def _sample(model: Model, cond: Conditioning, latents: torch.Tensor, cfg: Sample
     R = cond.embeds.shape[0]
     scheduler = type(model.scheduler).from_config(model.scheduler.config)
     family.prepare_scheduler(scheduler, cfg.num_inference_steps, model, latents)
-    latents = latents * scheduler.init_noise_sigma
+    if hasattr(scheduler, "init_noise_sigma"):  # flow-matching schedulers start at unit noise and have none
+        latents = latents * scheduler.init_noise_sigma
     guided = family.guidance(model, cfg.guidance_scale)
     embeds = family.uncond(model, R).cat(cond) if guided else cond  # [2R, ...]: uncond rows, then cond rows
+    if hasattr(family, "with_guidance"):  # FLUX.1-dev: the distilled guidance scale rides in the conditioning
+        embeds = family.with_guidance(model, embeds, cfg.guidance_scale)
     step = clock if clock is not None else {"i": 0}
     fns: dict = {site: [_windowed(rows, R, guided, step)] for site, rows in (patches or {}).items()}
     for site, fn in (step_hooks or {}).items():
@@ -152,12 +155,19 @@ def _sample(model: Model, cond: Conditioning, latents: torch.Tensor, cfg: Sample
     if recompute and not latents.requires_grad:
         latents = latents.detach().requires_grad_()  # a reentrant checkpoint passes gradients only when an input needs them
 
-    def guided_eps(x: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
+    # The conditioning's tensors enter a checkpointed step as explicit inputs: a reentrant
+    # checkpoint passes gradients only to its inputs, and the text encoders' graph (the screens'
+    # probes sit there) must be walked once per step's backward, not freed by the first.
+    names = [k for k in ("embeds", "pooled", "mask") if getattr(embeds, k) is not None]
+    extra_keys = list(embeds.extra)
+
+    def guided_eps(x: torch.Tensor, i: int, t: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
+        cond = embeds.with_(**dict(zip(names, flat)), extra=dict(zip(extra_keys, flat[len(names):]))) if flat else embeds
         step["i"] = i  # set here, so that a checkpoint's recomputation sees its own step
         # under checkpointing the hooks live inside the step: the backward pass's recomputation
         # (after this function has returned) must see the same hooks as the forward pass
         with hooks(model.modules, fns) if recompute else nullcontext(), _block_checkpointing(model.denoiser, recompute):
-            eps = family.denoise(model, x, t, embeds, i)  # [2R or R, C, h, w]
+            eps = family.denoise(model, x, t, cond, i)  # [2R or R, C, h, w]
         if guided:
             e_un, e_text = eps.chunk(2)
             eps = e_un + cfg.guidance_scale * (e_text - e_un)
@@ -168,7 +178,8 @@ def _sample(model: Model, cond: Conditioning, latents: torch.Tensor, cfg: Sample
             x = torch.cat([latents] * 2) if guided else latents  # [2R, C, h, w]
             x = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
             if recompute:  # reentrant: the forward runs without a graph (non-reentrant keeps every step's nodes: 3× the RSS)
-                eps = torch.utils.checkpoint.checkpoint(guided_eps, x, i, t, use_reentrant=True)
+                flat = [getattr(embeds, k) for k in names] + [embeds.extra[k] for k in extra_keys]
+                eps = torch.utils.checkpoint.checkpoint(guided_eps, x, i, t, *flat, use_reentrant=True)
             else:
                 eps = guided_eps(x, i, t)
             if not torch.isfinite(eps).all():
@@ -223,6 +234,8 @@ def _decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
     if model.vae is not None:
         vae = model.vae
         latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None) is not None:  # SD3 / FLUX VAEs
+            latents = latents + vae.config.shift_factor
         x = vae.decode(latents).sample
     else:
         x = latents
@@ -244,8 +257,10 @@ def generate(model: Model, prompts: Sequence[str], generator: torch.Generator | 
 
 
 def embedding_site(model: Model, component: str) -> Site:
-    """The site of a text component's token-embedding table (its ``get_input_embeddings()``)."""
+    """The site of a text component's token-embedding table (its ``get_input_embeddings()``; for a
+    T5 encoder the ``encoder.embed_tokens`` module it really calls, which shares ``shared``'s weight)."""
     table = model.modules[component].get_input_embeddings()
+    table = getattr(getattr(model.modules[component], "encoder", None), "embed_tokens", None) or table
     return Site(component, next(n for n, m in model.modules[component].named_modules() if m is table))
 
 
@@ -287,6 +302,12 @@ def hooked_generate(model: Model, prompt: str, latents: torch.Tensor, cfg: Sampl
     return _sample(model, cond, latents, cfg, step_hooks=step_hooks, clock=clock, checkpoint=checkpoint)
 
 
+def _n_tokens(model: Model, component: str) -> int:
+    """Tokens per prompt in ``component`` (a DiT family pads T5 to its own length, e.g. SD3's 256)."""
+    length = getattr(model.family, "text_length", None)
+    return length(model, component) if length else model.tokenizer_for(component).model_max_length
+
+
 def _check_rows(model: Model, rows: Sequence[Restore], cfg: SamplerConfig) -> None:
     n_tok = model.tokenizer.model_max_length
     for row in rows:
@@ -308,11 +329,10 @@ def patched_embeddings(model: Model, prompt: str, rows: Sequence[Restore], corru
     R = 1 + len(rows)
     text_hooks = corruption_hooks(model, corruption, first_row=1)
     text_pairs: dict[Site, list[tuple[int, int]]] = {}
-    n_tok = model.tokenizer.model_max_length
     for r, row in enumerate(rows, start=1):
         for site in row.sites:
             if site.is_text:
-                toks = row.tokens if row.tokens is not None else range(n_tok)
+                toks = row.tokens if row.tokens is not None else range(_n_tokens(model, site.component))
                 text_pairs.setdefault(site, []).extend((r, t) for t in toks)
     for site, pairs in text_pairs.items():
         dst = torch.tensor([r for r, _ in pairs])

@@ -1,15 +1,17 @@
-"""Scores of generated images: CLIP image-text similarity (open_clip), and ground truth.
+"""Scores of generated images: CLIP image-text similarity (open_clip). Ground truth: ``tracing.metrics``.
 
 Usage::
 
     scorer = load_scorer("toy")                       # a world's own open_clip model (tracing.worlds)
     scorer = load_scorer("ViT-L-14-336/openai")       # open_clip name/pretrained (needs weights)
-    s = scorer.score(images, ["a red circle"] * len(images))   # [B] = max(100·cos, 0)
+    s = scorer.score(images, ["a red circle"] * len(images))   # [B] = max(100·cos, 0); differentiable under grad mode
     p = scorer.probs(images, ["a red circle", "a blue circle"]) # [B, 2] softmax(100·cos)
 
 Every sweep row records ``scorer.model_id`` and ``scorer.formula``. Images are float tensors
 [B, 3, H, W] in [0, 1]; they are resized (bicubic, antialiased) to the scorer's input size and
 normalised with its mean/std, which is what open_clip's own preprocess does to a PIL image.
+:meth:`ClipScorer.score` is the one CLIP score of the project: the sweep's metric
+(``tracing.metrics.ClipMetric``) and the gradient screens (``tracing.attribution``) call it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ import torch.nn.functional as F
 from .errors import DifflocInputError
 
 FORMULA = "max(100*cos(image, text), 0)"
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """At least float32 (a half-precision scorer's embeddings), float64 kept (finite-difference checks)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 @dataclass
@@ -46,33 +53,39 @@ class ClipScorer:
 
     def prep(self, images: torch.Tensor) -> torch.Tensor:
         """Float images [B, 3, H, W] in [0, 1] -> normalised scorer input [B, 3, S, S] (differentiable)."""
-        x = images.float().to(self.device)
+        param = next(self.model.parameters())
+        x = images.to(param.device, param.dtype)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings [B, E]; keeps the graph to ``images`` under grad mode."""
+        return F.normalize(_wide(self.model.encode_image(self.prep(images))), dim=-1)
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(self.prep(images)).float(), dim=-1)  # [B, E]
+        return self.embed_images(images)  # [B, E]
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit text embeddings [T, E], cached per text (no gradient)."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
-            feats = F.normalize(self.model.encode_text(self.tokenizer(list(missing)).to(self.device)).float(), dim=-1)
+            feats = F.normalize(_wide(self.model.encode_text(self.tokenizer(list(missing)).to(self.device))), dim=-1)
             self._text_cache.update(zip(missing, feats))
         return torch.stack([self._text_cache[t] for t in texts])  # [T, E]
 
     def cosine(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """Cosine of each image with its own text: [B]."""
+        """Cosine of each image with its own text: [B]; differentiable in ``images`` under grad mode."""
         if len(texts) != len(images):
             raise ValueError(f"{len(images)} images but {len(texts)} texts; pass one text per image")
-        return (self.image_features(images) * self.text_features(texts)).sum(-1)
+        return (self.embed_images(images) * self.text_features(texts)).sum(-1)
 
     def score(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        """CLIP score per image: max(100·cos, 0), [B]."""
+        """CLIP score per image: max(100·cos, 0), [B] (the one CLIP score; see the module docstring)."""
         return (100 * self.cosine(images, texts)).clamp(min=0)
 
     def probs(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:

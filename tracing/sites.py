@@ -18,9 +18,21 @@ configs, result rows, figures and edit records. Text-encoder sites per layer ``N
 
 (SDXL's ``text_encoder_2`` is a CLIPTextModelWithProjection: its paths start ``text_model.``.)
 
+T5 encoders have the same kinds per block N (``SiteTable.text_paths``; see ``families/dit_sites.py``).
+
 So a causal state found by tracing *is* the site an editor writes: no translation step.
 UNet sites are every ResNet, self-attention (``attn1``), cross-attention (``attn2``) and
 feed-forward (``ff``) block, in execution order, derived from the UNet config.
+
+Diffusion transformers. A DiT block returns two streams, ``(encoder_hidden_states,
+hidden_states)``; a *stream site* names one element of that tuple output with a suffix,
+``<block path>@text`` (element 0) or ``<block path>@image`` (element 1)::
+
+    transformer:transformer_blocks.3@image          # image stream after joint block 3 (SD3, FLUX)
+    transformer:single_transformer_blocks.0@text    # FLUX single-stream block 0, text tokens
+
+Hooks there see and may replace that one tensor ``[B, T, D]``; ``site.stream`` is 'text' /
+'image' / None. Other DiT sites, kinds and heads: :mod:`tracing.families.dit_sites`.
 
 Head sites: ``<attention module path>.heads.H`` names head ``H`` of one attention layer::
 
@@ -57,6 +69,11 @@ TEXT_KINDS = ("hidden", "attn", "mlp")
 UNET_KINDS = ("resnet", "attn1", "attn2", "ff")
 HEAD_KINDS = ("attn_head", "attn1_head", "attn2_head")
 _HEAD = r"\.heads\.(\d+)"
+_T5_LAYER = r"encoder\.block\.(\d+)"
+_STREAM = r"@(text|image)"
+# The tuple index of each stream in a DiT block's output (encoder_hidden_states, hidden_states).
+STREAMS = {"text": 0, "image": 1}
+DIT_KINDS = ("pooled", "attn_image", "attn_text", "ff", "ff_context", "out_image", "out_text", "attn_single")
 # The module whose input holds the heads, relative to the attention module.
 _HEAD_INPUT = {"text": "out_proj", "denoiser": "to_out.0"}
 
@@ -76,8 +93,9 @@ class Site:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.component):  # a pipeline component name; the model checks it exists
             raise SiteError(f"bad component {self.component!r} in site {self.component}:{self.path}; "
                             "expected a pipeline component name such as text_encoder")
-        if not self.path or not re.fullmatch(r"[A-Za-z0-9_.]+", self.path):
-            raise SiteError(f"bad module path {self.path!r}; expected a dotted named_modules() path")
+        if not self.path or not re.fullmatch(r"[A-Za-z0-9_.]+(" + _STREAM + ")?", self.path):
+            raise SiteError(f"bad module path {self.path!r}; expected a dotted named_modules() path, "
+                            "optionally ending in @text or @image (one stream of a DiT block)")
 
     @classmethod
     def parse(cls, text: str) -> "Site":
@@ -85,10 +103,8 @@ class Site:
         if isinstance(text, Site):
             return text
         if ":" not in text:
-            raise SiteError(
-                f"bad site {text!r}; expected '<component>:<module path>', "
-                f"e.g. 'text_encoder:encoder.layers.0.self_attn.out_proj'"
-            )
+            raise SiteError(f"bad site {text!r}; expected '<component>:<module path>', "
+                            f"e.g. 'text_encoder:encoder.layers.0.self_attn.out_proj'")
         component, path = text.split(":", 1)
         return cls(component.strip(), path.strip())
 
@@ -102,14 +118,19 @@ class Site:
 
     @property
     def kind(self) -> str:
-        """One of hidden/attn/mlp/attn_head (text encoder), resnet/attn1/attn2/ff/attn1_head/attn2_head (UNet), or 'other'."""
+        """hidden/attn/mlp/attn_head (text encoder), resnet/attn1/attn2/ff/attn1_head/attn2_head (UNet), a DiT kind, or 'other'."""
         return site_kind(self)
 
     @property
     def layer(self) -> int | None:
         """Text-encoder layer index, or None for UNet and other sites."""
-        m = re.match(_TEXT_LAYER + r"(\.|$)", self.path)
+        m = re.match(_TEXT_LAYER + r"(\.|$)", self.path) or re.match(_T5_LAYER + r"(\.|$)", self.path)
         return int(m.group(1)) if m and self.component.startswith("text_encoder") else None
+
+    @property
+    def stream(self) -> str | None:
+        """'text' or 'image' for a DiT block's stream site (``...@text``), else None."""
+        return (re.findall(_STREAM + "$", self.path) or [None])[0]
 
     @property
     def head(self) -> int | None:
@@ -126,17 +147,23 @@ class Site:
     def module_path(self) -> str:
         """The module that holds the site's activation: a head site's output projection, else the path."""
         if self.head is None:
-            return self.path
+            return re.sub(_STREAM + "$", "", self.path)
+        if self.attn_path.endswith(".SelfAttention"):  # T5
+            return f"{self.attn_path}.o"
+        if re.fullmatch(r"single_transformer_blocks\.\d+\.attn", self.attn_path):  # FLUX: no to_out
+            return self.attn_path.removesuffix(".attn") + ".proj_out"
         return f"{self.attn_path}.{_HEAD_INPUT['text' if self.is_text else 'denoiser']}"
 
     @property
     def block(self) -> str:
         """The UNet block a site sits in (``down_blocks.1``, ``mid_block``, ``up_blocks.2``)."""
-        m = re.match(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)", self.path)
+        m = re.match(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block|(?:single_)?transformer_blocks\.\d+)", self.path)
         return m.group(1) if m else self.path.split(".")[0]
 
 
 def site_kind(site: Site) -> str:
+    from .families.dit_sites import dit_kind, t5_kind  # DiT and T5 kinds live with the DiT site tables
+
     p = site.path
     if site.component.startswith("text_encoder"):
         if re.fullmatch(_TEXT_LAYER + r"\.self_attn" + _HEAD, p):
@@ -147,7 +174,12 @@ def site_kind(site: Site) -> str:
             return "attn"
         if re.fullmatch(_TEXT_LAYER + r"\.mlp\.fc2", p):
             return "mlp"
-        return "other"
+        return t5_kind(p)
+    if site.stream is not None:
+        return "out_" + site.stream
+    dit = dit_kind(p)
+    if dit:
+        return dit
     if re.search(r"\.attn[12]" + _HEAD + "$", p):
         return p.rsplit(".", 3)[1] + "_head"
     for kind in ("attn1", "attn2", "ff"):
@@ -233,7 +265,7 @@ def _unet_walk(config: Mapping[str, Any], component: str) -> list[tuple[Site, in
 def head_sites(site: Site, n_heads: int) -> list[Site]:
     """The head sites of one attention site: a text ``attn`` site (``...self_attn.out_proj``),
     a ``...self_attn`` path, or a UNet attn1 / attn2 site."""
-    base = site.path.removesuffix(".out_proj")
+    base = re.sub(r"\.(out_proj|o)$", "", site.path)
     return [Site(site.component, f"{base}.heads.{h}") for h in range(n_heads)]
 
 
@@ -309,22 +341,23 @@ def build_site_table(arch: str, unet_config: Mapping[str, Any], text_configs: Ma
     to its CLIPTextConfig; ``denoiser`` is the UNet's component name."""
     layers = {name: int(cfg.num_hidden_layers) for name, cfg in text_configs.items()}
     extra = tuple(Site(name, f"{TEXT_PREFIX[name]}final_layer_norm") for name in text_configs) + (
-        Site(denoiser, "conv_in"),
-        Site(denoiser, "conv_out"),
-    )
+        Site(denoiser, "conv_in"), Site(denoiser, "conv_out"))
     heads = {name: int(cfg.num_attention_heads) for name, cfg in text_configs.items()}
     return SiteTable(arch=arch, text_layers=layers, denoiser=tuple(unet_sites(unet_config, denoiser)), extra=extra,
                      text_heads=heads, denoiser_heads=unet_heads(unet_config, denoiser), denoiser_component=denoiser)
 
 
 def resolve(site: Site | str, modules: Mapping[str, Any]) -> Any:
-    """Return the module a site names (for a head site: the module whose input holds the heads).
-    ``modules`` maps component names to nn.Modules.
-
-    Raises :class:`SiteError` naming the bad site and the nearest valid spellings.
-    """
+    """The module a site names (a head site: the module whose input holds the heads; a stream
+    site: its block) in ``modules`` (component -> nn.Module); else :class:`SiteError` with near spellings."""
     site, named = _lookup(site, modules)
-    return _head_module(site, named)[0] if site.head is not None else _named(site, site.path, named)
+    if site.head is not None:
+        return _head_module(site, named)[0]
+    module = _named(site, site.module_path, named)
+    if site.stream == "text" and getattr(module, "context_pre_only", False):
+        raise SiteError(f"unknown site {site}: {site.module_path} is the last joint block and outputs no text stream "
+                        "(context_pre_only); use @image")
+    return module
 
 
 def head_slice(site: Site | str, modules: Mapping[str, Any]) -> tuple[Any, slice]:
@@ -333,7 +366,7 @@ def head_slice(site: Site | str, modules: Mapping[str, Any]) -> tuple[Any, slice
     if site.head is None:
         raise SiteError(f"site {site} is not a head site; head sites end in '.heads.<h>'")
     module, n_heads = _head_module(site, named)
-    width = module.in_features // n_heads
+    width = (getattr(named[site.attn_path], "inner_dim", None) or module.in_features) // n_heads
     return module, slice(site.head * width, (site.head + 1) * width)
 
 
@@ -347,7 +380,7 @@ def _lookup(site: Site | str, modules: Mapping[str, Any]) -> tuple[Site, dict]:
 
 def _head_module(site: Site, named: Mapping[str, Any]) -> tuple[Any, int]:
     attn = _named(site, site.attn_path, named)
-    n_heads = getattr(attn, "heads", None) or getattr(attn, "num_heads", None)
+    n_heads = getattr(attn, "heads", None) or getattr(attn, "num_heads", None) or getattr(attn, "n_heads", None)
     if not n_heads:
         raise SiteError(f"unknown site {site}: {site.attn_path!r} is not an attention module with heads")
     if not 0 <= site.head < n_heads:
@@ -356,6 +389,8 @@ def _head_module(site: Site, named: Mapping[str, Any]) -> tuple[Any, int]:
 
 
 def _named(site: Site, path: str, named: Mapping[str, Any]) -> Any:
+    if path not in named and re.match(_T5_LAYER, path) and "encoder.block.0" not in named:
+        raise SiteError(f"unknown site {site}: a T5 encoder site, but {site.component} is not a T5 encoder")
     if path not in named:
         stem = path.rsplit(".", 1)[0]
         near = sorted(n for n in named if n.startswith(stem))[:5]

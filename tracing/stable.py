@@ -2,7 +2,7 @@
 
 Usage::
 
-    cfg = TraceConfig(model="toy", attribute="count", component="unet", seeds=(0, 1))
+    cfg = TraceConfig(model="toy", attribute="count", component="denoiser", seeds=(0, 1))
     table, history = run_until_stable(cfg, "results/count", target=0.9, max_seeds=8)
     # history: [{'n_seeds': 2, 'spearman': {'clip': {'unet': 0.71}, ...}, 'met': False}, {'n_seeds': 4, ...}, ...]
 
@@ -27,6 +27,7 @@ import pandas as pd
 from .causal import metric_names, uncertainty
 from .errors import ConfigError
 from .io import write_json_format
+from .methods import causal_rows
 from .trace_config import TraceConfig
 
 MIN_SITES = 3  # fewer sites with a real effect: no rank correlation to reach
@@ -53,8 +54,7 @@ def next_seeds(seeds: Sequence[int], k: int) -> list[int]:
 def judge(table: pd.DataFrame, target: float, bootstrap: int = 1000, bootstrap_seed: int = 0,
           metrics: Sequence[str] | None = None) -> dict:
     """One round's verdict: split-half Spearman and sites ranked per metric and component, and ``met``."""
-    exact = table[table.method == "exact"] if "method" in table.columns else table
-    table = exact if len(exact) else table  # screens: judge the exactly traced rows, as causal_sites.json does
+    table = causal_rows(table)  # screens: judge the measured (confirmed) rows, as causal_sites.json does
     entry: dict = {"n_pairs": 0, "spearman": {}, "n_sites": {}, "met": True}
     for metric in metrics or metric_names(table):
         _, half = uncertainty(table, metric, bootstrap, bootstrap_seed)
@@ -66,14 +66,14 @@ def judge(table: pd.DataFrame, target: float, bootstrap: int = 1000, bootstrap_s
 
 
 def run_until_stable(cfg: TraceConfig, out: str | Path, target: float = 0.9, max_seeds: int = 8, round_seeds: int = 2,
-                     stability_metrics: Sequence[str] | None = None, **run_sweep_kw) -> tuple[pd.DataFrame | None, list[dict]]:
+                     stability_metrics: Sequence[str] | None = None, **run_sweep_kw) -> tuple[pd.DataFrame, list[dict]]:
     """Run ``cfg``'s sweep into ``out``, adding ``round_seeds`` seeds per round until stable or ``max_seeds``.
 
     ``stability_metrics``: the metrics that must reach ``target`` (default: every metric the
     table scores, CLIP and ground truth on the toy). ``run_sweep_kw`` go to every
     :func:`tracing.sweep.run_sweep` call (``model``, ``scorer``, ``progress``, ``executor_kw``,
-    ``metrics``, ``stop_after``); the model and scorer load once when not given. Returns the
-    last round's table (None if ``stop_after`` interrupted it) and the history of rounds.
+    ``metrics``); the model and scorer load once when not given. Returns the last round's table
+    and the history of rounds.
     """
     from .sweep import run_sweep
 
@@ -91,8 +91,6 @@ def run_until_stable(cfg: TraceConfig, out: str | Path, target: float = 0.9, max
     seeds, history = list(cfg.seeds), []
     while True:
         table = run_sweep(replace(cfg, seeds=tuple(seeds)), out, **kw)
-        if table is None:
-            return None, history
         history.append({"n_seeds": len(seeds), "seeds": list(seeds),
                         **judge(table, target, cfg.bootstrap, cfg.bootstrap_seed, stability_metrics)})
         done = history[-1]["met"] or len(seeds) >= max_seeds

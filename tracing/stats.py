@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .rows import REFERENCE_KINDS, TEXT_PREFIX
+
 #: the keys of one site effect (:func:`tracing.causal.site_effects`): UNet sites by window, text sites by token role
 SITE_KEYS = ["component", "kind", "site", "layer", "token_role", "window_start", "window_end"]
 PAIR = ["prompt_index", "seed"]
@@ -29,9 +31,9 @@ _EPS = 1e-9  # |clean − corrupted| at or below this: no effect defined (as in 
 
 
 def restored_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """The restored rows of a trace table (no clean / corrupted references); UNet rows get token_role ''."""
-    rows = table[~table.kind.isin(["clean", "corrupted"])].copy()
-    rows.loc[rows.component == "unet", "token_role"] = ""
+    """The restored rows of a trace table (no clean / corrupted references); denoiser rows get token_role ''."""
+    rows = table[~table.kind.isin(REFERENCE_KINDS)].copy()
+    rows.loc[~rows.component.astype(str).str.startswith(TEXT_PREFIX), "token_role"] = ""
     return rows
 
 

@@ -4,7 +4,7 @@ Usage::
 
     cfg = TraceConfig(model="toy", attribute="colour")
     table = run_sweep(cfg, out="results/colour")      # DataFrame, also OUT/trace.parquet
-    table = run_sweep(cfg, out, metrics=[my_metric])   # any tracing.metrics.Metric
+    table = run_sweep(cfg, out, metrics=[my_metric])   # an extra column; the CLIP scorer stays the scorer
 
 Layout of ``OUT``: ``meta.json`` (model, config, versions, σ, seeds), ``shards/<unit>.parquet``
 (one per finished unit, written atomically), ``shards/<unit>.npz`` (clean, corrupted and the
@@ -29,8 +29,8 @@ from .errors import OutputExistsError
 from .executors import EXECUTORS
 from .io import read_meta, read_trace, write_meta, write_strip, write_trace
 from .exact import NOISE_SEED_BASE
-from .methods import TRACE_METHODS
-from .metrics import Metric, default_metrics
+from .methods import TRACE_METHODS, causal_rows, option_names, options_from_config, skipping_rows
+from .metrics import Metric, default_metrics, with_scorer
 from .prompts import MarkedPrompt, attribute_prompts
 from .sampler import SamplerConfig
 from .scoring import ClipScorer, default_scorer, load_scorer
@@ -44,7 +44,8 @@ def sweep_prompts(cfg: TraceConfig, world: str) -> list[MarkedPrompt]:
 def unit_context(cfg: TraceConfig, model, scorer: ClipScorer, metrics: Sequence[Metric] | None = None) -> UnitContext:
     prompts = sweep_prompts(cfg, model.world)
     scfg = SamplerConfig.for_model(model, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
-    return UnitContext(model, prompts, scfg, list(metrics) if metrics is not None else default_metrics(model, scorer, cfg.attribute))
+    metrics = with_scorer(metrics, scorer) if metrics is not None else default_metrics(model, scorer, cfg.attribute)
+    return UnitContext(model, prompts, scfg, metrics)
 
 
 def store_unit(unit: Unit, ctx: UnitContext, cfg: TraceConfig, shards: Path) -> None:
@@ -109,19 +110,25 @@ def _same_sweep(config: dict) -> dict:
     (or fewer) of them adds (or leaves out) units and keeps the rest.
     Threshold and bootstrap only change the summary. A key an older meta.json lacks is read as
     its default (it did not exist, so the sweep ran as the default does)."""
-    from dataclasses import fields
+    from dataclasses import MISSING, asdict, fields
 
-    full = {f.name: json.loads(json.dumps(f.default, default=str)) for f in fields(TraceConfig) if not callable(f.default)}
+    full = {f.name: json.loads(json.dumps(f.default, default=str)) for f in fields(TraceConfig) if f.default is not MISSING}
     full.update(config)
-    return {k: v for k, v in full.items() if k not in SUMMARY_ONLY}
+    method = TRACE_METHODS.get(full.get("method", TraceConfig.method))
+    full["method_options"] = asdict(options_from_config(method, full))  # older runs wrote the options flat
+    legacy = {"ig_steps", "confirm_top", "window", "swap"} | set(option_names(method))
+    return {k: v for k, v in full.items() if k not in SUMMARY_ONLY and (k == "method_options" or k not in legacy)}
 
 
 def _meta(cfg: TraceConfig, model, ctx: UnitContext, units: list[Unit]) -> dict:
-    clip = ctx.metrics[0]
-    return {"model": model.name, "arch": model.arch, "world": model.world, "source": model.source, "config": cfg.to_dict(),
+    from dataclasses import asdict
+
+    clip = ctx.scorer
+    config = dict(cfg.to_dict(), method_options=asdict(TRACE_METHODS.get(cfg.method).options(cfg)))  # every option, resolved
+    return {"model": model.name, "arch": model.arch, "world": model.world, "source": model.source, "config": config,
             "sampler": {"num_inference_steps": ctx.scfg.num_inference_steps, "guidance_scale": ctx.scfg.guidance_scale,
                         "scheduler": type(model.scheduler).__name__},
-            "noise": {"sigma": {c: model.embed_std(c) for c in model.modules if c.startswith("text_encoder")},
+            "noise": {"sigma": {c: model.embed_std(c) for c in model.text_components},
                       "scale": cfg.noise_scale, "seed_rule": f"{NOISE_SEED_BASE} + 1000*seed + noise_index"},
             "scorer": {"id": clip.model_id, "formula": clip.formula},
             "metrics": {m.name: {"id": m.model_id, "formula": m.formula} for m in ctx.metrics},
@@ -133,13 +140,15 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
     """Load model and scorer, plan and resolve units, write meta.json. Returns (runner, units)."""
     from .models import load_model
 
+    method = TRACE_METHODS.get(cfg.method)
+    method.options(cfg)  # one-line error for a bad method option before the model loads
     model = model or load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     spec = default_scorer(cfg.scorer, model)
     scorer = scorer or load_scorer(spec, device=cfg.device)
     ctx = unit_context(cfg, model, scorer, metrics)
     for p in ctx.prompts:
         p.positions(model.tokenizer)  # every marked word must tokenise
-    units = TRACE_METHODS.get(cfg.method).plan(cfg, model, ctx.prompts, ctx.scfg.num_inference_steps)
+    units = method.plan(cfg, model, ctx.prompts, ctx.scfg.num_inference_steps)
     resolve_sites(model, units)
     meta = _meta(cfg, model, ctx, units)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,34 +163,33 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
 
 
 def run_sweep(cfg: TraceConfig, out: str | Path, model=None, scorer: ClipScorer | None = None, progress: Callable | None = None,
-              stop_after: int | None = None, executor_kw: dict | None = None, metrics: Sequence[Metric] | None = None) -> pd.DataFrame | None:
+              executor_kw: dict | None = None, metrics: Sequence[Metric] | None = None) -> pd.DataFrame:
     """Run (or resume) a sweep into ``out`` and return the merged table.
 
-    ``stop_after`` runs at most that many new units and returns None (tests that interrupt a
-    sweep; local executor). ``executor_kw`` goes to the executor (Ray: ``address``,
-    ``num_workers``, ``threads``, ``on_done``) except ``model`` / ``scorer``: picklable
-    factories other processes call to build the model and scorer.
+    ``progress(total=, initial=)`` makes a bar the executor updates once per finished unit.
+    ``executor_kw`` goes to the executor (Ray: ``address``, ``num_workers``, ``threads``,
+    ``on_done``) except ``model`` / ``scorer``: picklable factories other processes call to build
+    the model and scorer. ``metrics``: the metrics to score with (default: CLIP, and ground
+    truth where the world has readers); one of role ``scorer`` is added when none has it.
     """
     out = Path(out)
     runner, units = prepare(cfg, out, model, scorer, metrics)
     kw = dict(executor_kw or {})
     runner.model_factory, runner.scorer_factory = kw.pop("model", None), kw.pop("scorer", None)
-    executor = EXECUTORS.get(cfg.executor)(stop_after=stop_after, gpu=str(cfg.device).startswith("cuda"), **kw)
-    if not _run_units(units, runner, executor, progress, stop_after):
-        return None
+    executor = EXECUTORS.get(cfg.executor)(gpu=str(cfg.device).startswith("cuda"), **kw)
+    _run_units(units, runner, executor, progress)
     method, ctx = TRACE_METHODS.get(cfg.method), runner.context()
-    if hasattr(method, "followup"):  # a second phase planned from the first one's rows (screen -> confirm)
-        first = pd.concat([read_trace(runner.shards / f"{u.key}.parquet") for u in units], ignore_index=True)
-        more = method.followup(cfg, ctx.model, ctx.prompts, ctx.scfg.num_inference_steps, first)
-        resolve_sites(ctx.model, more)
-        if not _run_units(more, runner, executor, progress, stop_after):
-            return None
-        units = units + more
-    return finish(out, units, cfg)
+    first = pd.concat([read_trace(runner.shards / f"{u.key}.parquet") for u in units], ignore_index=True)
+    more = method.followup(cfg, ctx, first)  # a second phase planned from the first one's rows (screen -> confirm)
+    if not more:
+        return finish(out, units, cfg, first)
+    resolve_sites(ctx.model, more)
+    _run_units(more, runner, executor, progress)
+    return finish(out, units + more, cfg)
 
 
-def _run_units(units: list[Unit], runner: "UnitRunner", executor, progress: Callable | None, stop_after: int | None) -> bool:
-    """Run the units without a shard; False if ``stop_after`` stopped the run early."""
+def _run_units(units: list[Unit], runner: "UnitRunner", executor, progress: Callable | None) -> None:
+    """Run the units without a shard."""
     todo = [u for u in units if not (runner.shards / f"{u.key}.parquet").exists()]
     bar = progress(total=len(units), initial=len(units) - len(todo)) if progress else None
     try:
@@ -189,22 +197,21 @@ def _run_units(units: list[Unit], runner: "UnitRunner", executor, progress: Call
     finally:
         if bar is not None:
             bar.close()
-    return not (stop_after is not None and len(todo) > stop_after)
 
 
-def finish(out: Path, units: list[Unit], cfg: TraceConfig) -> pd.DataFrame:
-    """Merge shards in unit order into trace.parquet; name causal sites."""
+def finish(out: Path, units: list[Unit], cfg: TraceConfig, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Merge shards in unit order into trace.parquet (``table``: already merged); name causal sites."""
     from .causal import write_causal_sites
 
-    table = pd.concat([read_trace(out / "shards" / f"{u.key}.parquet") for u in units], ignore_index=True)
+    if table is None:
+        table = pd.concat([read_trace(out / "shards" / f"{u.key}.parquet") for u in units], ignore_index=True)
     write_trace(table, out / "trace.parquet")
     meta = read_meta(out / "meta.json")
-    exact = table[(table.method == "exact") & ~table.kind.isin(["clean", "corrupted"])]
+    exact = skipping_rows(table)
     meta["skipped_noop"] = int(exact.skipped_noop.sum())  # rows that reused the corrupted image
     meta["skipped_duplicate"] = int(exact.skipped_duplicate.sum())  # rows that reused an equal restored row's
     meta["generated_rows"] = int(len(exact) - meta["skipped_noop"] - meta["skipped_duplicate"])
     write_meta(meta, out / "meta.json")
-    confirmed = table[table.method == "exact"]
-    write_causal_sites(confirmed if len(confirmed) else table, out / "causal_sites.json", cfg.threshold,
+    write_causal_sites(causal_rows(table), out / "causal_sites.json", cfg.threshold,
                        bootstrap=cfg.bootstrap, bootstrap_seed=cfg.bootstrap_seed)
     return table

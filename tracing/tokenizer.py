@@ -75,3 +75,40 @@ def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """A CLIPTokenizer with CLIP's exact ids, built without any download."""
     vocab, merges = vocab_and_merges()
     return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length)
+
+
+# ---------------------------------------------------------------- T5 (SentencePiece unigram)
+_T5_WORDS = ("a an the of in on with and to at by for from is are this that photo picture painting drawing image style "
+             "red green blue yellow orange purple pink black white brown grey gray gold silver small large big tiny "
+             "cat dog car house tree circle square triangle star man woman person city sky sea forest mountain "
+             "one two three four five left right top bottom front side view Van Gogh Picasso Monet").split()
+_T5_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()[]&/"
+
+
+@lru_cache(maxsize=1)
+def t5_vocab() -> tuple[tuple[str, float], ...]:
+    """(piece, log-probability) pairs of the offline unigram vocabulary, T5's special ids first."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -5.0 - 0.01 * i) for i, w in enumerate(_T5_WORDS)]
+    pieces += [(c, -10.0) for c in _T5_CHARS] + [("\u2581" + c, -9.0) for c in _T5_CHARS]
+    return tuple(dict(reversed(pieces)).items())[::-1]  # one entry per piece, the first (best) score kept
+
+
+def t5_tokenizer(model_max_length: int = 512):
+    """A T5 tokenizer built offline: transformers' ``T5Tokenizer`` (tokenizers backend: Metaspace
+    pre-tokenizer, Unigram model, ``</s>`` appended) over a small unigram vocabulary made here.
+
+    Usage::
+
+        tok = t5_tokenizer(256)
+        tok(["a red car"], padding="max_length", max_length=256).input_ids   # [[..., 1, 0, 0, ...]]
+
+    The special ids are T5's (pad 0, eos 1, unk 2) and words are split the SentencePiece way
+    (``▁`` marks a word start), but the vocabulary is ~230 pieces made up here (common prompt
+    words, then single characters so every ASCII text tokenizes), not T5's 32 000: ids differ
+    from the real ``t5-v1_1`` tokenizer. Replicas have random weights, so only the mechanics
+    matter; real folders bring their own ``tokenizer_3``/``tokenizer_2`` and load it.
+    """
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=list(t5_vocab()), extra_ids=0, model_max_length=model_max_length)

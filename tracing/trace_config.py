@@ -1,9 +1,17 @@
-"""The configuration of one tracing sweep, validated (and its sites resolved) when it loads.
+"""The configuration of one tracing sweep, validated when it is built; its units and their rows.
 
 Usage::
 
     cfg = TraceConfig(model="toy", attribute="colour", component="all", seeds=(0, 1))
-    units = plan_units(cfg, model, prompts)          # keyed work units, the shard contract
+    cfg = TraceConfig(method="ig", method_options={"ig_steps": 4})   # a method's own options
+    units = plan_units(cfg, model, prompts, n_steps)   # keyed work units, the shard contract
+    resolve_sites(model, units)                        # sites resolve here, before any work starts
+
+``TraceConfig`` checks every value it can without a model; what needs the model (a component
+it lacks, a ``--span-end`` past its tokens, a step window past its steps, unknown sites) is
+checked when the units are planned, still before any work starts. A method's own options
+(``method_options``) are validated by the method (``tracing.methods``). Field ``metadata``
+holds the CLI help, so ``diffloc trace`` builds its options from these fields.
 
 A *unit* is one batched sampler call: one prompt, one seed, one noise sample, and a chunk of
 restorations of one component. Its key names exactly that, so a sweep resumes by skipping
@@ -11,62 +19,75 @@ units whose shard exists, and any executor (local, Ray) runs the same units.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
 
 from .errors import ConfigError
 from .executors import EXECUTORS
+from .families import denoiser_slots
 from .prompts import ATTRIBUTES, MarkedPrompt
 from .sampler import Restore
 from .sites import TEXT_KINDS, Site
 
-COMPONENT_CHOICES = ("text_encoder", "denoiser", "unet", "transformer", "all")  # unet/transformer: the family's denoiser
 RESTORE_MODES = ("token", "suffix", "span")
-SWAP_CHOICES = ("value", "remove")
+DEFAULT_METHOD = "exact"
+
+
+def component_choices() -> tuple[str, ...]:
+    """``--component`` values: text_encoder, denoiser (or a family's own name for it), all."""
+    return ("text_encoder", "denoiser", *denoiser_slots(), "all")
+
+
+def opt(default: Any = None, help: str = "", factory: Any = None, **cli: Any) -> Any:
+    """A config field with its CLI help (``cli``: ``flag``, ``short``, ``required``, ``cli=False``)."""
+    meta = {"help": help, **cli}
+    return field(default_factory=factory, metadata=meta) if factory is not None else field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TraceConfig:
     """All knobs of a sweep. Defaults follow the seed paper: noise 3σ, restore at all steps."""
 
-    model: str = "toy"
-    method: str = "exact"                   # a name in tracing.methods.TRACE_METHODS (checked by the sweep)
-    ig_steps: int = 8                       # method ig: points on the path from corrupted to clean
-    confirm_top: int = 0                    # screens: trace the K best-screened sites exactly too
-    restore: str = "token"                  # text encoder: token | suffix (token..76) | span (attribute..end)
-    span_end: int | None = None             # restore span: the one end token; None: every end
-    text_kinds: tuple[str, ...] = ("hidden", "attn", "mlp")  # text encoder: which states to restore
-    heads: bool = False                     # also trace every attention head as its own site
-    window: int = 2                         # crossattn-swap: cross-attention layers per window (LocoGen: 2)
-    swap: str = "value"                     # crossattn-swap: the altered prompt sets another value, or removes it
-    bootstrap: int = 1000                   # resamples of prompt x seed pairs for the 95% intervals
-    bootstrap_seed: int = 0
-    attribute: str = "colour"
-    component: str = "all"
-    prompts: tuple[str, ...] = ()          # marked prompts; empty: the shipped set for the attribute
-    max_prompts: int | None = None
-    seeds: tuple[int, ...] = (0, 1)
-    noise_samples: int = 1
-    noise_scale: float = 3.0
-    num_inference_steps: int | None = None  # None: the model's default
-    guidance_scale: float | None = None
-    layer_window: int = 1                   # text encoder: restore this many adjacent layers (ROME uses 10)
-    step_windows: tuple[tuple[int, int], ...] | None = None  # UNet: None = all steps only
-    batch_size: int = 64                    # restored rows per sampler call
-    scorer: str = "auto"                    # auto: the toy scorer for the toy world, else ViT-L-14-336/openai
-    executor: str = "local"
-    threshold: float = 0.5                  # mean indirect effect a causal site must reach
-    dtype: str = "float32"
-    device: str = "cpu"
+    model: str = opt("toy", "Model spec (toy, tiny-sd1, folder, file, hub id).", short="-m")
+    method: str = opt(DEFAULT_METHOD, "Trace method: exact (restore each site), atp or ig (gradient screens), crossattn-swap (LocoGen).")
+    method_options: Mapping[str, Any] = opt(help="The method's own options (tracing.methods).", factory=dict, cli=False)
+    restore: str = opt("token", "Text encoder: token (one position), suffix (it and every later one) or span (attribute tokens through an end).")
+    span_end: int | None = opt(None, "Restore span: the one end token (-1: through all padding); default every end.")
+    text_kinds: tuple[str, ...] = opt(("hidden", "attn", "mlp"), "Text-encoder states to restore: hidden, attn, mlp (repeat the flag).", flag="--text-kind")
+    heads: bool = opt(False, "Also trace every attention head as its own site.")
+    bootstrap: int = opt(1000, "Bootstrap resamples of prompt x seed pairs for the 95% intervals.")
+    bootstrap_seed: int = opt(0, "Seed of the bootstrap resamples.")
+    attribute: str = opt("colour", "object, colour, style, viewpoint, count or action.", short="-a", required=True)
+    component: str = opt("all", "text_encoder, denoiser (or the family's name for it: unet, transformer) or all.")
+    prompts: tuple[str, ...] = opt((), "Marked prompts; empty: the shipped set for the attribute.", cli=False)
+    max_prompts: int | None = opt(None, "Use only the first N prompts.")
+    seeds: tuple[int, ...] = opt((0, 1), "Initial-noise seeds (repeat the flag).", flag="--seed")
+    noise_samples: int = opt(1, "Corruption noise samples per prompt and seed.")
+    noise_scale: float = opt(3.0, "Noise std in units of the token-embedding std σ (ROME: 3).")
+    num_inference_steps: int | None = opt(None, "Denoising steps (default: the model's).", flag="--steps")
+    guidance_scale: float | None = opt(None, "Classifier-free guidance scale (default: the model's).", flag="--guidance")
+    layer_window: int = opt(1, "Text encoder: restore this many adjacent layers per row (ROME uses 10).")
+    step_windows: tuple[tuple[int, int], ...] | None = opt(None, "Denoiser: restore only in steps START:END (repeat for several).",
+                                                          flag="--step-window")
+    batch_size: int = opt(64, "Restored rows per batched sampler call.")
+    scorer: str = opt("auto", "CLIP scorer: auto (the world's own, else ViT-L-14-336/openai), toy, or open_clip name/pretrained.")
+    executor: str = opt("local", "local (in-process) or ray (pip install 'diffloc[ray]').")
+    threshold: float = opt(0.5, "Mean indirect effect a site needs to be named causal.")
+    dtype: str = opt("float32", "float32, float16 or bfloat16.")
+    device: str = opt("cpu", "cpu or cuda.")
 
     def __post_init__(self) -> None:
         if self.attribute not in ATTRIBUTES:
             raise ConfigError(f"unknown attribute {self.attribute!r}; allowed: {', '.join(ATTRIBUTES)}")
-        if self.component not in COMPONENT_CHOICES:
-            raise ConfigError(f"unknown component {self.component!r}; allowed: {', '.join(COMPONENT_CHOICES)}")
+        if self.component not in component_choices():
+            raise ConfigError(f"unknown component {self.component!r}; allowed: {', '.join(component_choices())}")
+        self._check_numbers()
         EXECUTORS.get(self.executor)  # one-line error naming the registered executors
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        if not isinstance(self.method_options, Mapping):
+            raise ConfigError(f"method_options must be a mapping of option name to value, got {type(self.method_options).__name__}")
         if self.noise_samples < 1:
             raise ConfigError(f"noise_samples must be >= 1, got {self.noise_samples}")
         if not self.noise_scale > 0:
@@ -90,15 +111,20 @@ class TraceConfig:
             raise ConfigError(f"--restore {self.restore} restores text-encoder tokens; a denoiser-only sweep (--component {self.component}) has none. Allowed there: token")
         if self.span_end is not None and self.restore != "span":
             raise ConfigError(f"--span-end needs --restore span, got --restore {self.restore}")
-        if self.swap not in SWAP_CHOICES:
-            raise ConfigError(f"unknown --swap {self.swap!r}; allowed: {', '.join(SWAP_CHOICES)}")
-        if self.window < 1:
-            raise ConfigError(f"--window must be >= 1, got {self.window}")
         if self.bootstrap < 1:
             raise ConfigError(f"--bootstrap must be >= 1 resample, got {self.bootstrap}")
 
+    def _check_numbers(self) -> None:
+        """Every float option must be a finite number (``nan`` and ``inf`` parse as floats)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["method_options"] = dict(self.method_options)
+        return out
 
 
 @dataclass(frozen=True)
@@ -124,17 +150,19 @@ class Unit:
     component: str
     chunk: int
     rows: tuple[RowSpec, ...] = field(repr=False)
+    variant: int = 0  # a method's variant of the unit (crossattn-swap: the altered prompt's index); 0 for the others
 
     @property
     def key(self) -> str:
-        return f"p{self.prompt_index:03d}-s{self.seed}-n{self.noise_index}-{self.component}-c{self.chunk:03d}"
+        v = f"-v{self.variant}" if self.variant else ""
+        return f"p{self.prompt_index:03d}-s{self.seed}-n{self.noise_index}{v}-{self.component}-c{self.chunk:03d}"
 
 
 def restored_tokens(cfg: TraceConfig, prompt: MarkedPrompt, tokenizer) -> list[tuple[int, tuple[int, ...]]]:
     """(label token, restored positions) per row of one text site, by restore mode.
 
     - ``token``: each position BOS..EOS alone (the seed paper's protocol);
-    - ``suffix``: each position BOS..EOS together with every later one up to 76 (the UNet reads all 77);
+    - ``suffix``: each position BOS..EOS together with every later one up to the last (the denoiser reads them all);
     - ``span``: the attribute tokens through each end (or through ``span_end`` only); the label is the end.
     """
     n_tokens = len(prompt.tokens(tokenizer))  # BOS .. EOS
@@ -146,6 +174,9 @@ def restored_tokens(cfg: TraceConfig, prompt: MarkedPrompt, tokenizer) -> list[t
     first = prompt.positions(tokenizer)[0]
     if cfg.span_end is None:
         return [(e, tuple(range(first, e + 1))) for e in range(first, n_tokens)]
+    if not -n_max <= cfg.span_end < n_max:
+        raise ConfigError(f"--span-end {cfg.span_end} outside the {n_max} token positions of this model; "
+                          f"allowed: {first}..{n_max - 1}, or -1 for {n_max - 1}")
     end = cfg.span_end % n_max  # -1: through every padding position
     if end < first:
         raise ConfigError(f"--span-end {cfg.span_end} lies before the first attribute token ({first}); allowed: {first}..{n_max - 1}, or -1 for {n_max - 1}")
@@ -243,4 +274,11 @@ class UnitContext:
     model: Any
     prompts: list
     scfg: Any          # SamplerConfig
-    metrics: list      # tracing.metrics.Metric
+    metrics: list      # tracing.metrics.Metric; exactly one has role "scorer"
+
+    @property
+    def scorer(self):
+        """The metric recorded as the rows' scorer (role ``scorer``)."""
+        from .metrics import scorer_of
+
+        return scorer_of(self.metrics)

@@ -9,8 +9,9 @@ Usage::
     diffloc bench trace --out results/bench_trace.json
     diffloc --debug trace ...          # tracebacks for input errors too
 
-Bad input raises :class:`tracing.errors.DifflocInputError`, printed as one line ``error: ...``
-with exit code 2. Any other exception is a bug and shows its traceback. Command functions live
+Bad input raises :class:`tracing.errors.DifflocInputError` (or :class:`tracing.sites.SiteError`;
+see ``tracing/errors.py`` for the hierarchy), printed as one line ``error: ...`` with exit
+code 2. Any other exception is a bug and shows its traceback. Command functions live
 in ``diffloc.cli.trace``, ``diffloc.cli.edit`` and ``diffloc.cli.misc`` and know nothing of
 this app; worlds add their own sub-apps (``diffloc toy ...``) through the world registry.
 """
@@ -22,6 +23,7 @@ from typing import Optional
 import typer
 
 from diffloc.tracing.errors import DifflocInputError
+from diffloc.tracing.sites import SiteError
 from diffloc.tracing.worlds import WORLDS
 
 from .. import __version__
@@ -101,7 +103,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except DifflocInputError as err:
+    except (DifflocInputError, SiteError) as err:  # bad input: tracing/errors.py lists the types
         if DEBUG["on"]:
             raise
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -19,51 +19,79 @@ from typing import List, Optional
 import typer
 
 from diffloc.editing.corpus import read_corpus
-from diffloc.editing.editors import EDITORS, method_labels
+from diffloc.editing.editors import EDITORS, layer_editors, method_labels, takers
 from diffloc.editing.trace_options import options_from_trace
 from diffloc.tracing.errors import UsageError
+from diffloc.tracing.io import read_lines
 from diffloc.tracing.sites import Site
 
 from .common import progress_bar, say
 
-def method_options(method: str, model, site: Optional[str], layer: Optional[int], lam: Optional[float], corpus: Optional[Path], from_trace: Optional[Path]) -> dict:
+
+def batched() -> tuple[str, ...]:
+    """Names of the editors with a one-solve batch (``run_many``)."""
+    return tuple(n for n in EDITORS.names() if EDITORS.get(n).run_many is not None)
+
+
+def _defaults(option: str) -> str:
+    """``quickfix 0.01, crossattn 0.1``: each editor's default of ``option``."""
+    from dataclasses import fields
+
+    out = []
+    for n in takers(option):
+        out += [f"{n} {f.default}" for f in fields(EDITORS.get(n).options_type) if f.name == option]
+    return ", ".join(out)
+
+
+def _for(option: str) -> str:
+    """``quickfix / crossattn: `` — the editors whose options take ``option``, for help texts."""
+    return " / ".join(takers(option)) + ": "
+
+
+def _or(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _only_for(editor, option: str, flag: str) -> None:
+    """--flag applies to the editors whose options have the field ``option``."""
+    if option not in editor.takes:
+        raise UsageError(f"{flag} applies to --method {_or(takers(option))}, not {editor.name}")
+
+
+def method_options(editor, model, site: Optional[str], layer: Optional[int], lam: Optional[float], corpus: Optional[Path],
+                   from_trace: Optional[Path], read_corpus_file: bool = True) -> dict:
     """Editor options from --from-trace, --site, --layer, --lam and --corpus."""
-    opts = options_from_trace(from_trace, method, say=say) if from_trace else {}
+    opts = options_from_trace(from_trace, editor.name, say=say, model=model) if from_trace else {}
     if site is not None:
-        opts = {"site": site} if method == "quickfix" else {"sites": [site]} if method == "crossattn" else opts
-        if method == "refact":
-            s = Site.parse(site)
-            if s.kind != "mlp":
-                raise UsageError(f"refact edits an MLP fc2 (text_encoder:encoder.layers.N.mlp.fc2); got {site}")
-            opts = {"layer": s.layer}
+        opts = editor.from_site(site)
     if layer is not None:
-        if method != "refact":
-            raise UsageError("--layer applies to --method refact; use --site for the other methods")
+        if editor.site_option != "layer":
+            raise UsageError(f"--layer applies to --method {_or(e.name for e in layer_editors())}; use --site for the other methods")
         opts["layer"] = layer
     if lam is not None:
-        if method == "refact":
-            raise UsageError("--lam applies to quickfix and crossattn; refact is a rank-one update")
+        _only_for(editor, "lam", "--lam")
         opts["lam"] = lam
-    if method == "refact":
+    if read_corpus_file and "corpus" in editor.takes:
         opts["corpus"], _ = read_corpus(corpus, model)  # C from the corpus; candidates are the target and source (ReFACT's best)
     return opts
 
 
 def edit(
-    method: str = typer.Option(..., help="quickfix, refact or crossattn."),
+    method: str = typer.Option(..., help=f"{_or(EDITORS.names())}."),
     source: Optional[str] = typer.Option(None, help="The concept words to edit, as they appear in prompts (e.g. 'Van Gogh')."),
     target: Optional[str] = typer.Option(None, help="What the source should become (e.g. 'a painting')."),
     model: str = typer.Option("toy", "--model", "-m", help="Model spec, or an edited folder (edits stack)."),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the edited model (never the source)."),
     from_trace: Optional[Path] = typer.Option(None, help="A trace folder: edit its strongest causal state of the method's kind."),
     site: Optional[str] = typer.Option(None, help="Edit this site instead (e.g. text_encoder:encoder.layers.0.self_attn.out_proj)."),
-    layer: Optional[int] = typer.Option(None, help="refact: text-encoder layer of the fc2 to edit."),
-    lam: Optional[float] = typer.Option(None, help="Regulariser λ (quickfix 0.01, crossattn 0.1)."),
-    corpus: Optional[Path] = typer.Option(None, help="refact: caption file for the covariance (default: toy captions / shipped SD captions)."),
+    layer: Optional[int] = typer.Option(None, help=f"{_for('layer')}text-encoder layer to edit."),
+    lam: Optional[float] = typer.Option(None, help=f"Regulariser λ ({_defaults('lam')})."),
+    corpus: Optional[Path] = typer.Option(None, help=f"{_for('corpus')}caption file for the covariance (default: toy captions / shipped SD captions)."),
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
-    preserve: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of captions whose keys must keep their values (UCE's preservation)."),
-    targets: Optional[Path] = typer.Option(None, help="quickfix / crossattn: file of target prompts, one per template line, target words in [brackets] ('[two] red triangles at the top'); default: the templates filled with --target."),
-    cases: Optional[Path] = typer.Option(None, help="A cases file (JSONL, as experiments/cases/toy_edits.jsonl): apply all its edits, in one closed-form solve (quickfix, crossattn)."),
+    preserve: Optional[Path] = typer.Option(None, help=f"{_for('preserve')}file of captions whose keys must keep their values (UCE's preservation)."),
+    targets: Optional[Path] = typer.Option(None, help=f"{_for('targets')}file of target prompts, one per template line, target words in [brackets] ('[two] red triangles at the top'); default: the templates filled with --target."),
+    cases: Optional[Path] = typer.Option(None, help="A cases file (JSONL, as experiments/cases/toy_edits.jsonl): apply all its edits, in one closed-form solve (" + ", ".join(batched()) + ")."),
     sequential: bool = typer.Option(False, help="With --cases: apply the edits one after another (every method), each its own undoable record."),
     case_preserve: bool = typer.Option(False, help="With --cases: use the cases' preserve captions (all cases together, minus those that name another case's source)."),
     diagnose: bool = typer.Option(False, "--diagnose", help="Before editing, patch the target prompts' text-encoder states into the source prompts (subject / after it / all positions) and write diagnosis.json with the editor it recommends."),
@@ -80,15 +108,15 @@ def edit(
     editor = EDITORS.get(method)  # one line naming the registered editors
     chosen = _chosen_cases(cases, source, target, sequential, case_preserve, templates, targets)
     if cases is not None and not sequential and editor.run_many is None:
-        raise UsageError(f"{method} has no batched solve; add --sequential, or use quickfix or crossattn")
+        raise UsageError(f"{method} has no batched solve; add --sequential, or use {_or(batched())}")
     check_out_path(out, model if Path(model).exists() else None)
     m = load_model(model)
     for s in ([source] if chosen is None else [c["source"] for c in chosen]):
         _check_in_vocab(m, s)
     previous = load_records(model) if (Path(model) / "edit.json").exists() else []
-    opts = method_options(method, m, site, layer, lam, corpus, from_trace)
-    _file_options(opts, method, templates, preserve, targets)
-    found = _diagnose(m, method, opts, source, target, chosen, diagnose_seeds) if diagnose else None
+    opts = method_options(editor, m, site, layer, lam, corpus, from_trace)
+    _file_options(opts, editor, templates, preserve, targets)
+    found = _diagnose(m, editor, opts, source, target, chosen, diagnose_seeds) if diagnose else None
     if chosen is None:
         records = editor.apply(m, source, target, opts)
     else:
@@ -127,16 +155,14 @@ def _chosen_cases(cases: Optional[Path], source, target, sequential: bool, case_
     return chosen
 
 
-def _file_options(opts: dict, method: str, templates, preserve, targets) -> None:
+def _file_options(opts: dict, editor, templates, preserve, targets) -> None:
     if templates is not None:
         opts["templates"] = read_templates(templates)
     if preserve is not None:
-        if method not in ("quickfix", "crossattn"):
-            raise UsageError(f"--preserve applies to --method quickfix or crossattn, not {method}")
+        _only_for(editor, "preserve", "--preserve")
         opts["preserve"] = _lines(preserve, "preserve")
     if targets is not None:
-        if method not in ("quickfix", "crossattn"):
-            raise UsageError(f"--targets applies to --method quickfix or crossattn, not {method}")
+        _only_for(editor, "targets", "--targets")
         if templates is None:
             raise UsageError("--targets pairs one target prompt with each line of --templates; give --templates too")
         opts["targets"] = _lines(targets, "targets")
@@ -144,28 +170,14 @@ def _file_options(opts: dict, method: str, templates, preserve, targets) -> None
         raise UsageError(f"{len(opts['targets'])} target prompts for {len(opts['templates'])} templates; give one target prompt per template")
 
 
-def edit_site(model, method: str, opts: dict) -> str:
-    """The site an edit will change (the first, for several): what --diagnose patches after."""
-    if method == "quickfix":
-        from diffloc.editing.quickfix import default_site
-
-        return opts.get("site") or default_site()
-    if method == "refact":
-        from diffloc.editing.refact import default_layer, fc2_site
-
-        return str(fc2_site(model, opts["layer"] if opts.get("layer") is not None else default_layer(model)))
-    sites = opts.get("sites") or [str(s) for s in model.sites.denoiser if s.kind == "attn2"]
-    return str(sites[0])
-
-
-def _diagnose(model, method: str, opts: dict, source, target, chosen, seeds: int, max_prompts: int = 4) -> list[dict]:
-    """Diagnose each edit (the first ``max_prompts`` edit prompts × ``seeds``) at the site ``method`` would edit."""
+def _diagnose(model, editor, opts: dict, source, target, chosen, seeds: int, max_prompts: int = 4) -> list[dict]:
+    """Diagnose each edit (the first ``max_prompts`` edit prompts × ``seeds``) at the site ``editor`` would edit."""
     from diffloc.editing.diagnose import diagnose, diagnosis_line, residual_site
     from diffloc.tracing.scoring import default_scorer, load_scorer
     from diffloc.tracing.worlds import world_of
 
-    site = edit_site(model, method, opts)
-    residual_site(site)  # a UNet site is a one-line error before anything runs
+    site = editor.site_of(model, opts)
+    residual_site(site)  # a denoiser site is a one-line error before anything runs
     if seeds < 1:
         raise UsageError(f"--diagnose-seeds must be >= 1, got {seeds}")
     world = world_of(model)
@@ -178,7 +190,7 @@ def _diagnose(model, method: str, opts: dict, source, target, chosen, seeds: int
         tpl, tgt = (tpl[:max_prompts] if tpl else None), (tgt[:max_prompts] if tgt else None)
         d = diagnose(model, s, t, site, templates=tpl, targets=tgt, seeds=range(seeds), scorer=scorer, truth=truth)
         say(diagnosis_line(d))
-        if d["recommended"] not in (None, method):
+        if d["recommended"] not in (None, editor.name):
             say(f"  note: {d['reason']}")
         found.append(d)
     return found
@@ -191,9 +203,9 @@ def diagnose_cmd(
     target: Optional[str] = typer.Option(None, help="What the source should become."),
     cases: Optional[Path] = typer.Option(None, help="Diagnose every case of a cases file (JSONL) instead."),
     max_cases: Optional[int] = typer.Option(None, help="With --cases: only the first N."),
-    method: str = typer.Option("refact", help="The editor whose site is diagnosed (refact: its fc2 layer; quickfix: its out_proj)."),
+    method: str = typer.Option(layer_editors()[0].name, help="The editor whose site is diagnosed (a layer-keyed editor: its layer; the others: their --site)."),
     site: Optional[str] = typer.Option(None, help="A text-encoder edit site (its layer's residual is patched)."),
-    layer: Optional[int] = typer.Option(None, help="refact: the fc2 layer."),
+    layer: Optional[int] = typer.Option(None, help=f"{_for('layer')}the layer."),
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts with a '{}' slot (default: the paper's)."),
     targets: Optional[Path] = typer.Option(None, help="File of marked target prompts, one per template line."),
     seeds: int = typer.Option(3, help="Seeds per edit prompt."),
@@ -210,20 +222,20 @@ def diagnose_cmd(
     if max_prompts < 1:
         raise UsageError(f"--max-prompts must be >= 1, got {max_prompts}")
     m = load_model(model)
-    opts = method_options(editor.name, m, site, layer, None, None, None) if editor.name != "refact" else \
-        {"layer": layer if site is None else Site.parse(site).layer}
-    _file_options(opts, editor.name, templates, None, targets)
+    if editor.site_option == "layer":  # any text-encoder site names its layer
+        opts = {"layer": layer if site is None else Site.parse(site).layer}
+    else:
+        opts = method_options(editor, m, site, layer, None, None, None, read_corpus_file=False)
+    _file_options(opts, editor, templates, None, targets)
     from diffloc.editing.diagnose import write_diagnosis
 
-    found = _diagnose(m, editor.name, opts, source, target, None if chosen is None else chosen[:max_cases], seeds, max_prompts)
+    found = _diagnose(m, editor, opts, source, target, None if chosen is None else chosen[:max_cases], seeds, max_prompts)
     write_diagnosis(found[0] if len(found) == 1 else found, out / "diagnosis.json")
     say(f"-> {out / 'diagnosis.json'}")
 
 
 def _lines(path: Path, what: str) -> list[str]:
-    if not path.exists():
-        raise UsageError(f"{what} file {path} does not exist")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = read_lines(path, what)
     if not lines:
         raise UsageError(f"{what} file {path} has no lines")
     return lines
@@ -272,7 +284,7 @@ def evaluate(
     model: str = typer.Option("toy", "--model", "-m", help="A model spec, or an edited folder (its edits are evaluated)."),
     cases: Path = typer.Option(Path("experiments/cases/toy_edits.jsonl"), help="Edit cases (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: eval.parquet, summary.json, grids."),
-    method: List[str] = typer.Option(list(method_labels()), "--method", help="Methods to evaluate on a clean model (repeat): quickfix, refact, crossattn; <editor>+preserve adds the cases' preserve captions (or use --preserve)."),
+    method: List[str] = typer.Option(list(method_labels()), "--method", help=f"Methods to evaluate on a clean model (repeat): {', '.join(EDITORS.names())}; <editor>+preserve adds the cases' preserve captions (or use --preserve)."),
     seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
     max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
     scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),

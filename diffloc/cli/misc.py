@@ -15,13 +15,14 @@ from typing import List
 import typer
 
 from diffloc.tracing.errors import UsageError
+from diffloc.tracing.families import denoiser_slots
 
 from .common import progress_bar, say
 
 
 def sites(
     model: str = typer.Option("toy", "--model", "-m", help="Model spec: toy, tiny-sd1, tiny-sd2, tiny-sdxl, a folder, a file or a hub id."),
-    component: str = typer.Option("all", help="text_encoder, text_encoder_2, unet or all."),
+    component: str = typer.Option("all", help=f"text_encoder, text_encoder_2, {' / '.join(denoiser_slots())} (the denoiser) or all."),
     heads: bool = typer.Option(False, "--heads", help="Also list every attention head as a site."),
 ) -> None:
     """List the sites tracing sweeps over, one per line: site, kind.

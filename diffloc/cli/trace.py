@@ -14,8 +14,11 @@ Usage::
 """
 from __future__ import annotations
 
+import inspect
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -37,69 +40,123 @@ def _windows(specs: list[str] | None) -> tuple[tuple[int, int], ...] | None:
     return tuple(out)
 
 
-def trace(
-    model: str = typer.Option("toy", "--model", "-m", help="Model spec (toy, tiny-sd1, folder, file, hub id)."),
-    attribute: str = typer.Option(..., "--attribute", "-a", help="object, colour, style, viewpoint, count or action."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (resumes if it holds the same sweep)."),
-    component: str = typer.Option("all", help="text_encoder, unet or all."),
-    prompt_file: Optional[Path] = typer.Option(None, help="Marked prompts, one per line: 'a photo of a [red] circle'."),
-    max_prompts: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
-    seeds: List[int] = typer.Option([0, 1], "--seed", help="Initial-noise seeds (repeat the flag)."),
-    noise_samples: int = typer.Option(1, help="Corruption noise samples per prompt and seed."),
-    noise_scale: float = typer.Option(3.0, help="Noise std in units of the token-embedding std σ (ROME: 3)."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's)."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's)."),
-    layer_window: int = typer.Option(1, help="Text encoder: restore this many adjacent layers per row (ROME uses 10)."),
-    step_window: Optional[List[str]] = typer.Option(None, help="UNet: restore only in steps START:END (repeat for several)."),
-    batch_size: int = typer.Option(64, help="Restored rows per batched sampler call."),
-    scorer: str = typer.Option("auto", help="CLIP scorer: auto (toy for the toy world, else ViT-L-14-336/openai), toy, or open_clip name/pretrained."),
-    executor: str = typer.Option("local", help="local (in-process) or ray (pip install 'diffloc[ray]')."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one."),
-    workers: int = typer.Option(2, help="Ray workers, one model each (executor ray)."),
-    threshold: float = typer.Option(0.5, help="Mean indirect effect a site needs to be named causal."),
-    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    method: str = typer.Option("exact", help="exact (restore each site), atp or ig (gradient screens), crossattn-swap (LocoGen)."),
-    ig_steps: int = typer.Option(8, help="Method ig: points on the path from corrupted to clean."),
-    confirm_top: int = typer.Option(0, help="Screens: also trace the K best-screened sites exactly (causal_sites.json names only those)."),
-    restore: str = typer.Option("token", help="Text encoder: token (one position), suffix (it and every later one) or span (attribute tokens through an end)."),
-    span_end: Optional[int] = typer.Option(None, help="Restore span: the one end token (-1: through all padding); default every end."),
-    heads: bool = typer.Option(False, help="Also trace every attention head as its own site."),
-    text_kind: List[str] = typer.Option(["hidden", "attn", "mlp"], "--text-kind", help="Text-encoder states to restore: hidden, attn, mlp (repeat the flag)."),
-    window: int = typer.Option(2, help="Method crossattn-swap: cross-attention layers per sliding window (LocoGen: 2)."),
-    swap: str = typer.Option("value", help="Method crossattn-swap: the altered prompt sets another value (value) or drops it (remove)."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples of prompt x seed pairs for the 95% intervals."),
-    until_stable: Optional[float] = typer.Option(None, help="Add seeds in rounds until the split-half Spearman of real effects reaches this, in (0, 1]."),
-    max_seeds: int = typer.Option(8, help="With --until-stable: stop at this many seeds."),
-    plot: bool = typer.Option(True, help="Draw the figures when the sweep ends."),
-) -> None:
+#: fields whose CLI value is parsed before it reaches TraceConfig (and its CLI type)
+PARSERS = {"step_windows": (Optional[List[str]], _windows)}
+
+
+def _cli_type(hint: Any) -> Any:
+    """The typer type of a config field's type hint: tuples become lists, ``X | None`` Optional[X]."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint):
+        return Optional[_cli_type(args[0])]
+    if typing.get_origin(hint) is tuple:
+        return List[args[0]]
+    return hint
+
+
+def _flag(name: str, meta: dict) -> list[str]:
+    return [meta.get("flag", "--" + name.replace("_", "-")), *([meta["short"]] if "short" in meta else [])]
+
+
+def config_parameters() -> list[inspect.Parameter]:
+    """One typer option per TraceConfig field (name, default and help from the dataclass)."""
+    from diffloc.tracing.trace_config import TraceConfig
+
+    hints = typing.get_type_hints(TraceConfig)
+    params = []
+    for f in fields(TraceConfig):
+        meta = dict(f.metadata)
+        if meta.get("cli", True) is False:
+            continue
+        kind, _ = PARSERS.get(f.name, (_cli_type(hints[f.name]), None))
+        default = ... if meta.get("required") else (list(f.default) if isinstance(f.default, tuple) else f.default)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                        default=typer.Option(default, *_flag(f.name, meta), help=meta.get("help", ""))))
+    return params
+
+
+def method_parameters() -> tuple[list[inspect.Parameter], dict[str, list[str]]]:
+    """One typer option per field of every trace method's options dataclass (default None: the method's own)."""
+    from diffloc.tracing.methods import TRACE_METHODS
+
+    owners: dict[str, list[str]] = {}
+    found: dict[str, Any] = {}
+    for name in TRACE_METHODS.names():
+        opts = TRACE_METHODS.get(name).Options
+        hints = typing.get_type_hints(opts)
+        for f in fields(opts):
+            owners.setdefault(f.name, []).append(name)
+            found.setdefault(f.name, (f, hints[f.name]))
+    params = []
+    for key, (f, hint) in found.items():
+        default = f.default if f.default is not MISSING else None
+        help = f"Method {', '.join(owners[key])}: {f.metadata.get('help', '')} Default: {default}."
+        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[hint],
+                                        default=typer.Option(None, "--" + key.replace("_", "-"), help=help)))
+    return params, owners
+
+
+def _cli_only() -> list[inspect.Parameter]:
+    def p(name, kind, option):
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=option)
+
+    return [
+        p("out", Path, typer.Option(..., "--out", "-o", help="Output folder (resumes if it holds the same sweep).")),
+        p("prompt_file", Optional[Path], typer.Option(None, help="Marked prompts, one per line: 'a photo of a [red] circle'.")),
+        p("ray_address", Optional[str], typer.Option(None, help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")),
+        p("workers", int, typer.Option(2, help="Ray workers, one model each (executor ray).")),
+        p("until_stable", Optional[float], typer.Option(None, help="Add seeds in rounds until the split-half Spearman of real effects reaches this, in (0, 1].")),
+        p("max_seeds", int, typer.Option(8, help="With --until-stable: stop at this many seeds.")),
+        p("plot", bool, typer.Option(True, help="Draw the figures when the sweep ends.")),
+    ]
+
+
+def build_config(values: dict, owners: dict[str, list[str]]):
+    """A TraceConfig (and the method's validated options) from the parsed options, before any work starts."""
+    from diffloc.tracing.methods import TRACE_METHODS
+    from diffloc.tracing.prompts import load_prompt_file
+    from diffloc.tracing.trace_config import TraceConfig
+
+    given = {k: values.pop(k) for k in owners if values.get(k) is not None}
+    for k in owners:
+        values.pop(k, None)
+    method = values["method"]
+    for k in given:
+        if method not in owners[k]:
+            raise UsageError(f"--{k.replace('_', '-')} is an option of method {', '.join(owners[k])}; --method {method} has none")
+    for name, (_, parse) in PARSERS.items():
+        values[name] = parse(values.get(name))
+    prompt_file = values.pop("prompt_file", None)
+    prompts = tuple(p.marked for p in load_prompt_file(prompt_file)) if prompt_file else ()
+    cfg_keys = {f.name for f in fields(TraceConfig)}
+    cfg = TraceConfig(prompts=prompts, method_options=given,
+                      **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in cfg_keys})
+    TRACE_METHODS.get(cfg.method).options(cfg)  # one-line error for a bad option value
+    return cfg
+
+
+def trace(**values: Any) -> None:
     """Causal tracing sweep for one attribute: clean, corrupted and restored runs, scored by CLIP.
 
     Example: diffloc trace --model toy --attribute colour --out results/colour
     """
-    from diffloc.tracing.prompts import load_prompt_file
     from diffloc.tracing.sweep import run_sweep
-    from diffloc.tracing.trace_config import TraceConfig
 
-    prompts = tuple(p.marked for p in load_prompt_file(prompt_file)) if prompt_file else ()
-    cfg = TraceConfig(model=model, attribute=attribute, component=component, prompts=prompts, max_prompts=max_prompts,
-                      seeds=tuple(seeds), noise_samples=noise_samples, noise_scale=noise_scale, num_inference_steps=steps,
-                      guidance_scale=guidance, layer_window=layer_window, step_windows=_windows(step_window),
-                      batch_size=batch_size, scorer=scorer, executor=executor, threshold=threshold, dtype=dtype, device=device,
-                      method=method, ig_steps=ig_steps, confirm_top=confirm_top, restore=restore, span_end=span_end, heads=heads, text_kinds=tuple(text_kind),
-                      window=window, swap=swap, bootstrap=bootstrap)
-    executor_kw = dict(address=ray_address, num_workers=workers) if executor == "ray" else None
-    if executor == "ray":
+    out, until_stable, max_seeds, plot = values.pop("out"), values.pop("until_stable"), values.pop("max_seeds"), values.pop("plot")
+    ray_address, workers = values.pop("ray_address"), values.pop("workers")
+    cfg = build_config(values, method_parameters()[1])
+    executor_kw = dict(address=ray_address, num_workers=workers) if cfg.executor == "ray" else None
+    if cfg.executor == "ray":
         from diffloc.tracing.executors import import_ray
 
         import_ray()  # one-line error before any model loads when Ray is missing
+    bar = progress_bar(f"trace {cfg.attribute}")
     if until_stable is None:
-        table = run_sweep(cfg, out, progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
+        table = run_sweep(cfg, out, progress=bar, executor_kw=executor_kw)
     else:
         from diffloc.tracing.stable import run_until_stable
 
-        table, history = run_until_stable(cfg, out, target=until_stable, max_seeds=max_seeds,
-                                          progress=progress_bar(f"trace {attribute}"), executor_kw=executor_kw)
+        table, history = run_until_stable(cfg, out, target=until_stable, max_seeds=max_seeds, progress=bar, executor_kw=executor_kw)
         say(f"stability: {history[-1]}")
     say(f"{len(table)} rows -> {out / 'trace.parquet'}")
     say(f"causal sites -> {out / 'causal_sites.json'}")
@@ -108,6 +165,15 @@ def trace(
 
         paths = plot_run(out, uncertainty=True)
         say(f"figures -> {out / 'figures'} ({len(paths)} files)")
+
+
+def _signature() -> inspect.Signature:
+    cfg = config_parameters()
+    first = [q for q in cfg if q.name in ("model", "attribute")]
+    return inspect.Signature([*first, _cli_only()[0], *[q for q in cfg if q not in first], *method_parameters()[0], *_cli_only()[1:]])
+
+
+trace.__signature__ = _signature()
 
 
 def plot(run: Path = typer.Argument(..., help="A trace output folder."), metric: str = typer.Option("clip", help="clip or gt."),

@@ -29,12 +29,7 @@ import numpy as np
 import torch
 
 from . import world
-from .paths import MODEL_DIR
-from .scorer import load_toy_scorer, image_features, text_features
-
-
-def toy_model_dir() -> Path:
-    return MODEL_DIR
+from .scorer import image_features, load_toy_scorer, text_features
 
 
 def balanced_attrs(n_per_value: int, seed: int) -> list[dict[str, str]]:
@@ -61,7 +56,8 @@ def load(model_dir: str | Path | None = None):
 @torch.no_grad()
 def generate(model, prompts: Sequence[str], seed: int, num_inference_steps: int, guidance_scale: float, batch: int = 64) -> torch.Tensor:
     """Float images [B, 3, 32, 32] in [0, 1]; chunk c uses torch.Generator seeded seed + c."""
-    from diffloc.tracing.sampler import SamplerConfig, generate as _generate
+    from diffloc.tracing.sampler import SamplerConfig
+    from diffloc.tracing.sampler import generate as _generate
 
     cfg = SamplerConfig(num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale))
     out = []

@@ -12,3 +12,4 @@ HERE = Path(__file__).resolve().parent
 WEIGHTS_DIR = HERE / "weights"             # the shipped model and scorer
 MODEL_DIR = WEIGHTS_DIR / "model"          # the shipped toy model (diffloc.json layout)
 PROMPT_DIR = HERE.parent / "prompts" / "toy"
+DIT_DIR = WEIGHTS_DIR / "dit"              # the shipped toy-dit (experiments/toy/train_dit.py export layout)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .paths import MODEL_DIR, PROMPT_DIR
+from .paths import DIT_DIR, MODEL_DIR, PROMPT_DIR
 
 
 class ToyWorld:
@@ -38,6 +38,22 @@ class ToyWorld:
 
         return world.rewrite(text, changes)
 
+    def counterfactuals(self, marked: str, attribute: str) -> list[tuple[str, str]]:
+        """(value, marked caption) for every other value of the marked ``attribute``, in the
+        caption's own template and grammar ('[one] circle' -> '[two] circles'); [] for a caption
+        that is no template's."""
+        from . import world
+
+        plain, words = world.unmark(marked)
+        attrs = world.parse_caption(plain)
+        if len(words) != 1 or set(attrs) != set(world.ATTRIBUTES):
+            return []
+        template = next((i for i in range(len(world.TEMPLATES)) if world.mark(attrs, attribute, i) == marked), None)
+        if template is None:
+            return []
+        return [(v, world.mark({**attrs, attribute: v}, attribute, template))
+                for v in world.ATTRIBUTES[attribute] if v != attrs[attribute]]
+
     def read(self, image: Any) -> dict[str, str | None]:
         from . import world
 
@@ -57,6 +73,10 @@ class ToyWorld:
 
     def model_dir(self) -> Path:
         return MODEL_DIR
+
+    def dit_model_dir(self) -> Path:
+        """The shipped toy-dit (``load_model("toy-dit")``): transformer/, scheduler/, diffloc.json."""
+        return DIT_DIR
 
     def scorer(self) -> tuple[Any, Any, str]:
         from .scorer import load_toy_scorer

@@ -417,7 +417,3 @@ def read(image) -> dict[str, str | None]:
     feats = _soft_shape_features(alpha, comps)
     out["object"] = _classify_shape(float(feats[:, 0].mean()), float(feats[:, 1].mean()))
     return out
-
-
-def read_attribute(image, attribute: str) -> str | None:
-    return read(image)[attribute]

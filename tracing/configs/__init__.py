@@ -1,4 +1,4 @@
-"""The published Stable Diffusion configs, written down as JSON (no download needed).
+"""The published Stable Diffusion and diffusion-transformer configs, as JSON (no download needed).
 
 Usage::
 
@@ -7,7 +7,9 @@ Usage::
     cfg["unet/config.json"]["transformer_layers_per_block"]   # [1, 2, 10]
 
 Keys are the file paths inside the Hugging Face repo (``_repo`` names it); values are those
-files' JSON. Sources and doubts are listed in ``README.md`` beside this file.
+files' JSON. ``FAMILIES`` are the UNet families; ``DIT_FAMILIES`` (``sd3``: SD3-medium,
+``flux``: FLUX.1-dev, ``pixart``: PixArt-Σ XL 1024) were written from the published repos'
+configs from memory, without hub access. Sources and doubts are listed in ``README.md`` beside this file.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+DIT_FAMILIES = ("sd3", "flux", "pixart")
 _HERE = Path(__file__).parent
 
 
@@ -27,6 +30,6 @@ def _load(family: str) -> dict:
 
 def published(family: str) -> dict:
     """A fresh copy of one family's published configs, keyed by repo file path."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if family not in FAMILIES + DIT_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES + DIT_FAMILIES)}")
     return copy.deepcopy(_load(family))

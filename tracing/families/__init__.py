@@ -27,9 +27,10 @@ from .base import Conditioning, Family, cfg_get  # noqa: F401  (the family API)
 
 
 def _builtin(reg: Registry) -> None:
+    from .dit import dit_families
     from .unet import UNET_FAMILIES
 
-    for fam in UNET_FAMILIES:
+    for fam in (*UNET_FAMILIES, *dit_families()):
         reg.register(fam.name, fam)
 
 

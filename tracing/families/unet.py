@@ -105,6 +105,9 @@ class UNetFamily:
                  for k, v in sorted(text_configs.items())}
         return build_site_table(self.name, denoiser_config, texts, denoiser=self.denoiser)
 
+    def prepare(self, model) -> None:
+        """Nothing to install on a UNet's modules."""
+
     # ---------------------------------------------------------------- conditioning
     def tokenize(self, model, texts: list[str]) -> dict[str, torch.Tensor]:
         """Token ids per text encoder, [B, 77] each, padded as the family's pipeline pads them."""
