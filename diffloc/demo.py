@@ -24,6 +24,7 @@ from diffloc.editing.cases import load_cases
 from diffloc.editing.editors import Method, edit_case
 from diffloc.editing.records import save_edited
 from diffloc.editing.trace_options import options_from_trace
+from diffloc.tracing.methods import TRACE_METHODS
 from diffloc.tracing.models import load_model
 from diffloc.tracing.prompts import attribute_prompts
 from diffloc.tracing.sweep import run_sweep
@@ -34,12 +35,11 @@ from .plots import plot_run
 from .report import write_report
 
 DEMO = {"edit": "colour-red-blue", "cases": "experiments/cases/toy_edits.jsonl"}
-#: The demo's sweeps: run name -> (attribute, TraceConfig overrides); component ``DENOISER`` is
-#: the model's denoiser (its family names it).
-DENOISER = "<denoiser>"
+#: The demo's sweeps: run name -> (attribute, TraceConfig overrides); component ``denoiser`` is
+#: the model's denoiser, whatever its family calls it.
 DEMO_RUNS = {
     "trace_colour": ("colour", dict(component="all", restore="suffix", text_kinds=("hidden", "attn"))),
-    "swap_style": ("style", dict(component=DENOISER, method="crossattn-swap", window=2)),
+    "swap_style": ("style", dict(component="denoiser", method="crossattn-swap", method_options={"window": 2})),
 }
 #: Toy prompts traced first: at seed 0 their corruption changes what the image shows (measured on
 #: the shipped model: colour prompts 2 and 5 turn blue/green objects red/yellow, object 1 and 6 lose
@@ -65,15 +65,14 @@ def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 2, ev
     runs = []
     for name, (attribute, overrides) in DEMO_RUNS.items():
         chosen = demo_prompts(attribute, prompts) if m.world == "toy" else ()
-        if overrides.get("component") == DENOISER:
-            overrides = dict(overrides, component=m.family.denoiser)
         cfg = TraceConfig(model=model, attribute=attribute, prompts=chosen, max_prompts=None if chosen else prompts,
                           seeds=tuple(range(seeds)), batch_size=128, **overrides)
         run = out / name
         run_sweep(cfg, run, model=m, progress=progress)
         plot_run(run, uncertainty=True)
         runs.append(run)
-        how = f"restore {cfg.restore}" if cfg.method == "exact" else f"swap {cfg.swap}, window {cfg.window}"
+        method = TRACE_METHODS.get(cfg.method)
+        how = f"restore {cfg.restore}{method.describe(method.options(cfg))}"
         say(f"[{time.perf_counter() - t0:5.0f}s] {cfg.method} {attribute} ({how}) -> {run}")
     case = next(c for c in load_cases(DEMO["cases"]) if c["id"] == DEMO["edit"])  # its in-grammar edit templates
     method = Method("quickfix", preserve=True)  # Diff-QuickFix with the case's preserve captions

@@ -28,12 +28,21 @@ one of them (:func:`expected`): a negative 'one green square' should turn yellow
 green->yellow is among them. ``gt_others`` (toy world, not in ReFACT) is the share of the
 *other* four attributes read as the prompt says, over all images: an edit that turns 'one
 triangle' into two diamonds succeeds on count and shows up here; compare with ``unedited``.
+
+Intervals (:func:`summarise`): every rate carries its 95 % interval and its n (images):
+``<rate>_ci`` is Wilson's score interval (:func:`wilson`) over the images, ``<rate>_ci_cases``
+a percentile bootstrap over cases (:func:`bootstrap_cases`: images of one case are not
+independent, so this one is the wider and the honest one when cases differ), ``<rate>_n`` the
+images. ``gt_others`` is a mean of shares, not a proportion: its ``_ci`` is the case bootstrap.
+:func:`rates_table` lays them out one row per method and rate, with ``"0.975 [0.94, 0.99]"`` text.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -151,21 +160,116 @@ def _group_rows(model, cases, group: Group, method, seeds, scorer, truth, cfg, b
     return rows
 
 
+#: z of a two-sided 95 % interval.
+Z95 = 1.959963984540054
+
+
+def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for ``k`` successes in ``n`` trials (95 % by default):
+    ``wilson(74, 80)`` → (0.8454, 0.9652). n = 0 gives (0.0, 1.0): nothing is known."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"successes must lie in [0, n]; got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_cases(values: pd.Series, cases: pd.Series, n_boot: int = 2000, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` over resampled cases (a case's
+    images stay together); one case gives (its mean, its mean)."""
+    if len(values) == 0:
+        return 0.0, 1.0
+    g = pd.DataFrame({"v": values.to_numpy(dtype=float), "c": cases.to_numpy()}).groupby("c").v.agg(["sum", "count"])
+    sums, counts = g["sum"].to_numpy(), g["count"].to_numpy()
+    if len(g) == 1:
+        m = float(sums[0] / counts[0])
+        return m, m
+    idx = np.random.default_rng(seed).integers(0, len(g), size=(n_boot, len(g)))
+    means = sums[idx].sum(1) / counts[idx].sum(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def rate(values: pd.Series, cases: pd.Series | None = None, proportion: bool = True) -> dict:
+    """{value, ci, ci_cases, n}: the mean of ``values``, Wilson's interval (a proportion) or the case
+    bootstrap (a mean of shares) as ``ci``, the case bootstrap as ``ci_cases``, the images."""
+    n = int(len(values))
+    mean = float(values.mean()) if n else float("nan")
+    out = {"value": round(mean, 4), "n": n}
+    boot = bootstrap_cases(values, cases) if cases is not None else None
+    ci = wilson(float(values.sum()), n) if proportion else boot
+    if ci is not None:
+        out["ci"] = [round(ci[0], 4), round(ci[1], 4)]
+    if boot is not None:
+        out["ci_cases"] = [round(boot[0], 4), round(boot[1], 4)]
+    return out
+
+
+def _put(s: dict, name: str, r: dict) -> None:
+    s[name] = r["value"]
+    if "ci" in r:
+        s[f"{name}_ci"] = r["ci"]
+    if "ci_cases" in r:
+        s[f"{name}_ci_cases"] = r["ci_cases"]
+    s[f"{name}_n"] = r["n"]
+
+
 def summarise(table: pd.DataFrame) -> dict:
-    """{method: {efficacy, generalization, specificity, (gt_...)}} from evaluation rows."""
+    """{method: {efficacy, generalization, specificity, (gt_...), each with _ci, _ci_cases, _n}} from evaluation rows."""
     out = {}
     for method, g in table.groupby("method", sort=False):
         s = {}
         for split, name in SPLITS.items():
             part = g[g.split == split]
             if "clip_success" in g:
-                s[name] = round(float(part.clip_success.mean()), 4)
+                _put(s, name, rate(part.clip_success, part.case))
             if "gt_success" in g:
-                s[f"gt_{name}"] = round(float(part.gt_success.mean()), 4)
+                _put(s, f"gt_{name}", rate(part.gt_success, part.case))
         if "gt_others" in g:
-            s["gt_others"] = round(float(g.gt_others.mean()), 4)
+            _put(s, "gt_others", rate(g.gt_others, g.case, proportion=False))
         s["n_images"] = int(len(g))
+        s["n_cases"] = int(g.case.nunique())
         out[method] = s
+    return out
+
+
+RATE_NAMES = ("efficacy", "generalization", "specificity", "gt_efficacy", "gt_generalization", "gt_specificity", "gt_others")
+
+
+def interval_text(value: float, ci: Sequence[float] | None, digits: int = 3) -> str:
+    """'0.975 [0.942, 0.990]'."""
+    if ci is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def rates_table(summary: dict) -> pd.DataFrame:
+    """One row per method and rate: value, lo, hi (Wilson; case bootstrap for gt_others), lo_cases,
+    hi_cases, n (images), and ``text`` ('0.975 [0.942, 0.990]')."""
+    rows = []
+    for method, s in summary.items():
+        for name in RATE_NAMES:
+            if name not in s:
+                continue
+            ci, cc = s.get(f"{name}_ci"), s.get(f"{name}_ci_cases")
+            rows.append({"method": method, "rate": name, "value": s[name], "lo": ci[0] if ci else None, "hi": ci[1] if ci else None,
+                         "lo_cases": cc[0] if cc else None, "hi_cases": cc[1] if cc else None, "n": s.get(f"{name}_n"),
+                         "text": interval_text(s[name], ci)})
+    return pd.DataFrame(rows)
+
+
+def per_attribute_intervals(table: pd.DataFrame, metric: str = "gt_success") -> dict:
+    """{"method/attribute": {split: {value, ci (Wilson), n}}}."""
+    if metric not in table:
+        metric = "clip_success"
+    out: dict = {}
+    for (m, a, split), g in table.groupby(["method", "attribute", "split"], sort=False):
+        out.setdefault(f"{m}/{a}", {})[split] = rate(g[metric])
     return out
 
 

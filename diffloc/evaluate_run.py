@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from diffloc.editing.cases import case_prompts, load_cases
 from diffloc.editing.batch import consecutive_groups
+from diffloc.editing.cases import case_prompts, load_cases
 from diffloc.editing.editors import EDITORS, Method, as_method, default_options, edit_case
 from diffloc.editing.records import load_records, redo_edit, undo_edit
 from diffloc.tracing.errors import DifflocInputError, UsageError
@@ -124,7 +124,9 @@ def draw_grid(model, case: dict, methods: list[str], path: Path, seed: int = 0, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    prompts = case_prompts(case)[:1] + case_prompts(case)[1:3] + case_prompts(case)[6:8]
+    every = case_prompts(case)
+    prompts = [next(sp for sp in every if sp[0] == "edit")] + [sp for sp in every if sp[0] == "positive"][:2] \
+        + [sp for sp in every if sp[0] == "negative"][:2]
     cfg = SamplerConfig.for_model(model)
     lat = initial_latents(model, torch.Generator().manual_seed(seed)).expand(len(prompts), -1, -1, -1)
 

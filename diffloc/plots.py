@@ -26,13 +26,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from diffloc.tracing.errors import DifflocInputError  # noqa: E402
 from diffloc.tracing.causal import site_effects  # noqa: E402
+from diffloc.tracing.errors import DifflocInputError  # noqa: E402
 from diffloc.tracing.io import read_meta, read_strip, read_trace  # noqa: E402
 from diffloc.tracing.methods import method_of  # noqa: E402
 from diffloc.tracing.rows import REFERENCE_KINDS, denoiser_components, is_text  # noqa: E402
-from diffloc.tracing.trace_config import DEFAULT_METHOD  # noqa: E402
 from diffloc.tracing.stats import SITE_KEYS, bootstrap_effects  # noqa: E402
+from diffloc.tracing.trace_config import DEFAULT_METHOD  # noqa: E402
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"hidden": "residual state", "mlp": "MLP (fc2)", "attn": "self-attention (out_proj)"}

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from diffloc.tracing.hooks import Recorder, hooks
 from diffloc.tracing.prompts import MarkedPrompt, PromptError

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from diffloc.plots import plot_run
 from diffloc.tracing.causal import uncertainty
-from diffloc.tracing.io import atomic_write_bytes, read_json_format, read_trace, write_plain_json
+from diffloc.tracing.io import atomic_write_bytes, read_trace, write_plain_json
 from diffloc.tracing.sweep import run_sweep
 from diffloc.tracing.trace_config import TraceConfig
 

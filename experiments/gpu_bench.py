@@ -32,6 +32,10 @@ from pathlib import Path
 
 import torch
 
+from diffloc.tracing.screens import IgOptions
+
+IG_STEPS = IgOptions().ig_steps  # the ig screen's default points on the path
+
 STEPS = {"random-sd1": 20, "random-sd2": 20, "random-sdxl": 10}
 ROWS = {"random-sd1": 32, "random-sd2": 32, "random-sdxl": 8}
 STAGES = ("trace", "screens_text", "screens_heads")
@@ -64,7 +68,7 @@ def _stage(figures: dict, name: str, fn) -> None:
 def run_family(spec: str, out: Path, deadline: float, device: str, dtype: str, steps: int | None,
                scorer_spec: str = "ViT-L-14-336/random", stages: tuple[str, ...] = STAGES) -> dict:
     """Every stage for one model spec, within ``deadline`` (a ``time.monotonic()`` value)."""
-    from diffloc.bench_screens import screen_context, scope_figures, text_figures
+    from diffloc.bench_screens import scope_figures, screen_context, text_figures
     from diffloc.bench_trace import bench_trace
     from diffloc.tracing.models import load_model
     from diffloc.tracing.scoring import load_scorer
@@ -97,10 +101,10 @@ def run_family(spec: str, out: Path, deadline: float, device: str, dtype: str, s
         if name not in stages:
             continue
         left = deadline - time.monotonic()
-        est = 1.15 * ms * _rows(cfg, ctx) + 8 * ms * base.ig_steps  # exact rows; ig ≈ 8 images' time per pass
+        est = 1.15 * ms * _rows(cfg, ctx) + 8 * ms * IG_STEPS  # exact rows; ig ≈ 8 images' time per pass
         if est > left and name == "screens_text":
             cfg = replace(cfg, text_kinds=("attn",))
-            est = 1.15 * ms * _rows(cfg, ctx) + 8 * ms * base.ig_steps
+            est = 1.15 * ms * _rows(cfg, ctx) + 8 * ms * IG_STEPS
             figures["screens_text_narrowed"] = "text_kinds=('attn',): the three kinds' sweep would not fit the budget"
         if est > left:
             figures[name] = {"skipped": f"estimated {est:.0f} s > {left:.0f} s left"}
@@ -116,7 +120,7 @@ def run_family(spec: str, out: Path, deadline: float, device: str, dtype: str, s
         _stage(figures, name, measure)
         _write(out, spec, figures)
     _write(out, spec, figures)
-    del model, ctx
+    model = ctx = None  # free the card before the next spec
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return figures
 

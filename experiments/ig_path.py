@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.findings import PROTOCOLS
 from diffloc.tracing.attribution import clip_score_fn
 from diffloc.tracing.exact import noise_seed
-from diffloc.tracing.io import atomic_write_bytes, write_plain_json
+from diffloc.tracing.io import write_plain_json
 from diffloc.tracing.sampler import SamplerConfig, hooked_generate, initial_latents, make_corruption
 from diffloc.tracing.sweep import sweep_prompts
+from experiments.findings import PROTOCOLS
 
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 POINTS = np.linspace(0.0, 1.0, 17)
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
         from diffloc.tracing.trace_config import TraceConfig
 
         for attr in attributes:
-            cfg = TraceConfig(model="toy", attribute=attr, component="all", method="ig", ig_steps=a.ig_steps,
+            cfg = TraceConfig(model="toy", attribute=attr, component="all", method="ig", method_options={"ig_steps": a.ig_steps},
                               max_prompts=c["max_prompts"], seeds=seeds, batch_size=128)
             run_sweep(cfg, out / f"{attr}_ig{a.ig_steps}", model=model, scorer=scorer)
         return

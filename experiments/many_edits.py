@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffloc.evaluate import evaluate_methods
 from diffloc.editing.batch import Group, filled_groups
 from diffloc.editing.cases import load_cases
 from diffloc.editing.editors import Method
+from diffloc.evaluate import evaluate_methods
 from diffloc.tracing.io import read_table, write_json_format, write_table
 from diffloc.tracing.models import load_model
 from diffloc.tracing.worlds import world_of

@@ -31,11 +31,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from diffloc.evaluate import evaluate_methods, summarise
 from diffloc.editing.cases import load_cases
 from diffloc.editing.corpus import read_corpus
 from diffloc.editing.editors import edit_case
 from diffloc.editing.records import undo_edit
+from diffloc.evaluate import evaluate_methods, summarise
 from diffloc.tracing.io import atomic_write_bytes, read_table, write_json_format, write_table
 from diffloc.tracing.models import load_model
 from diffloc.tracing.prompts import MarkedPrompt

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval:
         print(edit_table([Path(d) for d in args.eval]))
     if args.findings:
-        from experiments.findings import markdown, summarise as summarise_findings
+        from experiments.findings import markdown
+        from experiments.findings import summarise as summarise_findings
 
         out = Path(args.findings)
         rows = []

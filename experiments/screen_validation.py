@@ -33,10 +33,10 @@ from pathlib import Path
 import pandas as pd
 
 from diffloc.tracing.causal import site_effects
-from experiments.findings import PROTOCOLS
 from diffloc.tracing.io import atomic_write_bytes, read_trace, write_plain_json
 from diffloc.tracing.sweep import run_sweep
 from diffloc.tracing.trace_config import TraceConfig
+from experiments.findings import PROTOCOLS
 
 ATTRIBUTES = ("object", "colour", "style", "viewpoint", "count")
 METHODS = ("atp", "ig")

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_pixel_model
 from diffloc.editing import quickfix as qf
 from diffloc.editing.batch import apply_cases, batch_preserve, check_conflicts, consecutive_groups, filled_groups
 from diffloc.editing.cases import load_cases
 from diffloc.editing.records import EditError, save_edited, undo_edit
 from diffloc.tracing.sites import Site
-
-from conftest import tiny_pixel_model
 
 SITE = Site.parse("text_encoder:encoder.layers.0.self_attn.out_proj")
 CASES = "experiments/cases/toy_edits.jsonl"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import pytest
 
@@ -27,7 +26,7 @@ def _cli(*args):
     (["trace", "--attribute", "colour", "--step-window", "5", "--out", "OUT"], "bad step window '5'"),
     (["trace", "--attribute", "colour", "--dtype", "float8", "--out", "OUT"], "unknown dtype 'float8'"),
     (["bench", "trace", "--steps", "0", "--out", "OUT/b.json"], "--steps must be >= 1, got 0"),
-    (["bench", "trace", "--model", "random-sd3", "--out", "OUT/b.json"], "unknown model spec 'random-sd3'"),
+    (["bench", "trace", "--model", "random-sd9", "--out", "OUT/b.json"], "unknown model spec 'random-sd9'"),
     (["sites", "--model", "tiny-sd1", "--component", "vae"], "unknown component 'vae'"),
     (["plot", "OUT"], "no trace.parquet in"),
     (["report", "OUT/missing"], "is not a folder"),
@@ -63,7 +62,7 @@ def test_a_bug_inside_a_command_shows_its_traceback(monkeypatch):
     def broken(*a, **k):
         return {}["oops"]  # a KeyError: a bug, not bad input
 
-    monkeypatch.setattr(tracing.models, "load_model", broken)
+    monkeypatch.setattr(diffloc.tracing.models, "load_model", broken)
     with pytest.raises(KeyError, match="oops"):
         main(["sites", "--model", "toy"])
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from diffloc.evaluate import expected
 from diffloc.editing.batch import apply_cases, filled_groups
 from diffloc.editing.cases import load_cases
-from diffloc.editing.records import undo_edit
 from diffloc.editing.compose import compose_cases, composed_target, substitute
-from diffloc_toy import world as toy
+from diffloc.editing.records import undo_edit
+from diffloc.evaluate import expected
 from diffloc.tracing.models import load_model
 from diffloc.tracing.worlds import get_world
+from diffloc_toy import world as toy
 
 CASES = load_cases("experiments/cases/toy_edits.jsonl")
 

@@ -11,8 +11,8 @@ import torch
 from diffloc.editing.diagnose import _positions, diagnose, recommend, residual_site, write_diagnosis
 from diffloc.editing.quickfix import prompt_pairs
 from diffloc.editing.records import EditError, save_edited
-from diffloc_toy import world
 from diffloc.tracing.sampler import SamplerConfig, generate, initial_latents
+from diffloc_toy import world
 
 CFG = SamplerConfig(2, 2.0)
 

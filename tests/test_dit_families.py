@@ -7,8 +7,7 @@ import torch
 from diffloc.tracing.errors import ConfigError, DifflocInputError
 from diffloc.tracing.hooks import hooks
 from diffloc.tracing.models import _from_parts, load_model
-from diffloc.tracing.sampler import (Restore, SamplerConfig, generate, hooked_generate, initial_latents, make_corruption,
-                                     patched_generate)
+from diffloc.tracing.sampler import Restore, SamplerConfig, generate, hooked_generate, initial_latents, make_corruption, patched_generate
 from diffloc.tracing.sites import Site, SiteError, resolve
 
 PROMPT = "a red car in front of a house"

@@ -8,14 +8,13 @@ import sys
 import pytest
 import torch
 
+from conftest import tiny_pixel_model
 from diffloc.editing.crossattn import crossattn
 from diffloc.editing.quickfix import gather, keys_values, quickfix
 from diffloc.editing.records import EditError, load_records, redo_edit, save_edited, undo_edit, weight_hash
 from diffloc.editing.refact import covariance, fc2_site, refact
 from diffloc.tracing.models import load_model
 from diffloc.tracing.sites import Site
-
-from conftest import tiny_pixel_model
 
 CORPUS = ["a photo of two red circles at the top", "three blue squares in the middle", "a green diamond on a plain background",
           "one yellow triangle at the bottom", "a picture of two green squares on a striped background"] * 8

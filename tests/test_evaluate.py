@@ -8,12 +8,12 @@ import sys
 import pandas as pd
 import pytest
 
-from diffloc.evaluate import evaluate_methods, summarise
 from diffloc.editing.cases import load_cases
 from diffloc.editing.records import EditError, save_edited
-from diffloc_toy import world
-from diffloc.tracing.worlds import get_world
+from diffloc.evaluate import evaluate_methods, summarise
 from diffloc.tracing.sampler import SamplerConfig
+from diffloc.tracing.worlds import get_world
+from diffloc_toy import world
 
 CASES = "experiments/cases/toy_edits.jsonl"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from diffusers import SD3Transformer2DModel
 
-from diffloc.tracing.hooks import Recorder, hooks
 from diffloc.tracing.families.joint_attention import ConceptContribution, install_split, joint_attentions
+from diffloc.tracing.hooks import Recorder, hooks
 from diffloc.tracing.sites import Site
 
 

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+from diffloc.tracing.sweep import run_sweep
 from diffloc.tracing.testing import tiny_pixel_model, tiny_scorer
 from diffloc.tracing.trace_config import TraceConfig
-from diffloc.tracing.sweep import run_sweep
+from test_sweep import Interrupt, cut_after  # noqa: E402  (the sweep tests' interrupting bar)
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 FACTORIES = dict(model=partial(tiny_pixel_model, 0), scorer=partial(tiny_scorer, 0))
@@ -100,7 +101,8 @@ def test_killed_worker_loses_no_rows(ray, tmp_path, models, local_table):
 def test_all_workers_killed_then_rerun_resumes(ray, tmp_path, models, local_table):
     """A sweep started locally, continued on Ray, all workers killed, re-run: same table."""
     out = tmp_path / "killall"
-    assert run_sweep(_cfg("local"), out, model=models[0], scorer=models[1], stop_after=1) is None  # executors share shards
+    with pytest.raises(Interrupt):  # executors share shards: one local unit, then Ray
+        run_sweep(_cfg("local"), out, model=models[0], scorer=models[1], progress=cut_after(1))
     before = {}
 
     def kill_all(n_done, workers):
@@ -151,7 +153,7 @@ def test_missing_ray_is_one_line_error(monkeypatch, tmp_path, capsys):
 def test_cli_ray_with_default_model_and_scorer(ray, tmp_path):
     """No factories: workers load `toy` and resolve the default scorer ('auto') themselves."""
     from diffloc.cli.app import main
-    from diffloc.tracing.io import read_trace, read_meta
+    from diffloc.tracing.io import read_meta, read_trace
 
     out = tmp_path / "toy_ray"
     main(["--quiet", "trace", "--attribute", "colour", "--executor", "ray", "--workers", "2", "--component", "unet",

@@ -9,8 +9,17 @@ import torch
 
 from diffloc.editing.editors import EDITORS, case_options
 from diffloc.editing.records import EditError, undo_edit
-from diffloc.editing.refact import (REFACT_TEMPLATES, covariance, covariance_key, edit_keys, fc2_site, optimise_v, problem_p,
-                            refact, v_problem)
+from diffloc.editing.refact import (
+    REFACT_TEMPLATES,
+    covariance,
+    covariance_key,
+    edit_keys,
+    fc2_site,
+    optimise_v,
+    problem_p,
+    refact,
+    v_problem,
+)
 from diffloc.tracing.errors import DifflocInputError
 from diffloc.tracing.prompts import MarkedPrompt
 from diffloc.tracing.testing import tiny_pixel_model

@@ -211,7 +211,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_demo_traces_its_chosen_prompts_first():
-    from diffloc.demo import DEMO_FIRST, demo_prompts as _demo_prompts
+    from diffloc.demo import DEMO_FIRST
+    from diffloc.demo import demo_prompts as _demo_prompts
     from diffloc.tracing.prompts import MarkedPrompt, attribute_prompts
 
     for attribute, first in DEMO_FIRST.items():

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffloc.tracing.trace_config import TraceConfig
 from diffloc.tracing.sweep import run_sweep
+from diffloc.tracing.trace_config import TraceConfig
 
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",
            "three [blue] squares in the middle, striped background")

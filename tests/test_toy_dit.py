@@ -18,6 +18,7 @@ PROMPT = "a red circle"
 def export(tmp_path_factory) -> Path:
     """A 2-layer toy-dit in train_dit.py's export layout (random weights), next to the shipped text tower."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
     from diffloc_toy.paths import MODEL_DIR
     from diffloc_toy.train_dit import DitTrainConfig, transformer_config
 

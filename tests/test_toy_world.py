@@ -160,9 +160,9 @@ def test_shipped_size_budget():
 
 def test_sampler_equals_independent_reference_ddim_loop():
     """tracing.sampler.generate against diffloc_toy.evaluate.reference_ddim (a separate DDIM + CFG loop)."""
-    from diffloc_toy.evaluate import reference_ddim
     from diffloc.tracing.models import load_model
     from diffloc.tracing.sampler import SamplerConfig, generate, initial_latents
+    from diffloc_toy.evaluate import reference_ddim
 
     model = load_model("toy")
     prompts = ["a photo of two red circles at the top on a plain background", "one blue square in the middle, striped background"]

@@ -73,19 +73,16 @@ def declares_options(cls: E) -> E:
 
 @declares_options
 class LocalExecutor:
-    """In this process, in unit order. ``stop_after``: run at most that many units (tests).
-    ``gpu`` is accepted for the sweep's uniform call and changes nothing: the model in this
+    """In this process, in unit order. ``gpu`` is accepted for the sweep's uniform call and changes nothing: the model in this
     process is already on its device."""
 
     options: tuple[str, ...]
 
-    def __init__(self, stop_after: int | None = None, gpu: bool = False):
-        self.stop_after, self.gpu = stop_after, gpu
+    def __init__(self, gpu: bool = False):
+        self.gpu = gpu
 
     def run(self, units: Sequence[Any], fn: Callable[[Any], Any], progress: Any = None) -> None:
-        for n, unit in enumerate(units):
-            if self.stop_after is not None and n >= self.stop_after:
-                return
+        for unit in units:
             fn(unit)
             if progress is not None:
                 progress.update(1)
@@ -124,17 +121,15 @@ class _Actor:
 
 @declares_options
 class RayExecutor:
-    """Ray actors, ``num_workers`` of them (one CPU, or one GPU with ``gpu=True``, each).
-    ``stop_after``: run at most that many units (the first ones), as the local executor does."""
+    """Ray actors, ``num_workers`` of them (one CPU, or one GPU with ``gpu=True``, each)."""
 
     options: tuple[str, ...]
 
     def __init__(self, num_workers: int = 2, address: str | None = None, threads: int | None = 1, gpu: bool = False,
-                 on_done: Callable | None = None, stop_after: int | None = None):
+                 on_done: Callable | None = None):
         if num_workers < 1:
             raise DifflocInputError(f"--workers must be >= 1, got {num_workers}")
         self.num_workers, self.address, self.threads, self.gpu, self.on_done = num_workers, address, threads, gpu, on_done
-        self.stop_after = stop_after
 
     def _start(self):
         ray = import_ray()
@@ -148,7 +143,7 @@ class RayExecutor:
         return ray
 
     def run(self, units: Sequence[Any], fn: Callable[[Any], Any], progress: Any = None) -> None:
-        units = list(units)[: self.stop_after]
+        units = list(units)
         if not units:
             return
         ray = self._start()

@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .errors import DifflocInputError, FormatVersionError, InputFileError

@@ -59,7 +59,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .errors import ConfigError, DifflocInputError
@@ -67,9 +66,9 @@ from .exact import score_rows
 from .method_base import BaseMethod
 from .metrics import GroundTruthMetric
 from .prompts import MarkedPrompt, attribute_prompts
+from .rows import Label, best_strip, build_rows
 from .sampler import Restore, SamplerConfig, _copy_rows, _sample, encode, initial_latents
 from .sites import Site, SiteTable
-from .rows import Label, best_strip, build_rows
 from .trace_config import RowSpec, Unit, UnitContext
 from .worlds import world_of
 

@@ -30,7 +30,6 @@ from .errors import DifflocInputError
 from .registry import Registry
 from .scoring import ClipScorer
 
-
 SCORER, EXTRA = "scorer", "extra"
 ROLES = (SCORER, EXTRA)
 

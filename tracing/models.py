@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .errors import DifflocInputError, InputFileError
-from .sites import Site, SiteTable, build_site_table, resolve
 from .families import FAMILIES
+from .sites import Site, SiteTable, resolve
 from .worlds import WORLDS
 
 REPLICAS = ("tiny-sd1", "tiny-sd2", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-pixart")

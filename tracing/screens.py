@@ -29,7 +29,8 @@ import pandas as pd
 
 from .attribution import screen
 from .errors import ConfigError, DifflocInputError
-from .exact import run_unit as exact_run_unit, unit_corruption
+from .exact import run_unit as exact_run_unit
+from .exact import unit_corruption
 from .method_base import BaseMethod
 from .rows import Label, build_rows, empty_strip, is_text, reference_labels, role_of
 from .trace_config import RowSpec, Unit, UnitContext, component_rows, plan_units, traced_components

@@ -16,25 +16,25 @@ from :data:`tracing.executors.EXECUTORS` (``cfg.executor``), which only sees ``f
 from __future__ import annotations
 
 import json
-
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 
 from .errors import OutputExistsError
+from .exact import NOISE_SEED_BASE
 from .executors import EXECUTORS
 from .io import read_meta, read_trace, write_meta, write_strip, write_trace
-from .exact import NOISE_SEED_BASE
 from .methods import TRACE_METHODS, causal_rows, option_names, options_from_config, skipping_rows
 from .metrics import Metric, default_metrics, with_scorer
 from .prompts import MarkedPrompt, attribute_prompts
 from .sampler import SamplerConfig
 from .scoring import ClipScorer, default_scorer, load_scorer
 from .trace_config import TraceConfig, Unit, UnitContext, resolve_sites
+
 
 def sweep_prompts(cfg: TraceConfig, world: str) -> list[MarkedPrompt]:
     prompts = [MarkedPrompt.parse(p) for p in cfg.prompts] if cfg.prompts else attribute_prompts(world, cfg.attribute)

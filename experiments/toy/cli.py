@@ -34,12 +34,15 @@ def toy_train(
     out: Path = typer.Option(Path("results/toy_retrain"), "--out", "-o", help="Output folder (model/, scorer/, train_log.jsonl); resumes if it exists."),
     seed: int = typer.Option(0, help="Training seed (recorded)."),
     unet_steps: Optional[int] = typer.Option(None, help="Override the UNet's training steps."),
-    stages: str = typer.Option("clip,scorer,unet", help="Comma-separated stages to run."),
+    stages: str = typer.Option("clip,scorer,unet", help="Comma-separated stages to run (--family unet)."),
     device: str = typer.Option("cpu", help="cpu, or cuda[:N] to train on a GPU (same recipe; not bit-identical to CPU)."),
+    family: str = typer.Option("unet", help="unet: the SD-shaped toy (CLIP, scorer, UNet); dit: toy-dit, an SD3-style MM-DiT on the shipped frozen CLIP tower."),
+    steps: Optional[int] = typer.Option(None, help="--family dit: training steps (default: the recipe's)."),
 ) -> None:
-    """Train the toy world's CLIP (frozen text tower), open_clip scorer and UNet from scratch.
+    """Train the toy world's CLIP (frozen text tower), open_clip scorer and UNet from scratch, or (--family dit) toy-dit.
 
     Example: diffloc toy train --out results/toy_retrain
+    Example: diffloc toy train --family dit --out results/toy_dit     # resumable; about 1 s per step on one core
     """
     import dataclasses
 
@@ -49,6 +52,21 @@ def toy_train(
     shipped = WEIGHTS_DIR.resolve()
     if out.resolve() == shipped or shipped in out.resolve().parents:
         raise UsageError(f"--out {out} would overwrite the shipped toy weights in {shipped}; choose another folder")
+    if family not in ("unet", "dit"):
+        raise UsageError(f"unknown --family {family!r}; allowed: unet, dit")
+    if family == "dit":
+        from .train_dit import DitTrainConfig, train_dit
+
+        try:
+            dcfg = DitTrainConfig(seed=seed, **({"steps": steps} if steps is not None else {}))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        import torch
+
+        with torch.enable_grad():
+            folder = train_dit(out, dcfg, WEIGHTS_DIR / "model")
+        _say(f"toy-dit -> {folder}; log -> {out / 'dit_log.jsonl'}")
+        return
     wanted = tuple(s.strip() for s in stages.split(",") if s.strip())
     bad = [s for s in wanted if s not in ("clip", "scorer", "unet")]
     if bad:
@@ -67,6 +85,7 @@ def toy_train(
 def toy_evaluate(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: toy_eval.json and samples.png."),
     model_dir: Optional[Path] = typer.Option(None, help="A toy model folder (default: the shipped one)."),
+    model: str = typer.Option("toy", "--model", "-m", help="toy (the UNet) or toy-dit (the MM-DiT); --model-dir overrides."),
     n_per_value: int = typer.Option(50, help="Samples per attribute value (fixed seeds)."),
     seed: int = typer.Option(0, help="First seed."),
 ) -> None:
@@ -78,7 +97,9 @@ def toy_evaluate(
 
     if n_per_value < 1:
         raise UsageError(f"--n-per-value must be >= 1, got {n_per_value}")
-    result = evaluate(out, model_dir=model_dir, n_per_value=n_per_value, seed=seed)
+    if model not in ("toy", "toy-dit"):
+        raise UsageError(f"unknown --model {model!r}; allowed: toy, toy-dit")
+    result = evaluate(out, model_dir=model_dir if model_dir is not None else model, n_per_value=n_per_value, seed=seed)
     for key in ("fidelity", "clip_agreement"):
         if key in result:
             _say(f"{key}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result[key].items()))

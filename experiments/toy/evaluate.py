@@ -50,7 +50,7 @@ def load(model_dir: str | Path | None = None):
     """The toy model through tracing.models.load_model (the project's loader)."""
     from diffloc.tracing.models import load_model
 
-    return load_model(str(model_dir) if model_dir is not None else "toy")
+    return load_model(str(model_dir) if model_dir is not None else "toy")  # a folder, or a spec: toy, toy-dit
 
 
 @torch.no_grad()
@@ -178,7 +178,7 @@ def evaluate(out_dir: str | Path, model_dir: str | Path | None = None, n_per_val
         "reader_on_renders": fidelity(renders, attrs)[0],
         "n_samples": len(attrs),
         "n_per_value_min": min(sum(a[k] == v for a in attrs) for k, vals in world.ATTRIBUTES.items() for v in vals),
-        "sampler": {"scheduler": "DDIM", "num_inference_steps": steps, "guidance_scale": g, "seed": seed,
+        "sampler": {"scheduler": type(model.scheduler).__name__, "num_inference_steps": steps, "guidance_scale": g, "seed": seed,
                     "generator": "torch.Generator().manual_seed(seed + chunk), chunks of 64", "templates": "random per prompt"},
         "model_dir": str(model_dir or "toy"),
         "generation_seconds": round(gen_s, 1),

@@ -11,13 +11,18 @@ train the scorer stage; both are then scored by ``diffloc_toy.evaluate.evaluate`
 (200 samples; ``NPV`` sets samples per value). Results of the run on an H200:
 ``results/reference/toy_gpu_sweep.json``; see docs/toy_world.md.
 """
-import dataclasses, json, os, shutil, sys, time, traceback  # noqa: E401
+import dataclasses  # noqa: E401
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
 from pathlib import Path
-import torch
 
+from diffloc.tracing.models import load_model
 from diffloc_toy.evaluate import evaluate
 from diffloc_toy.train import ToyTrainConfig, train
-from diffloc.tracing.models import load_model
 
 SHIPPED = Path("experiments/toy/weights")
 V = {

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..hooks import hooks
 from ..sites import Site
 from .base import Conditioning, cfg_get
-from .joint_attention import install_split
 from .dit_sites import dit_site_table, mmdit_walk
+from .joint_attention import install_split
 
 
 def calculate_shift(seq_len: int, cfg: Any) -> float:

@@ -28,10 +28,9 @@ T5 ``encoder.block.N.layer.0.SelfAttention.heads.H`` (``attn_head``, input of ``
 """
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any, Callable, Mapping
-
-import re
 
 from ..sites import _HEAD, _T5_LAYER, Site, SiteTable
 from .base import cfg_get
