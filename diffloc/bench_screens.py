@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffloc.tracing.exact import noise_seed
+from diffloc.tracing.corruption import noise_seed
 from diffloc.tracing.methods import TRACE_METHODS
 from diffloc.tracing.sampler import generate, initial_latents, make_corruption, patched_generate
 from diffloc.tracing.sweep import prepare

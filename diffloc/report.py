@@ -12,11 +12,14 @@ and its causal-site table. An *edit / evaluation* folder (``edit.json``, ``summa
 ``eval.parquet``, ``*.png``) shows whatever of those exists: JSON as tables, the evaluation
 table summarised per method, PNGs inlined. A folder holding neither but with such folders
 inside is expanded one level.
+
+Beside every trace run (its heading, the contents and its causal-site table) the page states how
+many clean/corrupted pairs it holds and how many are informative (the corruption flips ground
+truth or lowers the scorer by ``min_drop`` points): from ``causal_sites.json``, else counted
+from ``trace.parquet`` (:func:`diffloc.plots.pair_counts`).
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 import re
 import time
@@ -27,11 +30,14 @@ from diffloc.tracing.io import atomic_write_bytes, read_json_format, read_meta, 
 from diffloc.tracing.methods import method_of, options_from_config
 from diffloc.tracing.trace_config import DEFAULT_METHOD
 
+from .report_html import CSS, MAX_ROWS, _e, _fmt, figure, json_html, kv_table, records_table
+
 TRACE_MARKERS = ("meta.json", "trace.parquet", "causal_sites.json")
 EDIT_MARKERS = ("edit.json", "summary.json", "eval.parquet")
 FIGURE_ORDER = ("text_encoder_heatmap", "text_encoder_heatmap_width", "text_encoder_heatmap_roles", "text_encoder_heatmap_roles_width",
                 "text_encoder_2_heatmap", "text_encoder_2_heatmap_width", "text_encoder_2_heatmap_roles",
-                "text_encoder_2_heatmap_roles_width", "unet_effects", "transformer_effects", "image_strip")
+                "text_encoder_2_heatmap_roles_width", "transformer_blocks", "transformer_txt2img", "transformer_attn_contrib",
+                "unet_attn_contrib", "unet_effects", "transformer_effects", "head_effects", "image_strip")
 FIGURE_CAPTIONS = {
     "text_encoder_heatmap": "Text encoder, the prompt with the largest corruption drop: restored score per layer × token (floor = corrupted score).",
     "text_encoder_heatmap_roles": "Text encoder, all prompts: restored score per layer × token role.",
@@ -39,117 +45,19 @@ FIGURE_CAPTIONS = {
     "text_encoder_2_heatmap_roles": "Second text encoder, all prompts, by token role.",
     "unet_effects": "UNet: indirect effect of every component, in execution order; whiskers: 95% bootstrap interval over prompt × seed pairs.",
     "transformer_effects": "Transformer: indirect effect of every component, in execution order; whiskers: 95% bootstrap interval over prompt × seed pairs.",
+    "transformer_blocks": ("Transformer, block × stream: ratio-of-means indirect effect of each site, rows the site kinds in stream "
+                           "order (pooled, text-stream attention, text → image slice, image-stream attention, ff_context, ff, the "
+                           "two output streams), columns the blocks; 0 = corrupted, 1 = clean, grey = not traced. "
+                           "Reds: attention, greens: feed-forward, purples: stream states."),
+    "transformer_txt2img": ("Transformer, text → image slice of each block's joint attention (what the image queries read "
+                            "from the prompt): indirect effect with its 95% bootstrap interval over prompt × seed pairs."),
+    "transformer_attn_contrib": ("Attention contribution of the concept tokens per block (attn-contrib): mean raw ||W_o A V|| "
+                                 "with a 95% bootstrap interval over prompt × seed pairs; outlined bars were confirmed by exact "
+                                 "restoration, labelled with their effect."),
+    "head_effects": "Per-head indirect effects: attention module × head.",
     "image_strip": "Clean | corrupted | best restored images of the first units.",
 }
 WIDTH_CAPTION = "Width of the 95% bootstrap interval of each cell's indirect effect (the heatmap above)."
-MAX_ROWS = 40
-
-CSS = """
-:root { --fg: #1d1d1f; --muted: #6e6e73; --line: #e3e3e8; --accent: #3d5a98; --bg-alt: #f6f7f9; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color: var(--fg); background: #fff; }
-main { max-width: 1080px; margin: 0 auto; padding: 2.5rem 1.5rem 4rem; }
-h1 { font-size: 1.9rem; margin: 0 0 .25rem; letter-spacing: -.01em; }
-h2 { font-size: 1.4rem; margin: 3rem 0 .5rem; padding-top: 1rem; border-top: 2px solid var(--fg); }
-h3 { font-size: 1.05rem; margin: 1.8rem 0 .6rem; color: var(--accent); }
-p.meta, .muted { color: var(--muted); font-size: .9rem; }
-code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .85em; }
-nav.toc { background: var(--bg-alt); border: 1px solid var(--line); border-radius: 6px; padding: .8rem 1.2rem; margin: 1.5rem 0; }
-nav.toc ol { margin: .3rem 0 0; padding-left: 1.3rem; }
-nav.toc a { color: var(--accent); text-decoration: none; }
-nav.toc a:hover { text-decoration: underline; }
-table { border-collapse: collapse; margin: .4rem 0 1rem; font-size: .88rem; }
-th, td { text-align: left; padding: .3rem .7rem; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { font-weight: 600; background: var(--bg-alt); }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.kv td.num { text-align: left; }
-table.kv th { background: none; color: var(--muted); font-weight: 500; white-space: nowrap; }
-.bar { display: inline-block; height: .6rem; background: var(--accent); border-radius: 2px; vertical-align: middle; margin-right: .4rem; }
-figure { margin: 1rem 0 2rem; }
-figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
-figcaption { color: var(--muted); font-size: .85rem; margin-top: .4rem; }
-ul.prompts { margin: .2rem 0 1rem; padding-left: 1.2rem; }
-.scroll { overflow-x: auto; }
-"""
-
-
-def _e(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and all(not isinstance(x, (dict, list, tuple)) for x in v):
-        return ", ".join(_fmt(x) for x in v) if v else "—"
-    if isinstance(v, dict) and all(not isinstance(x, (dict, list, tuple)) for x in v.values()):
-        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, default=str)
-    return str(v)
-
-
-def _cell(v) -> str:
-    cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
-    return f"<td{cls}>{_e(_fmt(v))}</td>"
-
-
-def kv_table(pairs: dict) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th>{_cell(v)}</tr>" for k, v in pairs.items())
-    return f'<table class="kv">{rows}</table>'
-
-
-def records_table(records: list[dict], columns: list[str] | None = None, index: str | None = None) -> str:
-    """A table of dict rows (columns: their union, in first-seen order); long tables are cut."""
-    columns = columns or list(dict.fromkeys(k for r in records for k in r if k != "__index__"))
-    head = (f"<th>{_e(index)}</th>" if index is not None else "") + "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = ""
-    for r in records[:MAX_ROWS]:
-        first = f"<th>{_e(r.get('__index__', ''))}</th>" if index is not None else ""
-        body += "<tr>" + first + "".join(_cell(r.get(c)) for c in columns) + "</tr>"
-    more = f'<p class="muted">… {len(records) - MAX_ROWS} more rows not shown.</p>' if len(records) > MAX_ROWS else ""
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{more}'
-
-
-def _scalar(v) -> bool:
-    return not isinstance(v, (dict, list)) or (isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v))
-
-
-def json_html(obj, depth: int = 0) -> str:
-    """Any JSON as tables: scalars as key/value rows, dicts of flat dicts and lists of flat dicts as grids."""
-    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        return records_table(obj)  # nested values show as compact JSON in their cell
-    if not isinstance(obj, dict):
-        return f"<p>{_e(_fmt(obj))}</p>"
-    if obj and all(isinstance(v, dict) and v and all(_scalar(x) for x in v.values()) for v in obj.values()):
-        return records_table([dict(v, __index__=k) for k, v in obj.items()], index="")
-    flat = {k: v for k, v in obj.items() if _scalar(v)}
-    out = kv_table(flat) if flat else ""
-    for k, v in obj.items():
-        if k not in flat:
-            tag = "h4" if depth else "h3"
-            out += f"<{tag}>{_e(k)}</{tag}>" + json_html(v, depth + 1)
-    return out
-
-
-WIDE_PX = 2400  # wider PNGs (a UNet chart of hundreds of sites) keep half their size and scroll sideways
-
-
-def img_tag(path: Path, alt: str) -> str:
-    raw = path.read_bytes()
-    width = int.from_bytes(raw[16:20], "big") if raw[:8] == b"\x89PNG\r\n\x1a\n" else 0  # IHDR width
-    style = f' style="width:{width // 2}px;max-width:none"' if width > WIDE_PX else ""
-    data = base64.b64encode(raw).decode("ascii")
-    tag = f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}"{style}>'
-    return f'<div class="scroll">{tag}</div>' if style else tag
-
-
-def figure(path: Path, caption: str) -> str:
-    wide = " (wide: scroll sideways)" if 'class="scroll"' in (tag := img_tag(path, path.stem)) else ""
-    return f"<figure>{tag}<figcaption><code>{_e(path.name)}</code> — {_e(caption)}{wide}</figcaption></figure>"
 
 
 def _sorted_pngs(folder: Path) -> list[Path]:
@@ -180,7 +88,12 @@ def trace_config(meta: dict) -> str:
 
 
 def _caption(stem: str) -> str:
-    return FIGURE_CAPTIONS.get(stem, WIDTH_CAPTION if stem.endswith("_width") else "")
+    if stem in FIGURE_CAPTIONS:
+        return FIGURE_CAPTIONS[stem]
+    for suffix in ("_blocks", "_txt2img", "_attn_contrib", "_effects"):  # another denoiser component's name
+        if stem.endswith(suffix):
+            return FIGURE_CAPTIONS["transformer" + suffix].replace("Transformer", stem[: -len(suffix)], 1)
+    return WIDTH_CAPTION if stem.endswith("_width") else ""
 
 
 def protocol_label(meta: dict, stem: str) -> str:
@@ -210,35 +123,82 @@ def _split_half(half: dict | None) -> str:
 def causal_table(data: dict) -> str:
     boot = data.get("bootstrap") or {}
     out = kv_table({"rule": data.get("rule"), "threshold": data.get("threshold"), "clean score": data.get("clean"),
-                    "corrupted score": data.get("corrupted"), "prompt × seed pairs": data.get("n_pairs"),
+                    "corrupted score": data.get("corrupted"), "clean / corrupted pairs": data.get("n_pairs"),
+                    "informative pairs": data.get("n_informative"), "informative when": data.get("informative_by"),
                     "bootstrap": f"{boot['n']} resamples of prompt × seed pairs, seed {boot['seed']}" if boot else None})
     for metric in data.get("metrics", []):
-        entries = data.get(metric, {}).get("causal", [])
-        n = data.get(metric, {}).get("n_sites_scored", "?")
+        part = data.get(metric, {})
+        entries = part.get("causal", [])
+        n = part.get("n_sites_scored", "?")
         out += f"<h3>Causal sites by {_e(metric)} score: {len(entries)} of {_e(n)} scored sites</h3>"
-        out += _split_half(data.get(metric, {}).get("split_half"))
-        if not entries:
+        if part.get("note"):  # too few informative pairs: nothing is called causal
+            out += f'<p class="muted"><strong>{_e(part["note"])}</strong></p>'
+        out += _split_half(part.get("split_half"))
+        weak = part.get("not_enough_signal") or []
+        if not entries and not weak:
             out += '<p class="muted">No site reaches the threshold.</p>'
             continue
-        rows = ""
-        for e in entries[:MAX_ROWS]:
-            eff = float(e.get("effect", 0.0))
-            where = f"layer {e['layer']}, {e.get('token_role') or '—'}" if "layer" in e else "all steps"
-            if "window" in e:
-                where = f"steps [{e['window'][0]}, {e['window'][1]})"
-            ci = e.get("interval")
-            ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—"
-            rows += (f"<tr><td class=\"mono\">{_e(e.get('site'))}</td><td>{_e(e.get('component'))}</td><td>{_e(e.get('kind'))}</td>"
-                     f"<td>{_e(where)}</td><td class=\"num\"><span class=\"bar\" style=\"width:{max(0.0, min(eff, 1.5)) * 60:.0f}px\"></span>{eff:.3f}</td>"
-                     f"<td class=\"num\">{_e(ci)}</td></tr>")
-        more = f'<p class="muted">… {len(entries) - MAX_ROWS} more causal sites in causal_sites.json.</p>' if len(entries) > MAX_ROWS else ""
-        out += (f'<div class="scroll"><table><tr><th>site</th><th>component</th><th>kind</th><th>where</th><th>effect</th>'
-                f'<th>95% interval</th></tr>{rows}</table></div>{more}')
+        if entries:
+            out += _entries_table(entries, "causal sites")
+        if weak:
+            out += (f'<p class="muted">{len(weak)} site(s) reach the threshold on too few informative pairs to be '
+                    "called causal:</p>" + _entries_table(weak, "such sites"))
     return out
 
 
-def trace_section(folder: Path) -> str:
+def _entries_table(entries: list[dict], what: str) -> str:
+    rows = ""
+    for e in entries[:MAX_ROWS]:
+        eff = float(e.get("effect", 0.0))
+        where = f"layer {e['layer']}, {e.get('token_role') or '—'}" if "layer" in e else "all steps"
+        if "window" in e:
+            where = f"steps [{e['window'][0]}, {e['window'][1]})"
+        ci = e.get("interval")
+        ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—"
+        rows += (f"<tr><td class=\"mono\">{_e(e.get('site'))}</td><td>{_e(e.get('component'))}</td><td>{_e(e.get('kind'))}</td>"
+                 f"<td>{_e(where)}</td><td class=\"num\"><span class=\"bar\" style=\"width:{max(0.0, min(eff, 1.5)) * 60:.0f}px\"></span>{eff:.3f}</td>"
+                 f"<td class=\"num\">{_e(ci)}</td></tr>")
+    more = f'<p class="muted">… {len(entries) - MAX_ROWS} more {what} in causal_sites.json.</p>' if len(entries) > MAX_ROWS else ""
+    return (f'<div class="scroll"><table><tr><th>site</th><th>component</th><th>kind</th><th>where</th><th>effect</th>'
+            f'<th>95% interval</th></tr>{rows}</table></div>{more}')
+
+
+def pair_counts(folder: Path) -> tuple[int, int | None] | None:
+    """(clean/corrupted pairs, informative pairs) of a trace run; None when it has neither a
+    ``causal_sites.json`` with the counts nor a readable ``trace.parquet``."""
+    data = {}
+    if (folder / "causal_sites.json").exists():
+        try:
+            data = json.loads((folder / "causal_sites.json").read_text())
+        except (OSError, ValueError):
+            data = {}
+    if isinstance(data.get("n_pairs"), int) and isinstance(data.get("n_informative"), int):
+        return int(data["n_pairs"]), int(data["n_informative"])
+    if (folder / "trace.parquet").exists():
+        from diffloc.plots import pair_counts as counts_of
+        from diffloc.tracing.io import read_trace
+
+        try:
+            return counts_of(read_trace(folder / "trace.parquet"), folder)
+        except (OSError, ValueError, KeyError, DifflocInputError):
+            pass
+    return (int(data["n_pairs"]), None) if isinstance(data.get("n_pairs"), int) else None
+
+
+def counts_label(counts: tuple[int, int | None] | None) -> str:
+    """'2 clean/corrupted pairs, 1 informative' ('' without counts)."""
+    if counts is None:
+        return ""
+    n, k = counts
+    return f"{n} clean/corrupted pair{'' if n == 1 else 's'}, {'?' if k is None else k} informative"
+
+
+def trace_section(folder: Path, counts: tuple[int, int | None] | None = None) -> str:
     out = ""
+    if counts is not None:
+        out += (f'<p class="pairs"><strong>{_e(counts_label(counts))}</strong> <span class="muted">(a pair is informative when '
+                "its corruption flips ground truth or lowers the scorer by at least the run's min-drop points; "
+                "only informative pairs can name a site causal)</span></p>")
     meta = read_meta(folder / "meta.json") if (folder / "meta.json").exists() else {}
     if meta:
         out += "<h3>Configuration</h3>" + trace_config(meta)
@@ -322,12 +282,13 @@ def expand(dirs: list[Path]) -> list[Path]:
     return out
 
 
-def section(folder: Path, anchor: str) -> str:
+def section(folder: Path, anchor: str, counts: tuple[int, int | None] | None = None) -> str:
     kind = _kind(folder)
-    body = trace_section(folder) if kind == "trace run" else ""
+    body = trace_section(folder, counts) if kind == "trace run" else ""
     body += edit_section(folder)
     body += generic_section(folder, skip={"meta.json", "causal_sites.json", "edit.json", "summary.json"})
-    return f'<section id="{anchor}"><h2>{_e(folder.name)}</h2><p class="meta">{_e(kind)} · <code>{_e(folder)}</code></p>{body}</section>'
+    pairs = f" · {_e(counts_label(counts))}" if counts is not None else ""
+    return f'<section id="{anchor}"><h2>{_e(folder.name)}</h2><p class="meta">{_e(kind)}{pairs} · <code>{_e(folder)}</code></p>{body}</section>'
 
 
 def write_report(dirs: list[Path], out: Path, title: str = "diffloc report") -> Path:
@@ -342,8 +303,10 @@ def write_report(dirs: list[Path], out: Path, title: str = "diffloc report") -> 
         while anchor in anchors:
             anchor, i = f"{base}-{i}", i + 1
         anchors.add(anchor)
-        sections.append(section(f, anchor))
-        toc.append(f'<li><a href="#{anchor}">{_e(f.name)}</a> <span class="muted">— {_e(_kind(f))}</span></li>')
+        counts = pair_counts(f) if _kind(f) == "trace run" else None
+        sections.append(section(f, anchor, counts))
+        pairs = f", {_e(counts_label(counts))}" if counts is not None else ""
+        toc.append(f'<li><a href="#{anchor}">{_e(f.name)}</a> <span class="muted">— {_e(_kind(f))}{pairs}</span></li>')
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'

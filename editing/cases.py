@@ -124,7 +124,7 @@ def _check_case(path: Path, n: int, c: Any) -> None:
         raise EditError(f"{path}:{n}: template {slotless[0]!r} needs exactly one '{{}}' slot for the concept")
     leaked = {_filled(t, c["source"]) for t in c.get("templates", [])} & evaluated
     if leaked:
-        raise EditError(f"{path}:{n}: edit template gives the evaluation prompt {sorted(leaked)[0]!r}; keep them disjoint")
+        raise EditError(f"{path}:{n}: case {c['id']!r}: edit template gives the evaluation prompt {sorted(leaked)[0]!r}; keep them disjoint")
     targets = c.get("targets")
     if targets is not None and len(targets) != len(c.get("templates", [])):
         raise EditError(f"{path}:{n}: {len(targets)} targets for {len(c.get('templates', []))} templates; give one per template")
@@ -133,10 +133,10 @@ def _check_case(path: Path, n: int, c: Any) -> None:
             raise EditError(f"{path}:{n}: target {t!r} must mark the target words once, e.g. 'a photo of [two] red circles'")
     told = {_plain(t) for t in targets or []} & evaluated
     if told:
-        raise EditError(f"{path}:{n}: target {sorted(told)[0]!r} is an evaluation prompt; keep them disjoint")
+        raise EditError(f"{path}:{n}: case {c['id']!r}: target {sorted(told)[0]!r} is an evaluation prompt; keep them disjoint")
     kept = set(c.get("preserve", [])) & evaluated
     if kept:
-        raise EditError(f"{path}:{n}: preserve caption {sorted(kept)[0]!r} is an evaluation prompt; keep them disjoint")
+        raise EditError(f"{path}:{n}: case {c['id']!r}: preserve caption {sorted(kept)[0]!r} is an evaluation prompt; keep them disjoint")
 
 
 def check_scenes(cases: Sequence[dict], world: Any = None, where: str = "", lines: Sequence[int] | None = None) -> None:
@@ -201,8 +201,8 @@ def _word(text: str) -> re.Pattern:
 
 def world_prompts(case: dict, world: Any, excluded: set, n: int = N_TEMPLATES) -> dict:
     """``templates``, ``targets`` and ``preserve`` for ``case`` from its world's grammar: ``n``
-    captions of the world's corpus holding the source word (scenes not in ``excluded``, one per
-    scene, spread over the corpus by a seed from the case's id), their counterfactual with the
+    captions of the world's corpus holding the source word (scenes not in ``excluded``, distinct
+    scenes first, then other wordings of them; spread over the corpus by a seed from the case's id), their counterfactual with the
     target value (marked) and with every other value (preserve). {} where the world has no
     ``counterfactuals`` or too few captions qualify."""
     counterfactuals = getattr(world, "counterfactuals", None)
@@ -216,20 +216,21 @@ def world_prompts(case: dict, world: Any, excluded: set, n: int = N_TEMPLATES) -
     evaluated = {p["prompt"] for _, p in case_prompts(case)}
     pool = [t for t in world.corpus() if word.search(t) and t not in evaluated]
     rng = np.random.default_rng(zlib.crc32(case.get("id", source).encode()))
-    chosen, seen = [], set(excluded)
-    for i in rng.permutation(len(pool)):
-        text = pool[int(i)]
-        s = scene(world, text)
-        if s is None or s in seen or dict(s).get(attribute) != old:
-            continue
-        marked = word.sub(f"[{source}]", text, count=1)
-        alternatives = dict(counterfactuals(marked, attribute))
-        if new not in alternatives:
-            continue
-        seen.add(s)
-        chosen.append((word.sub("{}", text, count=1), alternatives[new], [_plain(m) for v, m in alternatives.items() if v != new]))
-        if len(chosen) == n:
-            break
+    chosen, seen, used = [], set(), set()
+    order = [pool[int(i)] for i in rng.permutation(len(pool))]
+    for repeat in (False, True):  # one caption per scene first, then other wordings of the same scenes
+        for text in order:
+            if len(chosen) == n:
+                break
+            s = scene(world, text)
+            if text in used or s is None or s in excluded or (s in seen and not repeat) or dict(s).get(attribute) != old:
+                continue
+            marked = word.sub(f"[{source}]", text, count=1)
+            alternatives = dict(counterfactuals(marked, attribute))
+            if new not in alternatives:
+                continue
+            seen.add(s), used.add(text)
+            chosen.append((word.sub("{}", text, count=1), alternatives[new], [_plain(m) for v, m in alternatives.items() if v != new]))
     if not chosen:
         return {}
     preserve = list(dict.fromkeys(p for _, _, ps in chosen for p in ps if p not in evaluated))
@@ -239,12 +240,13 @@ def world_prompts(case: dict, world: Any, excluded: set, n: int = N_TEMPLATES) -
 def complete_cases(cases: Sequence[dict], world: Any = None, n: int = N_TEMPLATES) -> list[dict]:
     """Copies of ``cases`` where a case without ``templates`` or ``targets`` has its world's (see
     :func:`world_prompts`); templates never describe an evaluation scene of any case. A case
-    that has both is returned unchanged; ``preserve`` is filled only where absent. Marks each
+    that has both is returned unchanged; one with templates but no targets gets the world's
+    templates and targets both; ``preserve`` is filled only where absent. Marks each
     completed case with ``"completed_from": world name``."""
     cases = list(cases)
     world = _parser_world(world, cases)
-    if world is None:
-        return cases
+    if world is None or not getattr(world, "has_readers", False) or getattr(world, "counterfactuals", None) is None:
+        return cases  # no caption grammar: the editors use the papers' templates
     excluded = set(evaluation_scenes(world, cases))
     out = []
     for c in cases:

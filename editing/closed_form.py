@@ -7,6 +7,7 @@ Usage::
     # Diff-QuickFix / TIME / UCE / LocoEdit: many (key, value) pairs, one linear layer.
     W = least_squares_update(W0, K, V, lam=0.01)            # W0 [out,in], K [n,in], V [n,out]
     W = least_squares_update(W0, K, V, lam=0.5, K_preserve=Kp)  # UCE: keep W0 on Kp rows
+    W = least_squares_update(W0, K, V, lam=0.5, K_preserve=Kp, preserve_mode="nullspace")  # AlphaEdit / SPEED: W K_p = W0 K_p exactly
 
     # ROME / ReFACT: one key k*, one target value v*, key statistics C (factorised once).
     C = second_moment(K_corpus)                              # [in,in], uncentred
@@ -23,8 +24,16 @@ from __future__ import annotations
 
 import torch
 
+from .nullspace import NULLSPACE_RTOL, nullspace_projector, nullspace_update, preserved_basis
+from .shapes import _F64, _check_keys_values, _check_ndim, _shape, solve_space
+
 __all__ = [
     "least_squares_update",
+    "nullspace_update",
+    "preserved_basis",
+    "nullspace_projector",
+    "NULLSPACE_RTOL",
+    "PRESERVE_MODES",
     "least_squares_delta",
     "solve_space",
     "rank_one_update",
@@ -34,49 +43,10 @@ __all__ = [
     "clamp_delta",
 ]
 
-_F64 = torch.float64
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
-def _check_ndim(name: str, t: torch.Tensor, ndim: int, expected: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.ndim != ndim:
-        raise ValueError(f"{name} has shape {_shape(t)}; expected {expected}")
-
-
-def _check_keys_values(W0, K, V, kname: str, vname: str, allow_missing_v: bool) -> None:
-    """K [n,in] and V [n,out] against W0 [out,in]; V may be None if allowed."""
-    out_dim, in_dim = W0.shape
-    _check_ndim(kname, K, 2, f"[n, {in_dim}] (in = W0.shape[1])")
-    if K.shape[1] != in_dim:
-        raise ValueError(f"{kname} has shape {_shape(K)}; expected [n, {in_dim}] (in = W0.shape[1])")
-    if V is None:
-        if not allow_missing_v:
-            raise ValueError(f"{vname} is required")
-        return
-    n = K.shape[0]
-    _check_ndim(vname, V, 2, f"[{n}, {out_dim}] (n = {kname}.shape[0], out = W0.shape[0])")
-    if tuple(V.shape) != (n, out_dim):
-        raise ValueError(
-            f"{vname} has shape {_shape(V)}; expected [{n}, {out_dim}] "
-            f"(n = {kname}.shape[0], out = W0.shape[0])"
-        )
-
-
-def solve_space(n: int, d: int, space: str = "auto") -> str:
-    """Where the least-squares system is solved: ``"pairs"`` ([n, n], Woodbury) or ``"input"`` ([d, d]).
-
-    ``"auto"`` picks the smaller: pairs when the stacked pairs are fewer than the input dims.
-    """
-    if space == "auto":
-        return "pairs" if n < d else "input"
-    if space not in ("pairs", "input"):
-        raise ValueError(f"space must be 'auto', 'pairs' or 'input', got {space!r}")
-    return space
+#: How preserve keys enter a least-squares edit: ``soft`` (UCE's term, ``Σ‖W k_p − W0 k_p‖²`` in the
+#: objective) or ``nullspace`` (AlphaEdit / SPEED: the update is confined to the orthogonal
+#: complement of the preserved keys, so ``ΔW k_p = 0``).
+PRESERVE_MODES = ("soft", "nullspace")
 
 
 def _input_space(W0d, Ka, Va, lam: float) -> torch.Tensor:
@@ -133,6 +103,8 @@ def least_squares_update(
     K_preserve: torch.Tensor | None = None,
     V_preserve: torch.Tensor | None = None,
     space: str = "auto",
+    preserve_mode: str = "soft",
+    rtol: float = NULLSPACE_RTOL,
 ) -> torch.Tensor:
     """Regularised least-squares edit of one linear map; returns the new weight.
 
@@ -161,9 +133,22 @@ def least_squares_update(
     exact-fit edit of least change); otherwise ``torch.linalg.solve`` raises.
     Bias terms are not touched (Diff-QuickFix leaves the bias as is): pass values with the
     bias already subtracted if the layer has one.
+
+    ``preserve_mode="nullspace"`` replaces the soft preserve term by a hard constraint:
+    :func:`nullspace_update` (``ΔW K_preserve = 0`` exactly; ``rtol`` its rank threshold).
     """
+    _check_mode(preserve_mode)
+    if preserve_mode == "nullspace" and K_preserve is not None:
+        if V_preserve is not None:
+            raise ValueError("preserve_mode='nullspace' keeps W0 k_p on the preserve keys; V_preserve cannot be given")
+        return nullspace_update(W0, K, V, K_preserve, lam=lam, rtol=rtol, space=space)
     W, _ = _least_squares_f64(W0, K, V, lam, K_preserve, V_preserve, space)
     return W.to(dtype=W0.dtype)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in PRESERVE_MODES:
+        raise ValueError(f"preserve_mode must be one of {', '.join(PRESERVE_MODES)}, got {mode!r}")
 
 
 def least_squares_delta(

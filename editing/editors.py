@@ -9,7 +9,8 @@ Usage::
     records = edit_case(method, model, case, overrides={"quickfix": {"lam": 0.01}})
 
 An :class:`~editing.protocol.Editor` lives in its own module (``editing/quickfix.py``,
-``refact.py``, ``crossattn.py``) and declares its name, the trace state it reads
+``refact.py``, ``crossattn.py``; the DiT and T5 editors ``dit-crossattn``, ``joint-attn``,
+``context-embedder`` and ``t5-quickfix`` in ``dit_editors.py``) and declares its name, the trace state it reads
 (:class:`~editing.protocol.TraceState`: text-encoder attn / mlp, denoiser attn2), a frozen
 options dataclass validated in ``__post_init__`` (one-line :class:`~editing.records.EditError`
 on a bad value), how it takes its site from a trace or a ``--site``, ``run(model, source,
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 
 from diffloc.tracing.registry import Registry
 
-from . import crossattn, quickfix, refact
+from . import crossattn, dit_editors, quickfix, refact
 from .crossattn import CrossattnOptions  # noqa: F401  (re-exported: the options types)
 from .protocol import Editor, TraceState  # noqa: F401  (the editor API)
 from .quickfix import QuickfixOptions  # noqa: F401
@@ -36,7 +37,7 @@ from .records import EditError
 from .refact import RefactOptions  # noqa: F401
 
 #: The built-in editors, in the order their names are listed.
-BUILTIN = (quickfix.EDITOR, refact.EDITOR, crossattn.EDITOR)
+BUILTIN = (quickfix.EDITOR, refact.EDITOR, crossattn.EDITOR, *dit_editors.EDITORS)
 
 EDITORS: Registry[Editor] = Registry("method")
 for _editor in BUILTIN:

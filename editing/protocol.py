@@ -109,6 +109,11 @@ class Editor:
     site_option: str = "site"
     site_of: Callable | None = None   # (model, opts: dict) -> str
     site_help: str = ""               # what --site must name, for one-line errors
+    archs: tuple[str, ...] | None = None  # families it edits (None: any whose modules hold its state)
+
+    def applies_to(self, model) -> bool:
+        """Whether this editor can edit ``model`` (evaluation's default methods are those that can)."""
+        return self.archs is None or model.arch in self.archs
 
     @property
     def state(self) -> str:

@@ -5,6 +5,7 @@ Usage::
     records = quickfix(model, source="Van Gogh", target="a painting")      # edits in place
     records = quickfix(model, "red", "blue", site="text_encoder:encoder.layers.0.self_attn.out_proj")
     records = quickfix(model, "red", "blue", preserve=["a green square", ...])      # + UCE-style preservation
+    records = quickfix(model, "red", "blue", preserve=[...], preserve_mode="nullspace")  # AlphaEdit: preserved exactly
     records = quickfix(model, "one", "two", templates=["{} red circle"], targets=["[two] red circles"])
     records = quickfix_many(model, [("red", "blue", None, None), ("green", "yellow", None, None)])  # one solve
 
@@ -25,6 +26,8 @@ bias subtracted. Keys and values are gathered through
 caption, the keys at every token after BOS with values ``W0 k``: the projection keeps its
 output on them, which stops the edit leaking into prompts that share the source's context
 (the 'three ... triangles' of a 'circle' edit) without changing the closed form.
+``preserve_mode="nullspace"`` keeps those outputs exactly instead: the update is confined to the
+orthogonal complement of the preserve keys (:func:`editing.closed_form.nullspace_update`).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from diffloc.tracing.hooks import Recorder
 from diffloc.tracing.prompts import MarkedPrompt, PromptError
 from diffloc.tracing.sites import Site
 
-from .closed_form import least_squares_update
+from .closed_form import PRESERVE_MODES, least_squares_update
 from .protocol import Editor, TraceState, as_tuple, check_lam, check_prompts, option_kwargs, parse_site
 from .records import EditError, EditRecord, apply_edit
 
@@ -155,26 +158,34 @@ def _site(site: str | Site | None, lam: float) -> Site:
     return site
 
 
-def _solve(model, site: Site, K: torch.Tensor, V: torch.Tensor, lam: float, preserve: Sequence[str]) -> tuple[torch.Tensor, dict]:
+def check_preserve_mode(mode: str) -> None:
+    """One-line :class:`EditError` for a preserve mode other than ``soft`` / ``nullspace``."""
+    if mode not in PRESERVE_MODES:
+        raise EditError(f"preserve_mode must be {' or '.join(PRESERVE_MODES)}, got {mode!r}")
+
+
+def _solve(model, site: Site, K: torch.Tensor, V: torch.Tensor, lam: float, preserve: Sequence[str],
+           preserve_mode: str = "soft") -> tuple[torch.Tensor, dict]:
     """The new weight from stacked keys K [n, in] and values V [n, out], and the solve's info."""
+    check_preserve_mode(preserve_mode)
     W0 = model.module(site).weight
     Kp = preserve_keys(model, site, preserve) if preserve else None  # [P*76, in]
-    W = least_squares_update(W0.detach().float(), K, V, lam=lam, K_preserve=Kp)
+    W = least_squares_update(W0.detach().float(), K, V, lam=lam, K_preserve=Kp, preserve_mode=preserve_mode)
     info = {"lambda": lam, "n_pairs": int(K.shape[0])}
     if preserve:
-        info.update(preserve=list(preserve), n_preserve_keys=int(Kp.shape[0]))
+        info.update(preserve=list(preserve), n_preserve_keys=int(Kp.shape[0]), preserve_mode=preserve_mode)
     return W, info
 
 
 def quickfix(model, source: str, target: str, site: str | Site | None = None, lam: float = 0.01,
              templates: Sequence[str] = PAPER_TEMPLATES, preserve: Sequence[str] = (),
-             targets: Sequence[str] | None = None) -> list[EditRecord]:
+             targets: Sequence[str] | None = None, preserve_mode: str = "soft") -> list[EditRecord]:
     """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``;
     ``preserve`` captions keep the projection's output (UCE's preservation term)."""
     site = _site(site, lam)
     t0 = time.perf_counter()
     K, V = keys_values(model, site, source, target, templates, targets)
-    W, solved = _solve(model, site, K, V, lam, preserve)
+    W, solved = _solve(model, site, K, V, lam, preserve, preserve_mode)
     info = {"source": source, "target": target, "templates": list(templates), **solved, "seconds": round(time.perf_counter() - t0, 4)}
     if targets is not None:
         info["targets"] = list(targets)
@@ -182,7 +193,8 @@ def quickfix(model, source: str, target: str, site: str | Site | None = None, la
 
 
 def quickfix_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, Sequence[str] | None]],
-                  site: str | Site | None = None, lam: float = 0.01, preserve: Sequence[str] = ()) -> list[EditRecord]:
+                  site: str | Site | None = None, lam: float = 0.01, preserve: Sequence[str] = (),
+                  preserve_mode: str = "soft") -> list[EditRecord]:
     """Many edits in one solve (UCE / EMCID style): every edit's keys and values stacked.
 
     Usage::
@@ -201,7 +213,7 @@ def quickfix_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, S
         K, V = keys_values(model, site, source, target, templates or PAPER_TEMPLATES, targets)
         Ks.append(K), Vs.append(V)
         listed.append({"source": source, "target": target, "n_pairs": int(K.shape[0])})
-    W, solved = _solve(model, site, torch.cat(Ks), torch.cat(Vs), lam, preserve)
+    W, solved = _solve(model, site, torch.cat(Ks), torch.cat(Vs), lam, preserve, preserve_mode)
     info = {"source": [e["source"] for e in listed], "target": [e["target"] for e in listed], "edits": listed,
             "n_edits": len(listed), **solved, "seconds": round(time.perf_counter() - t0, 4)}
     return apply_edit(model, "quickfix", {str(site): W}, info)
@@ -218,11 +230,13 @@ class QuickfixOptions:
     templates: tuple[str, ...] | None = None    # None: the paper's templates
     targets: tuple[str, ...] | None = None      # one marked target prompt per template
     preserve: tuple[str, ...] = ()
+    preserve_mode: str = "soft"                 # soft: UCE's term; nullspace: ΔW k_p = 0 exactly
 
     def __post_init__(self) -> None:
         for name in ("templates", "targets", "preserve"):
             as_tuple(self, name)
         check_lam(self.lam)
+        check_preserve_mode(self.preserve_mode)
         check_prompts(self.templates, self.targets)
         if self.site is not None:
             site = parse_site(self.site)
@@ -237,7 +251,7 @@ def _run(model, source, target, options: QuickfixOptions):
 
 def _run_many(model, edits, options: QuickfixOptions):
     return quickfix_many(model, [(s, t, o.templates, o.targets) for s, t, o in edits], site=options.site, lam=options.lam,
-                         preserve=options.preserve)
+                         preserve=options.preserve, preserve_mode=options.preserve_mode)
 
 
 EDITOR = Editor("quickfix", TraceState(text=True, kind="attn"), QuickfixOptions, _run, _run_many, site_option="site",

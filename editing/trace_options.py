@@ -25,7 +25,8 @@ def trace_hits(trace_dir: str | Path, label: str, model=None) -> list[dict]:
     """The causal entries of ``label``'s editor's state kind in a trace run, strongest first.
     The denoiser's component is ``model``'s, or any registered family's when no model is given."""
     editor, _ = parse_method(label)
-    hits = [h for comp in editor.reads.components(model) for h in read_causal_sites(trace_dir, comp, editor.reads.kind)]
+    kinds = getattr(editor, "hit_kinds", ()) or (editor.reads.kind,)  # a DiT editor may read several kinds (joint-attn)
+    hits = [h for comp in editor.reads.components(model) for kind in kinds for h in read_causal_sites(trace_dir, comp, kind)]
     return sorted(hits, key=lambda h: -h["effect"])  # stable: the file's own order among equal effects
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from diffloc.tracing.attribution import clip_score_fn
-from diffloc.tracing.exact import noise_seed
+from diffloc.tracing.corruption import noise_seed
 from diffloc.tracing.io import write_plain_json
 from diffloc.tracing.sampler import SamplerConfig, hooked_generate, initial_latents, make_corruption
 from diffloc.tracing.sweep import sweep_prompts

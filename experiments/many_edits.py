@@ -2,8 +2,14 @@
 
 Usage::
 
-    OMP_NUM_THREADS=1 python -m experiments.many_edits --seeds 2 --every 3      # a subset: 8 of 24 cases evaluated
-    OMP_NUM_THREADS=1 python -m experiments.many_edits --seeds 10               # everything (hours on one core)
+    OMP_NUM_THREADS=1 python -m experiments.many_edits --modes batched \
+        --reuse results/reference/edit_eval_v5/eval.parquet        # all 24 cases evaluated, 1 seed (the committed run)
+    OMP_NUM_THREADS=1 python -m experiments.many_edits --seeds 10               # every mode, 10 seeds (hours on one core)
+
+``--reuse`` takes the baselines (unedited, oracle) and the N = 1 rows (quickfix+preserve on a
+clean model, one case at a time: exactly what N = 1 computes) from an evaluation table of the
+same cases and seeds instead of computing them again. Every rate carries its 95 % Wilson
+interval and its n (images) in ``summary.json``, ``rates.md``, and as error bars in the plot.
 
 Every evaluated case is evaluated on a model carrying exactly N edits of the committed set
 (:func:`editing.batch.filled_groups`: cases in file order go into the first group with room
@@ -31,7 +37,7 @@ import pandas as pd
 from diffloc.editing.batch import Group, filled_groups
 from diffloc.editing.cases import load_cases
 from diffloc.editing.editors import Method
-from diffloc.evaluate import evaluate_methods
+from diffloc.evaluate import evaluate_methods, interval_text, rate
 from diffloc.tracing.io import read_table, write_json_format, write_table
 from diffloc.tracing.models import load_model
 from diffloc.tracing.worlds import world_of
@@ -53,18 +59,47 @@ def subset_groups(cases: list[dict], n: int, evaluated: set[int]) -> list[Group]
 
 
 def rates(table: pd.DataFrame) -> dict:
-    out = {name: round(float(table[table.split == split].gt_success.mean()), 4) for name, split in RATES.items()}
-    out["gt_others"] = round(float(table.gt_others.mean()), 4)
+    """GT rates with their 95 % Wilson interval (``_ci``; ``gt_others``: bootstrap over cases) and n (``_n``)."""
+    out: dict = {}
+    for name, split in RATES.items():
+        part = table[table.split == split]
+        r = rate(part.gt_success, part.case)
+        out.update({name: r["value"], f"{name}_ci": r["ci"], f"{name}_ci_cases": r["ci_cases"], f"{name}_n": r["n"]})
+    r = rate(table.gt_others, table.case, proportion=False)
+    out.update(gt_others=r["value"], gt_others_ci=r["ci"], gt_others_n=r["n"])
     out["n_images"] = int(len(table))
+    out["n_cases"] = int(table.case.nunique())
     return out
 
 
-def run(out: Path, cases_path: str, seeds: int, every: int, ns: list[int], modes: list[str], say=print) -> dict:
+def _reuse(out: Path, source: Path, cases: list[dict], evaluated: list[int], seeds: int, say=print) -> None:
+    """Baselines and the N = 1 table from an evaluation table of the same cases and seeds."""
+    t = read_table(source)
+    ids = {cases[i]["id"] for i in evaluated}
+    t = t[t.case.isin(ids) & (t.seed < seeds)]
+    if set(t.case) != ids or t.seed.nunique() != seeds:
+        raise SystemExit(f"{source} does not hold the {len(ids)} evaluated cases at {seeds} seeds; run without --reuse")
+    base, n1 = out / "baselines.parquet", out / "n1_batched.parquet"
+    if not base.exists():
+        write_table(t[t.method.isin(["unedited", "oracle"])].reset_index(drop=True), base)
+    if not n1.exists():
+        rows = t[t.method == METHOD.label].assign(n_edits=1, mode="batched", composed=False, seconds=float("nan"),
+                                                  reused_from=str(source)).reset_index(drop=True)
+        if rows.empty:
+            raise SystemExit(f"{source} has no {METHOD.label} rows")
+        write_table(rows, n1)
+    say(f"baselines and N=1 from {source}")
+
+
+def run(out: Path, cases_path: str, seeds: int, every: int, ns: list[int], modes: list[str], say=print,
+        reuse: Path | None = None) -> dict:
     cases = load_cases(cases_path)
     evaluated = set(range(0, len(cases), every))
     model = load_model("toy")
     truth = world_of(model)
     out.mkdir(parents=True, exist_ok=True)
+    if reuse is not None:
+        _reuse(out, reuse, cases, sorted(evaluated), seeds, say)
     eval_cases = [cases[i] for i in sorted(evaluated)]
     base = out / "baselines.parquet"
     if not base.exists():
@@ -93,12 +128,32 @@ def summarise(out: Path, cases_path: str, seeds: int, evaluated: list[int]) -> d
         t = read_table(path)
         n, mode = path.stem[1:].split("_")
         r = rates(t)
-        r.update(n_edits=int(n), mode=mode, seconds=round(float(t.seconds.iloc[0]), 1))
-        r["per_attribute_efficacy"] = t[t.split == "edit"].groupby("attribute").gt_success.mean().round(3).to_dict()
+        seconds = float(t.seconds.iloc[0])
+        r.update(n_edits=int(n), mode=mode, seconds=round(seconds, 1) if seconds == seconds else None)
+        if "reused_from" in t:
+            r["reused_from"] = str(t.reused_from.iloc[0])
+        per = {a: rate(g.gt_success) for a, g in t[t.split == "edit"].groupby("attribute")}
+        r["per_attribute_efficacy"] = {a: x["value"] for a, x in per.items()}
+        r["per_attribute_efficacy_ci"] = per  # {attribute: {value, ci (Wilson), n}}
         result["runs"][path.stem] = r
+    result["intervals"] = "95 %: <rate>_ci Wilson over images (gt_others: bootstrap over cases), <rate>_ci_cases bootstrap over cases, <rate>_n images"
     write_json_format("summary", result, out / "summary.json")
+    write_rates(result, out / "rates.md")
     plot(result, out / "many_edits.png")
     return result
+
+
+def write_rates(result: dict, path: Path) -> Path:
+    """A markdown table: one row per run (and baseline), each rate as 'value [lo, hi]' with its n."""
+    names = ("gt_efficacy", "gt_generalization", "gt_specificity", "gt_others")
+    lines = ["| N | mode | " + " | ".join(f"{n.removeprefix('gt_')} [95 % CI] (n)" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    rows = [("—", m, r) for m, r in result["baselines"].items()]
+    rows += [(r["n_edits"], r["mode"], r) for r in sorted(result["runs"].values(), key=lambda r: (r["n_edits"], r["mode"]))]
+    for n, mode, r in rows:
+        lines.append(f"| {n} | {mode} | " + " | ".join(f"{interval_text(r[k], r.get(k + '_ci'))} ({r[k + '_n']})" for k in names) + " |")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -111,20 +166,26 @@ def plot(result: dict, path: Path) -> Path:
     runs = result["runs"].values()
     for ax, key in zip(axes, ("gt_efficacy", "gt_generalization", "gt_specificity", "gt_others")):
         for mode, style in (("batched", "o-"), ("sequential", "s-"), ("batched-independent", "o:"), ("sequential-composed", "s:")):
-            pts = sorted((r["n_edits"], r[key]) for r in runs if r["mode"] == mode or r["n_edits"] == 1)
-            if pts:
-                ax.plot(*zip(*pts), style, label=mode)
+            pts = sorted((r["n_edits"], r[key], *r[f"{key}_ci"]) for r in runs if r["mode"] == mode or r["n_edits"] == 1)
+            if len(pts) > 1 or (pts and mode == "batched"):
+                x, y, lo, hi = zip(*pts)
+                ax.errorbar(x, y, yerr=[[max(0.0, a - b) for a, b in zip(y, lo)], [max(0.0, b - a) for a, b in zip(y, hi)]],
+                            fmt=style, capsize=3, label=mode)
         for name, colour in (("oracle", "green"), ("unedited", "grey")):
             if name in result["baselines"]:
-                ax.axhline(result["baselines"][name][key], color=colour, lw=0.8, ls=":", label=name)
-        ax.set_title(key.removeprefix("gt_"), fontsize=10)
+                b = result["baselines"][name]
+                ax.axhline(b[key], color=colour, lw=0.8, ls=":", label=name)
+                ax.axhspan(*b[f"{key}_ci"], color=colour, alpha=0.08)
+        n_img = next((r[f"{key}_n"] for r in runs), None)
+        ax.set_title(key.removeprefix("gt_") + (f" (n={n_img} per point)" if n_img else ""), fontsize=9)
         ax.set_xlabel("edits in the model (N)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("ground-truth rate")
     axes[-1].legend(fontsize=7, loc="lower left")
     n_cases, seeds = len(result["evaluated_cases"]), result["seeds"]
-    fig.suptitle(f"{result['method']}: N edits at once (toy world, {n_cases} cases evaluated x 11 prompts x {seeds} seeds)", fontsize=10)
+    fig.suptitle(f"{result['method']}: N edits at once (toy world, {n_cases} cases evaluated, {seeds} seed(s); "
+                 "bars: 95 % intervals, Wilson; others: bootstrap over cases)", fontsize=10)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -132,15 +193,16 @@ def plot(result: dict, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="results/reference/many_edits")
+    p.add_argument("--out", default="results/reference/many_edits_v2")
     p.add_argument("--cases", default="experiments/cases/toy_edits.jsonl")
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--reuse", type=Path, default=None, help="eval.parquet of the same cases and seeds: baselines and N = 1 from it")
     p.add_argument("--every", type=int, default=1, help="evaluate every k-th case (all cases are still edited in)")
     p.add_argument("--n", type=int, nargs="*", default=None, help="N values (default: 1, 4, 12 and the largest conflict-free N)")
     p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
     args = p.parse_args(argv)
     ns = args.n or [1, 4, 12, len({c["source"] for c in load_cases(args.cases)})]
-    run(Path(args.out), args.cases, args.seeds, args.every, ns, args.modes)
+    run(Path(args.out), args.cases, args.seeds, args.every, ns, args.modes, reuse=args.reuse)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,53 @@ def fixed_overhead(unet, model, sites, repeats: int, calls: int = 20) -> dict:
             "overhead_ms_per_call": {n: round(v - best["plain"], 2) for n, v in best.items()}}
 
 
+def correctness(plain, hooks, per_call, one_trace) -> dict:
+    """Every patching engine gives the same latents; patching changes them; the clean row stays."""
+    ref = hooks()
+    plain_out = plain()
+    checks = {"plain_differs_from_patched": not torch.equal(plain_out, ref)}
+    for name, fn in [("nnsight_per_call", per_call), ("nnsight_one_trace", one_trace)]:
+        try:
+            out = fn()
+            checks[f"{name}_max_abs_diff_vs_hooks"] = float((out - ref).abs().max())
+        except Exception as err:  # report, do not hide
+            checks[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
+    # Row 0 (clean) must be untouched by any patching.
+    checks["clean_row_unchanged"] = bool(torch.equal(plain_out[[0, R]], ref[[0, R]]))
+    return checks
+
+
+def timings(variants, repeats: int) -> dict:
+    """Wall and CPU ms of each variant, ``repeats`` rounds interleaved round-robin: min, median and every run."""
+    wall = {n: [] for n, _ in variants}
+    cpu = {n: [] for n, _ in variants}
+    for _ in range(repeats):
+        for name, fn in variants:
+            w, c = timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+    def summary(xs):
+        return {"min": round(min(xs), 1), "median": round(statistics.median(xs), 1)}
+
+    return {n: {"wall_ms": summary(wall[n]), "cpu_ms": summary(cpu[n]),
+                "wall_runs_ms": [round(t, 1) for t in wall[n]],
+                "cpu_runs_ms": [round(t, 1) for t in cpu[n]]} for n, _ in variants}
+
+
+def ratios_vs_plain(results: dict, variants) -> tuple[dict, dict]:
+    """(time ratios to the plain sampler, CPU overhead ms per UNet call) of every variant."""
+    # Other jobs only ever add time, so the minimum over rounds is the least-disturbed
+    # estimate; ratios of minima are the headline, medians are kept for reference.
+    ratios = {f"{kind}_{stat}": {n: round(results[n][f"{kind}_ms"][stat]
+                                          / results["a_plain"][f"{kind}_ms"][stat], 3)
+                                 for n, _ in variants}
+              for kind in ("wall", "cpu") for stat in ("min", "median")}
+    overhead_ms_per_call = {
+        n: round((results[n]["cpu_ms"]["min"] - results["a_plain"]["cpu_ms"]["min"]) / STEPS, 1)
+        for n, _ in variants}
+    return ratios, overhead_ms_per_call
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -244,46 +291,14 @@ def main() -> None:
         print(json.dumps({"batch2_fixed_overhead": small, "n_sites": len(sites)}, indent=2))
         return
 
-    # Correctness: every patching engine gives the same latents; patching changes them.
-    ref = hooks()
-    plain_out = plain()
-    checks = {"plain_differs_from_patched": not torch.equal(plain_out, ref)}
-    for name, fn in [("nnsight_per_call", per_call), ("nnsight_one_trace", one_trace)]:
-        try:
-            out = fn()
-            checks[f"{name}_max_abs_diff_vs_hooks"] = float((out - ref).abs().max())
-        except Exception as err:  # report, do not hide
-            checks[f"{name}_error"] = f"{type(err).__name__}: {err}"[:300]
-    # Row 0 (clean) must be untouched by any patching.
-    checks["clean_row_unchanged"] = bool(torch.equal(plain_out[[0, R]], ref[[0, R]]))
-
+    checks = correctness(plain, hooks, per_call, one_trace)
     # Timing: variants interleaved round-robin so that load from other processes on the
     # machine falls on all of them alike; the correctness runs above were the warm-up.
     variants = [("a_plain", plain), ("b_torch_hooks", hooks),
                 ("c_nnsight_per_call", per_call), ("d_nnsight_one_trace", one_trace)]
     variants = [(n, f) for n, f in variants if f"{n[2:]}_error" not in checks]
-    wall = {n: [] for n, _ in variants}
-    cpu = {n: [] for n, _ in variants}
-    for _ in range(args.repeats):
-        for name, fn in variants:
-            w, c = timed(fn)
-            wall[name].append(w)
-            cpu[name].append(c)
-    def summary(xs):
-        return {"min": round(min(xs), 1), "median": round(statistics.median(xs), 1)}
-
-    results = {n: {"wall_ms": summary(wall[n]), "cpu_ms": summary(cpu[n]),
-                   "wall_runs_ms": [round(t, 1) for t in wall[n]],
-                   "cpu_runs_ms": [round(t, 1) for t in cpu[n]]} for n, _ in variants}
-    # Other jobs only ever add time, so the minimum over rounds is the least-disturbed
-    # estimate; ratios of minima are the headline, medians are kept for reference.
-    ratios = {f"{kind}_{stat}": {n: round(results[n][f"{kind}_ms"][stat]
-                                          / results["a_plain"][f"{kind}_ms"][stat], 3)
-                                 for n, _ in variants}
-              for kind in ("wall", "cpu") for stat in ("min", "median")}
-    overhead_ms_per_call = {
-        n: round((results[n]["cpu_ms"]["min"] - results["a_plain"]["cpu_ms"]["min"]) / STEPS, 1)
-        for n, _ in variants}
+    results = timings(variants, args.repeats)
+    ratios, overhead_ms_per_call = ratios_vs_plain(results, variants)
 
     print(json.dumps({
         "setup": {"batch_rows": 2 * R, "unet_calls": STEPS, "n_sites": len(sites), "sites": sites,

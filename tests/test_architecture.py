@@ -20,7 +20,8 @@ PLUGINS = ("experiments", "diffloc_toy")  # sit on top of the library; the libra
 
 #: Modules of the core layer; every other ``tracing`` module is layer 2 (tracing and metrics).
 CORE = {"diffloc.tracing." + m for m in ("errors", "registry", "io", "sites", "configs", "arch", "hooks", "models",
-                                         "replicas", "tokenizer", "worlds", "prompts", "families")} | {"diffloc.tracing"}
+                                         "replicas", "replica_parts", "tokenizer", "worlds", "prompts", "families",
+                                         "site_kinds")} | {"diffloc.tracing"}
 LAYER_NAMES = {1: "core", 2: "tracing & metrics", 3: "editing", 4: "evaluation & report", 5: "CLI"}
 
 

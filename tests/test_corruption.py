@@ -65,3 +65,41 @@ def test_a_plural_that_tokenises_longer_is_skipped_and_said(pixel_model):
     mode = CORRUPTIONS.get("replace")
     assert mode.samples(_cfg(), pixel_model, p) == 0
     assert mode.skipped(_cfg(), pixel_model, p) == ["two", "three"]
+
+
+def _pairs_table():
+    """Two prompts x two seeds; pair (0, 0) flips gt, (0, 1) drops CLIP 6 points, (1, *) barely move."""
+    import pandas as pd
+
+    recs = []
+    for (p, s), (c, k, gc, gk) in {(0, 0): (90, 89, 1, 0), (0, 1): (90, 84, 1, 1), (1, 0): (90, 88, 1, 1), (1, 1): (90, 91, 1, 1)}.items():
+        for kind, score in (("clean", c), ("corrupted", k), ("restored", (c + k) / 2)):
+            recs.append(dict(prompt_index=p, seed=s, noise_index=0, kind=kind, component="text_encoder" if kind == "restored" else kind,
+                             site="text_encoder:encoder.layers.0" if kind == "restored" else "", layer=0, token_role="subject",
+                             window_start=-1, window_end=-1, clip_score=score, clip_clean=c, clip_corrupted=k,
+                             gt_score=gc if kind != "corrupted" else gk, gt_clean=gc, gt_corrupted=gk))
+    return pd.DataFrame(recs)
+
+
+def test_informative_pairs_are_gt_flips_or_drops_of_min_drop():
+    from diffloc.tracing.causal import pair_signal
+
+    pairs = pair_signal(_pairs_table(), "clip", min_drop=5.0)
+    assert pairs.informative.tolist() == [True, True, False, False]
+    assert pairs.gt_flip.tolist() == [True, False, False, False]
+    assert pair_signal(_pairs_table(), "clip", min_drop=0.5).informative.tolist() == [True, True, True, False]  # a rise is no drop
+
+
+def test_causal_sites_counts_informative_pairs_and_refuses_to_call_on_too_few(tmp_path):
+    import json
+
+    from diffloc.tracing.causal import write_causal_sites
+
+    out = write_causal_sites(_pairs_table(), tmp_path / "c.json", threshold=0.4, bootstrap=50, min_drop=5.0, min_informative=8)
+    assert (out["n_pairs"], out["n_informative"], out["n_gt_flips"]) == (4, 2, 1)
+    assert out["clip"]["causal"] == [] and "not enough signal: 2 informative of 4 pairs" in out["clip"]["note"]
+    held = out["clip"]["not_enough_signal"]
+    assert held and held[0]["n_informative"] == 2 and held[0]["n_pairs"] == 4
+    called = write_causal_sites(_pairs_table(), tmp_path / "d.json", threshold=0.4, bootstrap=50, min_drop=5.0, min_informative=2)
+    assert [e["site"] for e in called["clip"]["causal"]] == ["text_encoder:encoder.layers.0"]
+    assert json.loads((tmp_path / "d.json").read_text())["n_informative"] == 2

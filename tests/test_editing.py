@@ -201,7 +201,7 @@ def test_cli_edit_then_undo_bit_exact(tmp_path, model):
     (["undo", "--model", "SRC", "--out", "X"], "edit.json"),
     (["evaluate", "--model", "SRC", "--out", "X", "--refact-layer", "99", "--seeds", "1"], "layer 99 out of range"),
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--templates", "TPL"], "exactly one '{}'"),
-    (["edit", "--method", "refact", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--preserve", "TPL"], "applies to --method quickfix or crossattn"),
+    (["edit", "--method", "refact", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--preserve", "TPL"], "--preserve applies to --method quickfix, crossattn"),
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--targets", "TPL"], "give --templates too"),
     (["edit", "--method", "quickfix", "--source", "red", "--target", "blue", "--model", "SRC", "--out", "X", "--templates", "ONE",
       "--targets", "TPL"], "one target prompt per template"),

@@ -14,6 +14,7 @@ import pytest
 
 from diffloc.plots import plot_run
 from diffloc.report import write_report
+from diffloc.tracing.causal import write_causal_sites
 from diffloc.tracing.sweep import run_sweep
 from diffloc.tracing.trace_config import TraceConfig
 
@@ -59,7 +60,10 @@ def report(tmp_path_factory, pixel_model, scorer):
     root = tmp_path_factory.mktemp("report")
     cfg = TraceConfig(model="tiny", attribute="colour", prompts=PROMPTS, seeds=(0, 1), num_inference_steps=3, batch_size=64)
     run = root / "colour"
-    run_sweep(cfg, run, model=pixel_model, scorer=scorer)
+    table = run_sweep(cfg, run, model=pixel_model, scorer=scorer)
+    # a random model's corruption moves nothing, so no pair is informative; this fixture tests the
+    # page, not the science: count every pair (min_drop -inf) so entries and intervals exist to render
+    write_causal_sites(table, run / "causal_sites.json", cfg.threshold, min_drop=float("-inf"), min_informative=1)
     plot_run(run, uncertainty=True)
     ev = fake_eval_dir(root / "eval")
     return write_report([run, ev], root / "report.html"), run, ev

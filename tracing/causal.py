@@ -13,6 +13,13 @@ bootstrap over prompt × seed pairs (:mod:`tracing.stats`). A site is *causal* w
 lower bound reaches the threshold: restoring it brings the score most of the way back (the
 binarised-CLIP-score idea of the seed paper), and not by the luck of a few prompts and seeds.
 
+Only *informative* pairs carry signal: a clean/corrupted pair (prompt × seed × corruption
+sample) is informative when the corruption flips the ground truth (``gt`` clean 1, corrupted
+below it) or lowers the scorer by at least ``min_drop`` points. Effects, intervals and causal
+calls use the informative pairs only, and a site is called causal only when at least
+``min_informative`` of them carry it; otherwise its entry goes to ``not_enough_signal`` with
+its counts. Every entry carries ``n_pairs`` (all pairs) and ``n_informative``.
+
 ``causal_sites.json`` (version 3) holds, per metric, the causal entries with their intervals,
 the split-half Spearman of the sites with a real effect (interval excludes 0) per component,
 and how many prompt × seed pairs and resamples it used. Version 2 files (no intervals, rule
@@ -27,12 +34,35 @@ import pandas as pd
 
 from .errors import DifflocInputError
 from .io import read_json_format, write_json_format
-from .rows import REFERENCE_KINDS, is_text
+from .rows import is_text
 from .stats import LEVEL, SITE_KEYS, bootstrap_effects, real_effects, restored_rows, split_half
 
-RULE = ("effect = (mean restored - mean corrupted) / (mean clean - mean corrupted) over prompts, seeds and noise samples; "
-        "interval = 95% percentile bootstrap over prompt x seed pairs (each pair's noise samples and rows resampled together); "
-        "causal if the interval's lower bound >= threshold")
+RULE = ("effect = (mean restored - mean corrupted) / (mean clean - mean corrupted) over the informative pairs "
+        "(corruption flips gt, or lowers the scorer by >= min_drop points); "
+        "interval = 95% percentile bootstrap over prompt x seed pairs (each pair's corruption samples and rows resampled together); "
+        "causal if the interval's lower bound >= threshold and n_informative >= min_informative")
+PAIR_KEYS = ["prompt_index", "seed", "noise_index"]  # one clean/corrupted pair
+
+
+def pair_signal(table: pd.DataFrame, scorer: str = "clip", min_drop: float = 5.0) -> pd.DataFrame:
+    """One row per clean/corrupted pair: the scorer's clean and corrupted scores, its drop, whether
+    ground truth flipped (NaN without a gt metric), and ``informative``."""
+    refs = table[table.kind == "clean"] if "kind" in table.columns else table
+    cols = [c for c in (f"{scorer}_clean", f"{scorer}_corrupted", "gt_clean", "gt_corrupted") if c in table.columns]
+    pairs = refs.groupby(PAIR_KEYS, sort=True)[cols].first().reset_index()
+    drop = pairs[f"{scorer}_clean"] - pairs[f"{scorer}_corrupted"]
+    pairs["drop"] = drop
+    flip = (pairs.gt_clean > pairs.gt_corrupted) if "gt_clean" in pairs else pd.Series(False, index=pairs.index)
+    pairs["gt_flip"] = flip if "gt_clean" in pairs else np.nan
+    pairs["informative"] = flip.fillna(False).astype(bool) | (drop >= min_drop)
+    return pairs
+
+
+def informative_rows(table: pd.DataFrame, scorer: str = "clip", min_drop: float = 5.0) -> pd.DataFrame:
+    """The rows of the informative pairs only."""
+    pairs = pair_signal(table, scorer, min_drop)
+    keep = pairs.loc[pairs.informative, PAIR_KEYS]
+    return table.merge(keep, on=PAIR_KEYS, how="inner")
 
 
 def site_effects(table: pd.DataFrame, metric: str = "clip") -> pd.DataFrame:
@@ -82,9 +112,9 @@ def uncertainty(table: pd.DataFrame, metric: str = "clip", bootstrap: int = 1000
     return boot, half
 
 
-def _entry(r) -> dict:
+def _entry(r, n_pairs: int, n_informative: int) -> dict:
     e = {"site": r.site, "component": r.component, "kind": r.kind, "effect": round(float(r.effect), 4),
-         "interval": [round(float(r.lower), 4), round(float(r.upper), 4)], "n_pairs": int(r.n_pairs)}
+         "interval": [round(float(r.lower), 4), round(float(r.upper), 4)], "n_pairs": n_pairs, "n_informative": n_informative}
     if is_text(r.component):
         e.update(layer=int(r.layer), token_role=r.token_role)
     if r.window_start >= 0:
@@ -92,22 +122,34 @@ def _entry(r) -> dict:
     return e
 
 
-def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5, bootstrap: int = 1000, bootstrap_seed: int = 0) -> dict:
-    """Write ``causal_sites.json``: per metric, the sites whose interval's lower bound reaches ``threshold``."""
+def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float = 0.5, bootstrap: int = 1000, bootstrap_seed: int = 0,
+                       min_drop: float = 5.0, min_informative: int = 8, scorer: str | None = None) -> dict:
+    """Write ``causal_sites.json``: per metric, the sites whose interval's lower bound reaches ``threshold``
+    on the informative pairs (at least ``min_informative`` of them; module docstring)."""
     metrics = metric_names(table)
-    refs = table[table.kind.isin(REFERENCE_KINDS)]
+    scorer = scorer or metrics[0]
+    pairs = pair_signal(table, scorer, min_drop)
+    n_pairs, n_inf = int(len(pairs)), int(pairs.informative.sum())
+    used = informative_rows(table, scorer, min_drop)
     result: dict = {"threshold": threshold, "rule": RULE, "metrics": metrics,
                     "clean": {m: float(table[f"{m}_clean"].mean()) for m in metrics},
                     "corrupted": {m: float(table[f"{m}_corrupted"].mean()) for m in metrics},
                     "bootstrap": {"n": int(bootstrap), "seed": int(bootstrap_seed), "unit": "prompt x seed pair",
                                   "level": LEVEL, "interval": "percentile"},
-                    "n_pairs": int(len((refs if len(refs) else table)[["prompt_index", "seed"]].drop_duplicates()))}
+                    "n_pairs": n_pairs, "n_informative": n_inf, "min_drop": float(min_drop), "min_informative": int(min_informative),
+                    "informative_by": f"gt flips, or {scorer} drops by >= {min_drop:g} points",
+                    "n_gt_flips": int(pairs.gt_flip.fillna(False).astype(bool).sum()) if "gt_clean" in pairs else None}
     for metric in metrics:
-        boot, half = uncertainty(table, metric, bootstrap, bootstrap_seed)
-        boot = boot.sort_values("effect", ascending=False, kind="stable")
-        entries = [_entry(r) for r in boot.itertuples() if r.lower >= threshold]
-        result[metric] = {"causal": entries, "n_sites_scored": int(len(boot)), "split_half": half,
-                          "stability_spearman": stability(table, metric)}
+        entry: dict = {"causal": [], "not_enough_signal": [], "n_sites_scored": 0}
+        if n_inf:
+            boot, half = uncertainty(used, metric, bootstrap, bootstrap_seed)
+            boot = boot.sort_values("effect", ascending=False, kind="stable")
+            passed = [_entry(r, n_pairs, n_inf) for r in boot.itertuples() if r.lower >= threshold]
+            key = "causal" if n_inf >= min_informative else "not_enough_signal"
+            entry.update({key: passed, "n_sites_scored": int(len(boot)), "split_half": half, "stability_spearman": stability(used, metric)})
+        if n_inf < min_informative:
+            entry["note"] = f"not enough signal: {n_inf} informative of {n_pairs} pairs (< {min_informative}); no site is called causal"
+        result[metric] = entry
     write_json_format("causal_sites", result, path)
     return result
 

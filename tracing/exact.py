@@ -31,23 +31,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .corruption import CORRUPTIONS
 from .method_base import BaseMethod
 from .rows import Label, best_strip, build_rows, reference_labels
-from .sampler import Corruption, Restore, make_corruption, patched_embeddings, patched_generate
+from .sampler import Corruption, Restore, patched_embeddings, patched_generate
 from .trace_config import Unit, UnitContext, plan_units
-
-NOISE_SEED_BASE = 1_000_000  # noise generator seed = BASE + 1000 * seed + noise_index
-
-
-def noise_seed(seed: int, noise_index: int) -> int:
-    return NOISE_SEED_BASE + 1000 * seed + noise_index
 
 
 def unit_corruption(unit: Unit, ctx: UnitContext, cfg) -> Corruption:
-    """The corruption of a unit: noise of ``cfg.noise_scale`` σ on its prompt's attribute tokens."""
-    positions = ctx.prompts[unit.prompt_index].positions(ctx.model.tokenizer)
-    generator = torch.Generator().manual_seed(noise_seed(unit.seed, unit.noise_index))
-    return make_corruption(ctx.model, positions, generator, cfg.noise_scale)
+    """The corruption of a unit: its prompt's ``noise_index``-th sample of the config's corruption mode."""
+    mode = CORRUPTIONS.get(cfg.corrupt)
+    return mode.make(cfg, ctx.model, ctx.prompts[unit.prompt_index], unit.seed, unit.noise_index)
 
 
 def score_rows(images: torch.Tensor, texts: list[str], ctx: UnitContext) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    method = TRACE_METHODS.get(cfg.method)        # 'exact' (default), 'atp', 'ig', 'crossattn-swap'
+    method = TRACE_METHODS.get(cfg.method)        # 'exact' (default), 'atp', 'ig', 'crossattn-swap', 'attn-contrib'
     opts = method.options(cfg)                    # its own frozen, validated options dataclass
     units = method.plan(cfg, model, prompts, n_steps)
     table, strip = method.run_unit(unit, ctx, cfg)  # one shard
@@ -68,11 +68,12 @@ def skipping_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _builtin(reg: Registry) -> None:
+    from .attn_contrib import AttnContribMethod
     from .exact import ExactMethod
     from .locogen import CrossAttnSwapMethod
     from .screens import AtpMethod, IgMethod
 
-    for method in (ExactMethod(), AtpMethod(), IgMethod(), CrossAttnSwapMethod()):
+    for method in (ExactMethod(), AtpMethod(), IgMethod(), CrossAttnSwapMethod(), AttnContribMethod()):
         reg.register(method.name, method)
 
 

@@ -19,14 +19,13 @@ alone), so a replica depends only on ``(family, seed)``.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from diffloc.tracing.configs import DIT_FAMILIES, FAMILIES, published
+from diffloc.tracing.replica_parts import _class, _tokenizer  # noqa: F401  (shared with the DiT replicas)
 
 # Keys that describe a checkpoint file rather than a model; not carried over. (An old
 # `_diffusers_version` would also make StableDiffusionPipeline reset sample_size to 64.)
@@ -115,11 +114,6 @@ def _model_configs(family: str) -> dict:
             for k, v in published(family).items()}
 
 
-def _class(entry: list) -> Any:
-    library, name = entry
-    return getattr(importlib.import_module(library), name)
-
-
 def _build_models(cfgs: dict, seed: int | None, device: str | None = None) -> dict:
     """Instantiate unet / text encoders / vae from configs; ``seed=None`` for meta skeletons."""
     from transformers import CLIPTextConfig
@@ -142,15 +136,6 @@ def _build_models(cfgs: dict, seed: int | None, device: str | None = None) -> di
                 model = cls.from_config(cfg)
         out[name] = model.eval()
     return out
-
-
-def _tokenizer(config: dict):
-    from diffloc.tracing.tokenizer import clip_tokenizer
-
-    tok = clip_tokenizer(model_max_length=config.get("model_max_length", 77))
-    if config.get("pad_token", tok.pad_token) != tok.pad_token:
-        tok.pad_token = config["pad_token"]  # SD 2.x and SDXL's second tokenizer pad with "!"
-    return tok
 
 
 def build_replica(family: str, seed: int = 0, widths: Widths = WIDTHS) -> dict:

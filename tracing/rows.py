@@ -110,7 +110,7 @@ def build_rows(unit, ctx, cfg, method: str, labels: Sequence[Label], scores: dic
     tokens, positions = prompt.tokens(ctx.model.tokenizer), prompt.positions(ctx.model.tokenizer)
     scorer = ctx.scorer
     head = dict(prompt_index=unit.prompt_index, prompt=prompt.marked, attribute=cfg.attribute, seed=unit.seed,
-                noise_index=unit.noise_index, unit=unit.key, method=method, restore=cfg.restore,
+                noise_index=unit.noise_index, corrupt=getattr(cfg, "corrupt", "gaussian"), unit=unit.key, method=method, restore=cfg.restore,
                 scorer=scorer.model_id, formula=scorer.formula, **(base or {}))
     recs = []
     for i, lab in enumerate(labels):

@@ -33,7 +33,7 @@ from .exact import run_unit as exact_run_unit
 from .exact import unit_corruption
 from .method_base import BaseMethod
 from .rows import Label, build_rows, empty_strip, is_text, reference_labels, role_of
-from .trace_config import RowSpec, Unit, UnitContext, component_rows, plan_units, traced_components
+from .trace_config import RowSpec, Unit, UnitContext, component_rows, corruption_samples, plan_units, traced_components
 
 CONFIRM = "+confirm"  # suffix of the component of a confirmation unit (its rows run exactly)
 
@@ -87,7 +87,7 @@ class ScreenMethod(BaseMethod):
             if opts.confirm_top > n_sites:
                 raise ConfigError(f"--confirm-top {opts.confirm_top} outside 0..{n_sites}, the number of screened sites of a prompt")
             for seed in cfg.seeds:
-                for ni in range(cfg.noise_samples):
+                for ni in range(corruption_samples(cfg, model, prompt)):
                     units.append(Unit(pi, seed, ni, "screen", 0, rows))
         return units
 

@@ -68,8 +68,10 @@ _TEXT_LAYER = r"(?:text_model\.)?encoder\.layers\.(\d+)"
 TEXT_KINDS = ("hidden", "attn", "mlp")
 UNET_KINDS = ("resnet", "attn1", "attn2", "ff")
 HEAD_KINDS = ("attn_head", "attn1_head", "attn2_head")
-_HEAD = r"\.heads\.(\d+)"
-_T5_LAYER = r"encoder\.block\.(\d+)"
+from .site_kinds import HEAD as _HEAD  # noqa: E402
+from .site_kinds import T5_LAYER as _T5_LAYER  # noqa: E402
+from .site_kinds import dit_kind, t5_kind  # noqa: E402
+
 _STREAM = r"@(text|image)"
 # The tuple index of each stream in a DiT block's output (encoder_hidden_states, hidden_states).
 STREAMS = {"text": 0, "image": 1}
@@ -162,7 +164,6 @@ class Site:
 
 
 def site_kind(site: Site) -> str:
-    from .families.dit_sites import dit_kind, t5_kind  # DiT and T5 kinds live with the DiT site tables
 
     p = site.path
     if site.component.startswith("text_encoder"):

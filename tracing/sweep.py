@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
+from .corruption import CORRUPTIONS, NOISE_SEED_BASE
 from .errors import OutputExistsError
-from .exact import NOISE_SEED_BASE
 from .executors import EXECUTORS
 from .io import read_meta, read_trace, write_meta, write_strip, write_trace
 from .methods import TRACE_METHODS, causal_rows, option_names, options_from_config, skipping_rows
@@ -101,7 +101,7 @@ def _versions() -> dict:
             "open_clip": open_clip.__version__, "python": platform.python_version(), "machine": platform.machine()}
 
 
-SUMMARY_ONLY = ("executor", "seeds", "max_prompts", "threshold", "bootstrap", "bootstrap_seed")
+SUMMARY_ONLY = ("executor", "seeds", "max_prompts", "threshold", "bootstrap", "bootstrap_seed", "min_drop", "min_informative")
 
 
 def _same_sweep(config: dict) -> dict:
@@ -130,10 +130,22 @@ def _meta(cfg: TraceConfig, model, ctx: UnitContext, units: list[Unit]) -> dict:
                         "scheduler": type(model.scheduler).__name__},
             "noise": {"sigma": {c: model.embed_std(c) for c in model.text_components},
                       "scale": cfg.noise_scale, "seed_rule": f"{NOISE_SEED_BASE} + 1000*seed + noise_index"},
+            "corruption": _corruption_meta(cfg, model, ctx.prompts),
             "scorer": {"id": clip.model_id, "formula": clip.formula},
             "metrics": {m.name: {"id": m.model_id, "formula": m.formula} for m in ctx.metrics},
             "ground_truth": any(m.name == "gt" for m in ctx.metrics),
             "prompts": [p.marked for p in ctx.prompts], "n_units": len(units), "versions": _versions()}
+
+
+def _corruption_meta(cfg: TraceConfig, model, prompts) -> dict:
+    """The corruption mode and, per prompt, what each corruption sample is (noise index or counterfactual value)."""
+    mode = CORRUPTIONS.get(cfg.corrupt)
+    out: dict = {"mode": mode.name, "samples": [[mode.label(cfg, model, p, i) for i in range(mode.samples(cfg, model, p))] for p in prompts]}
+    skipped = getattr(mode, "skipped", None)
+    if skipped is not None:
+        out["skipped"] = [skipped(cfg, model, p) for p in prompts]
+        out["skipped_rule"] = "a counterfactual caption whose token count differs from the clean caption's cannot align token positions"
+    return out
 
 
 def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None = None, metrics: Sequence[Metric] | None = None):
@@ -212,6 +224,6 @@ def finish(out: Path, units: list[Unit], cfg: TraceConfig, table: pd.DataFrame |
     meta["skipped_duplicate"] = int(exact.skipped_duplicate.sum())  # rows that reused an equal restored row's
     meta["generated_rows"] = int(len(exact) - meta["skipped_noop"] - meta["skipped_duplicate"])
     write_meta(meta, out / "meta.json")
-    write_causal_sites(causal_rows(table), out / "causal_sites.json", cfg.threshold,
-                       bootstrap=cfg.bootstrap, bootstrap_seed=cfg.bootstrap_seed)
+    write_causal_sites(causal_rows(table), out / "causal_sites.json", cfg.threshold, bootstrap=cfg.bootstrap,
+                       bootstrap_seed=cfg.bootstrap_seed, min_drop=cfg.min_drop, min_informative=cfg.min_informative)
     return table

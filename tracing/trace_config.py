@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from .corruption import CORRUPTIONS
 from .errors import ConfigError
 from .executors import EXECUTORS
 from .families import denoiser_slots
@@ -63,7 +64,9 @@ class TraceConfig:
     prompts: tuple[str, ...] = opt((), "Marked prompts; empty: the shipped set for the attribute.", cli=False)
     max_prompts: int | None = opt(None, "Use only the first N prompts.")
     seeds: tuple[int, ...] = opt((0, 1), "Initial-noise seeds (repeat the flag).", flag="--seed")
-    noise_samples: int = opt(1, "Corruption noise samples per prompt and seed.")
+    corrupt: str = opt("gaussian", "Corruption: gaussian (noise on the attribute tokens, the paper) or replace (another value of the attribute, red -> blue).")
+    counterfactuals: int | None = opt(None, "--corrupt replace: at most N other values per prompt (default: all).")
+    noise_samples: int = opt(1, "--corrupt gaussian: noise samples per prompt and seed.")
     noise_scale: float = opt(3.0, "Noise std in units of the token-embedding std σ (ROME: 3).")
     num_inference_steps: int | None = opt(None, "Denoising steps (default: the model's).", flag="--steps")
     guidance_scale: float | None = opt(None, "Classifier-free guidance scale (default: the model's).", flag="--guidance")
@@ -73,7 +76,9 @@ class TraceConfig:
     batch_size: int = opt(64, "Restored rows per batched sampler call.")
     scorer: str = opt("auto", "CLIP scorer: auto (the world's own, else ViT-L-14-336/openai), toy, or open_clip name/pretrained.")
     executor: str = opt("local", "local (in-process) or ray (pip install 'diffloc[ray]').")
-    threshold: float = opt(0.5, "Mean indirect effect a site needs to be named causal.")
+    threshold: float = opt(0.5, "Lower interval bound of the indirect effect a site needs to be named causal.")
+    min_drop: float = opt(5.0, "A pair is informative when the corruption flips ground truth or lowers the scorer by this many points.")
+    min_informative: int = opt(8, "Informative pairs needed before any site is named causal.")
     dtype: str = opt("float32", "float32, float16 or bfloat16.")
     device: str = opt("cpu", "cpu or cuda.")
 
@@ -88,6 +93,11 @@ class TraceConfig:
             raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
         if not isinstance(self.method_options, Mapping):
             raise ConfigError(f"method_options must be a mapping of option name to value, got {type(self.method_options).__name__}")
+        CORRUPTIONS.get(self.corrupt)  # one line naming the corruption modes
+        if self.counterfactuals is not None and (self.counterfactuals < 1 or self.corrupt != "replace"):
+            raise ConfigError(f"--counterfactuals needs --corrupt replace and a value >= 1, got {self.counterfactuals} with --corrupt {self.corrupt}")
+        if self.min_informative < 1 or self.min_drop < 0:
+            raise ConfigError(f"--min-informative must be >= 1 and --min-drop >= 0, got {self.min_informative} and {self.min_drop}")
         if self.noise_samples < 1:
             raise ConfigError(f"noise_samples must be >= 1, got {self.noise_samples}")
         if not self.noise_scale > 0:
@@ -242,6 +252,11 @@ def denoiser_rows(model, cfg: TraceConfig, n_steps: int) -> list[RowSpec]:
     return [RowSpec(Restore((s,), window=w), comp, s.kind, str(s), -1, -1, w) for s in sites for w in windows]
 
 
+def corruption_samples(cfg: TraceConfig, model, prompt: MarkedPrompt) -> int:
+    """Corruption samples of one prompt: noise samples (gaussian) or usable counterfactual values (replace)."""
+    return CORRUPTIONS.get(cfg.corrupt).samples(cfg, model, prompt)
+
+
 def plan_units(cfg: TraceConfig, model, prompts: list[MarkedPrompt], n_steps: int) -> list[Unit]:
     """All units of a sweep, in a fixed order."""
     comps = traced_components(cfg, model)
@@ -249,7 +264,7 @@ def plan_units(cfg: TraceConfig, model, prompts: list[MarkedPrompt], n_steps: in
     for pi, prompt in enumerate(prompts):
         per_comp = {c: component_rows(model, prompt, cfg, c, n_steps) for c in comps}
         for seed in cfg.seeds:
-            for ni in range(cfg.noise_samples):
+            for ni in range(corruption_samples(cfg, model, prompt)):
                 for comp, rows in per_comp.items():
                     for ci in range(0, len(rows), cfg.batch_size):
                         units.append(Unit(pi, seed, ni, comp, ci // cfg.batch_size, tuple(rows[ci : ci + cfg.batch_size])))

@@ -19,7 +19,7 @@ from typing import List, Optional
 import typer
 
 from diffloc.editing.corpus import read_corpus
-from diffloc.editing.editors import EDITORS, layer_editors, method_labels, takers
+from diffloc.editing.editors import EDITORS, layer_editors, takers
 from diffloc.editing.trace_options import options_from_trace
 from diffloc.tracing.errors import UsageError
 from diffloc.tracing.io import read_lines
@@ -90,6 +90,7 @@ def edit(
     corpus: Optional[Path] = typer.Option(None, help=f"{_for('corpus')}caption file for the covariance (default: toy captions / shipped SD captions)."),
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
     preserve: Optional[Path] = typer.Option(None, help=f"{_for('preserve')}file of captions whose keys must keep their values (UCE's preservation)."),
+    preserve_mode: Optional[str] = typer.Option(None, help=f"{_for('preserve_mode')}soft (UCE's term, default) or nullspace (the update avoids the preserve keys: their outputs stay exact)."),
     targets: Optional[Path] = typer.Option(None, help=f"{_for('targets')}file of target prompts, one per template line, target words in [brackets] ('[two] red triangles at the top'); default: the templates filled with --target."),
     cases: Optional[Path] = typer.Option(None, help="A cases file (JSONL, as experiments/cases/toy_edits.jsonl): apply all its edits, in one closed-form solve (" + ", ".join(batched()) + ")."),
     sequential: bool = typer.Option(False, help="With --cases: apply the edits one after another (every method), each its own undoable record."),
@@ -116,6 +117,9 @@ def edit(
     previous = load_records(model) if (Path(model) / "edit.json").exists() else []
     opts = method_options(editor, m, site, layer, lam, corpus, from_trace)
     _file_options(opts, editor, templates, preserve, targets)
+    if preserve_mode is not None:
+        _only_for(editor, "preserve_mode", "--preserve-mode")
+        opts["preserve_mode"] = preserve_mode
     found = _diagnose(m, editor, opts, source, target, chosen, diagnose_seeds) if diagnose else None
     if chosen is None:
         records = editor.apply(m, source, target, opts)
@@ -284,7 +288,7 @@ def evaluate(
     model: str = typer.Option("toy", "--model", "-m", help="A model spec, or an edited folder (its edits are evaluated)."),
     cases: Path = typer.Option(Path("experiments/cases/toy_edits.jsonl"), help="Edit cases (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: eval.parquet, summary.json, grids."),
-    method: List[str] = typer.Option(list(method_labels()), "--method", help=f"Methods to evaluate on a clean model (repeat): {', '.join(EDITORS.names())}; <editor>+preserve adds the cases' preserve captions (or use --preserve)."),
+    method: List[str] = typer.Option([], "--method", help=f"Methods to evaluate on a clean model (repeat; default: every editor that can edit the model, with and without +preserve): {', '.join(EDITORS.names())}; <editor>+preserve adds the cases' preserve captions (or use --preserve)."),
     seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
     max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
     scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),
@@ -304,7 +308,7 @@ def evaluate(
 
 
 def bench_edit(out: Path = typer.Option(..., "--out", "-o", help="JSON file to write.")) -> None:
-    """Closed-form edit timings: quickfix_ms_sd_sized, quickfix_ms_toy, refact_s_toy.
+    """Closed-form edit timings: quickfix_ms_sd_sized, nullspace_ms_sd_sized, context_embedder_ms_flux_sized, quickfix_ms_toy, refact_s_toy.
 
     Example: diffloc bench edit --out results/bench_edit.json
     """

@@ -27,10 +27,12 @@ from .base import Conditioning, Family, cfg_get  # noqa: F401  (the family API)
 
 
 def _builtin(reg: Registry) -> None:
-    from .dit import dit_families
+    from .dit import SD3, TOY_DIT
+    from .flux import FLUX
+    from .pixart import PIXART
     from .unet import UNET_FAMILIES
 
-    for fam in (*UNET_FAMILIES, *dit_families()):
+    for fam in (*UNET_FAMILIES, SD3, TOY_DIT, FLUX, PIXART):
         reg.register(fam.name, fam)
 
 

@@ -186,11 +186,3 @@ SD3 = MMDiTFamily("sd3", "sd3", "SD3Transformer2DModel", ("text_encoder", "text_
                   pipeline="StableDiffusion3Pipeline", t5_length=256, required=2,
                   clip_prefixes={"text_encoder": "text_model.", "text_encoder_2": "text_model."})
 TOY_DIT = MMDiTFamily("toy-dit", None, "SD3Transformer2DModel", ("text_encoder",), slice_sites=True)
-
-
-def dit_families() -> tuple:
-    """Every DiT family object, for the registry."""
-    from .flux import FLUX
-    from .pixart import PIXART
-
-    return (SD3, TOY_DIT, FLUX, PIXART)

@@ -93,7 +93,7 @@ def _text_model(cls, cfg: dict):
 
 def build_dit_models(cfgs: dict, seed: int | None, device: str = "cpu") -> dict:
     """transformer, text encoders and vae from ``cfgs``; ``seed=None`` for meta skeletons."""
-    from ..replicas import _class
+    from ..replica_parts import _class
 
     index, out = cfgs["model_index.json"], {}
     names = ["transformer", *sorted(k.split("/")[0] for k in cfgs if k.startswith("text_encoder")), "vae"]
@@ -109,7 +109,7 @@ def build_dit_models(cfgs: dict, seed: int | None, device: str = "cpu") -> dict:
 
 def with_tokenizers(parts: dict, cfgs: dict) -> dict:
     """Offline tokenizers (CLIP's BPE; the T5 stand-in) and the scheduler, beside the models."""
-    from ..replicas import _class, _tokenizer
+    from ..replica_parts import _class, _tokenizer
     from ..tokenizer import t5_tokenizer
 
     for t in sorted(k.split("/")[0] for k in cfgs if k.startswith("text_encoder")):

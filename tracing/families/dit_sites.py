@@ -28,34 +28,14 @@ T5 ``encoder.block.N.layer.0.SelfAttention.heads.H`` (``attn_head``, input of ``
 """
 from __future__ import annotations
 
-import re
 from functools import partial
 from typing import Any, Callable, Mapping
 
-from ..sites import _HEAD, _T5_LAYER, Site, SiteTable
+from ..site_kinds import dit_kind, t5_kind  # noqa: F401  (re-exported: the kinds of these sites)
+from ..sites import Site, SiteTable
 from .base import cfg_get
 
 Walk = Callable[[Any, str], list[tuple[Site, int]]]
-
-
-def t5_kind(p: str) -> str:
-    for kind, tail in (("hidden", ""), ("attn", r"\.layer\.0\.SelfAttention\.o"), ("mlp", r"\.layer\.1\.DenseReluDense\.wo"),
-                       ("attn_head", r"\.layer\.0\.SelfAttention" + _HEAD)):
-        if re.fullmatch(_T5_LAYER + tail, p):
-            return kind
-    return "other"
-
-
-def dit_kind(p: str) -> str | None:
-    """Kinds of MM-DiT / FLUX sites (PixArt's attn1/attn2/ff fall through to the UNet rules)."""
-    rules = ((r"transformer_blocks\.\d+\.attn" + _HEAD, "joint_head"), (r"single_transformer_blocks\.\d+\.attn" + _HEAD, "single_head"),
-             (r"transformer_blocks\.\d+\.attn\.to_out\.0", "attn_image"), (r"transformer_blocks\.\d+\.attn\.to_add_out", "attn_text"),
-             (r"transformer_blocks\.\d+\.ff_context", "ff_context"), (r"single_transformer_blocks\.\d+\.attn", "attn_single"),
-             (r"time_text_embed", "pooled"))
-    for pattern, kind in rules:
-        if re.fullmatch(pattern, p):
-            return kind
-    return None
 
 
 def t5_layer_sites(component: str, layer: int) -> dict[str, Site]:

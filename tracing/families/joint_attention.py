@@ -101,38 +101,70 @@ def install_split(denoiser: nn.Module) -> list[str]:
     return paths
 
 
-class ConceptContribution:
-    """Zarei et al.'s attention contribution of concept tokens to image queries, per joint attention.
+def contribution_attentions(denoiser: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(path, module, 'joint' | 'cross') of every attention where image queries read the prompt:
+    joint attentions (SD3-style MM-DiT) and cross-attentions (``attn2`` of a UNet or PixArt)."""
+    out = [(n, m, "joint") for n, m in joint_attentions(denoiser)]
+    out += [(n, m, "cross") for n, m in denoiser.named_modules() if getattr(m, "is_cross_attention", False) and hasattr(m, "to_q")]
+    order = {n: i for i, (n, _) in enumerate(denoiser.named_modules())}
+    return sorted(out, key=lambda x: order[x[0]])
 
-    ``concept``: text-token positions (within the text stream). Per call of each attention and
-    per row: mean over image queries i of ``|| W_o sum_{j in concept} A[i, j] V[j] ||`` (heads
-    concatenated, the output projection's bias excluded: it is not attributable to any token).
-    Scores add up over calls (steps) in ``sums`` with ``calls`` counting them; ``scores`` is the mean.
+
+def _cross_qkv(attn, hidden: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries of the image tokens, keys and values of the prompt tokens, [B, H, N, d] each."""
+    q, k, v = _heads(attn.to_q(hidden), attn.heads), _heads(attn.to_k(context), attn.heads), _heads(attn.to_v(context), attn.heads)
+    if getattr(attn, "norm_q", None) is not None:
+        q = attn.norm_q(q)
+    if getattr(attn, "norm_k", None) is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
+class ConceptContribution:
+    """Zarei et al.'s attention contribution of concept tokens to image queries, per attention.
+
+    ``concept``: text-token positions (within the text stream, i.e. the prompt embedding's
+    sequence). Per call of each attention and per row: mean over image queries i of
+    ``|| W_o sum_{j in concept} A[i, j] V[j] ||`` (heads concatenated, the output projection's
+    bias excluded: it is not attributable to any token). Joint attentions (A over image + text
+    keys) and cross-attentions (A over the prompt's keys; an attention mask, PixArt's, is not
+    applied) are both read. Scores add up over calls (steps) in ``sums`` with ``calls`` counting
+    them; ``scores`` is the mean.
     """
 
     def __init__(self, denoiser: nn.Module, concept: Sequence[int]):
         self.denoiser, self.concept = denoiser, torch.as_tensor(list(concept), dtype=torch.long)
         self.sums: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
+        self.kinds: dict[str, str] = {}
         self._handles: list = []
 
-    def _hook(self, path: str):
+    def _hook(self, path: str, kind: str):
         def fn(attn, args, kwargs):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            if context is None:
+                return
             with torch.no_grad():
-                q, k, v, n_img = joint_qkv(attn, hidden, context)
-                probs = attention_probs(q, k)[:, :, :n_img, n_img + self.concept.to(q.device)]   # [B, H, N_img, C]
-                part = _merge(probs @ v.float()[:, :, n_img + self.concept.to(q.device)])      # [B, N_img, H*d]
-                out = part @ attn.to_out[0].weight.float().T                                     # W_o, no bias
-                score = out.norm(dim=-1).mean(dim=1).cpu()                                       # [B]
+                if kind == "joint":
+                    q, k, v, n_img = joint_qkv(attn, hidden, context)
+                    cols = n_img + self.concept.to(q.device)
+                    probs = attention_probs(q, k)[:, :, :n_img, cols]                 # [B, H, N_img, C]
+                else:
+                    q, k, v = _cross_qkv(attn, hidden, context)
+                    cols = self.concept.to(q.device)
+                    probs = attention_probs(q, k)[:, :, :, cols]                      # [B, H, N_img, C]
+                part = _merge(probs @ v.float()[:, :, cols])                           # [B, N_img, H*d]
+                out = part @ attn.to_out[0].weight.float().T                           # W_o, no bias
+                score = out.norm(dim=-1).mean(dim=1).cpu()                             # [B]
             self.sums[path] = self.sums.get(path, 0) + score
             self.calls[path] = self.calls.get(path, 0) + 1
         return fn
 
     def __enter__(self) -> "ConceptContribution":
-        for path, attn in joint_attentions(self.denoiser):
-            self._handles.append(attn.register_forward_pre_hook(self._hook(path), with_kwargs=True))
+        for path, attn, kind in contribution_attentions(self.denoiser):
+            self.kinds[path] = kind
+            self._handles.append(attn.register_forward_pre_hook(self._hook(path, kind), with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
