@@ -101,7 +101,7 @@ def compare(exact: pd.DataFrame, screens: dict[str, pd.DataFrame], component: st
 def _abs(table: pd.DataFrame, pairs: set, component: str) -> pd.DataFrame:
     in_pairs = pd.Series([p in pairs for p in zip(table.prompt_index, table.seed)], index=table.index)
     keep = table[in_pairs & (table.component == component)].copy()
-    keep.loc[keep.component == "unet", "token_role"] = ""
+    keep.loc[~keep.component.astype(str).str.startswith("text_encoder"), "token_role"] = ""  # denoiser rows have no token
     return keep.groupby(KEYS, dropna=False).screen_abs_effect.mean().reset_index()
 
 

@@ -96,7 +96,8 @@ def test_rates_baselines_and_ground_truth(pixel_model, scorer):
     table = evaluate_methods(pixel_model, cases, methods=("quickfix",), seeds=range(2), scorer=scorer, truth=get_world("toy"),
                              cfg=SamplerConfig(2, 2.0))
     assert set(table.method) == {"unedited", "oracle", "quickfix"}
-    assert len(table) == 3 * 11 * 2
+    n_prompts = sum(len(v) for v in (cases[0].get('edit_variants', []), cases[0]['positives'], cases[0]['negatives'])) + 1
+    assert len(table) == 3 * n_prompts * 2  # (edit + its variants + 5 positives + 5 negatives) per method and seed
     # success is recomputed independently from the stored probabilities and readings
     pos = table[table.split != "negative"]
     assert ((pos.p_new > pos.p_old).astype(float) == pos.clip_success).all()
@@ -126,7 +127,7 @@ def test_cli_evaluate_writes_parquet_summary_and_grid(tmp_path, pixel_model):
     assert set(summary["methods"]) == {"unedited", "oracle", "quickfix"}
     for m in summary["methods"].values():
         assert {"efficacy", "generalization", "specificity"} <= set(m)
-    assert len(pd.read_parquet(tmp_path / "eval" / "eval.parquet")) == 3 * 11
+    assert len(pd.read_parquet(tmp_path / "eval" / "eval.parquet")) == 3 * 19  # 9 edit prompts + 5 positives + 5 negatives
     assert (tmp_path / "eval" / "grid.png").stat().st_size > 3000
 
 

@@ -143,7 +143,7 @@ def test_step_windows_and_layer_windows(tmp_path, pixel_model, scorer):
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(attribute="smell"), "unknown attribute"),
+    (dict(attribute="no such"), "bad attribute"),
     (dict(component="vae"), "unknown component"),
     (dict(prompts=("no marks here",)), "marked spans"),
     (dict(seeds=()), "seeds"),
@@ -153,6 +153,13 @@ def test_bad_config_one_line_errors(kw, msg):
     with pytest.raises(ValueError, match=msg) as err:
         _cfg(**kw)
     assert "\n" not in str(err.value)
+
+
+def test_an_attribute_outside_the_models_world_is_refused_before_any_work(tmp_path, pixel_model, scorer):
+    """The world owns its vocabulary: the toy world has no 'action' (the sd world does)."""
+    with pytest.raises(ValueError, match="unknown attribute 'action' for world 'toy'; allowed: object, colour") as err:
+        run_sweep(_cfg(attribute="action"), tmp_path / "a", model=pixel_model, scorer=scorer)
+    assert "\n" not in str(err.value) and not (tmp_path / "a" / "shards").exists()
 
 
 def test_figures_from_table_alone(full_run):

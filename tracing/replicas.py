@@ -120,7 +120,10 @@ def _build_models(cfgs: dict, seed: int | None, device: str | None = None) -> di
 
     index = cfgs["model_index.json"]
     out = {}
-    names = ["unet", *text_components(cfgs), "vae"]
+    from .families import denoiser_slots
+
+    denoiser = next(k for k in denoiser_slots() if k in index)  # the pipeline's denoiser slot
+    names = [denoiser, *text_components(cfgs), "vae"]
     for k, name in enumerate(names):
         cls = _class(index[name])
         cfg = cfgs[f"{name}/config.json"]

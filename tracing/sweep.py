@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .corruption import CORRUPTIONS, NOISE_SEED_BASE
-from .errors import OutputExistsError
+from .errors import ConfigError, OutputExistsError
 from .executors import EXECUTORS
 from .io import read_meta, read_trace, write_meta, write_strip, write_trace
 from .methods import TRACE_METHODS, causal_rows, option_names, options_from_config, skipping_rows
@@ -34,6 +34,7 @@ from .prompts import MarkedPrompt, attribute_prompts
 from .sampler import SamplerConfig
 from .scoring import ClipScorer, default_scorer, load_scorer
 from .trace_config import TraceConfig, Unit, UnitContext, resolve_sites
+from .worlds import world_of
 
 
 def sweep_prompts(cfg: TraceConfig, world: str) -> list[MarkedPrompt]:
@@ -157,6 +158,9 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
     model = model or load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     spec = default_scorer(cfg.scorer, model)
     scorer = scorer or load_scorer(spec, device=cfg.device)
+    world = world_of(model)
+    if cfg.attribute not in world.attributes:  # the world owns its vocabulary
+        raise ConfigError(f"unknown attribute {cfg.attribute!r} for world {world.name!r}; allowed: {', '.join(world.attributes)}")
     ctx = unit_context(cfg, model, scorer, metrics)
     for p in ctx.prompts:
         p.positions(model.tokenizer)  # every marked word must tokenise

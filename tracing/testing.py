@@ -35,7 +35,9 @@ def tiny_pixel_model(seed: int = 0) -> Model:
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
     )
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
-    model = Model(name="tiny-pixel", arch="toy", modules={"text_encoder": text, "unet": unet},
+    from .families import FAMILIES
+
+    model = Model(name="tiny-pixel", arch="toy", modules={"text_encoder": text, FAMILIES.get("toy").denoiser: unet},
                   tokenizers={"text_encoder": clip_tokenizer()}, scheduler=sched,
                   defaults={"num_inference_steps": 5, "guidance_scale": 2.0}, world="toy")
     return model
