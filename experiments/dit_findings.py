@@ -34,6 +34,7 @@ from diffloc.tracing.stats import bootstrap_effects
 
 METRIC = "gt"          # ground truth of the clean value (the exact readers)
 THRESHOLD = 0.5
+MIN_INFORMATIVE = 8    # as tracing's default: fewer informative pairs name no causal site
 TOP_K = (2, 3)         # toy-dit has 6 blocks; Zarei et al. keep 6 of 28 (PixArt) / 57 (FLUX)
 
 
@@ -51,7 +52,8 @@ def exact_summary(table: pd.DataFrame, metric: str = METRIC) -> dict:
     share = float(pos.head(3).sum() / pos.sum()) if pos.sum() > 0 else float("nan")
     top = [{"site": r.site, "kind": r.kind, "effect": round(float(r.effect), 3), "interval": [round(float(r.lower), 3), round(float(r.upper), 3)]}
            for r in boot.head(8).itertuples()]
-    causal = [r.site for r in boot.itertuples() if r.lower >= THRESHOLD]
+    enough = int(pairs.informative.sum()) >= MIN_INFORMATIVE
+    causal = [r.site for r in boot.itertuples() if r.lower >= THRESHOLD] if enough else []
     return {"n_pairs": int(len(pairs)), "n_informative": int(pairs.informative.sum()), "n_gt_flips": int(pairs.gt_flip.fillna(False).sum()),
             "top_sites": top, "causal": causal, "top3_share": round(share, 3), "n_sites": int(len(boot)), "_boot": boot}
 

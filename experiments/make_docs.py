@@ -32,7 +32,7 @@ def _load(rel: str) -> dict:
 
 
 def _f(x, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
+    return "—" if x is None or x != x else f"{x:.{digits}f}"  # None and NaN
 
 
 def _table(head: list[str], rows: list[list]) -> str:
@@ -94,14 +94,40 @@ def _screens() -> str:
 
 EDIT_LABELS = {"unedited": "unedited", "oracle": "oracle (target in the prompt)", "quickfix": "Diff-QuickFix",
                "quickfix+preserve": "**Diff-QuickFix + preserve**", "crossattn": "cross-attention (+ preserve)",
-               "refact": "ReFACT, previous implementation"}
+               "refact": "ReFACT (layer 0)"}
 RATE_COLS = ["gt_efficacy", "gt_generalization", "gt_specificity", "gt_others", "efficacy", "generalization", "specificity"]
 RATE_HEAD = ["efficacy (GT)", "generalization (GT)", "specificity (GT)", "others (GT)", "efficacy (CLIP)",
              "generalization (CLIP)", "specificity (CLIP)"]
+GT_COLS, GT_HEAD = RATE_COLS[:4], ["efficacy", "generalization", "specificity", "others"]
+CLIP_COLS, CLIP_HEAD = RATE_COLS[4:], ["efficacy", "generalization", "specificity"]
+CI_NOTE = ("Each cell is the rate, its 95 % interval in brackets and its n (images) in parentheses; the interval is "
+           "Wilson's over images, except for \"others\", a bootstrap over cases.")
 
 
 def _rates(s: dict, cols=RATE_COLS) -> list[str]:
     return [_f(s.get(c)) for c in cols]
+
+
+def _interval(ci, digits: int = 3) -> str:
+    return "" if not ci else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _cell(s: dict, rate: str, ci_key: str = "_ci", digits: int = 3) -> str:
+    """'0.986 [0.960, 0.995] (216)' from a summary/2 block: <rate>, <rate><ci_key>, <rate>_n."""
+    v = s.get(rate)
+    if v is None:
+        return "—"
+    n = s.get(f"{rate}_n")
+    return f"{v:.{digits}f}" + _interval(s.get(f"{rate}{ci_key}"), digits) + ("" if n is None else f" ({n})")
+
+
+def _cases_cell(s: dict, rate: str) -> str:
+    ci = s.get(f"{rate}_ci_cases")
+    return "—" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _diff_cell(d: dict | None) -> str:
+    return "—" if not d else f"{d['difference']:+.3f}" + _interval(d.get("ci_cases"))
 
 
 def _per_attribute(per: dict) -> str:
@@ -110,35 +136,63 @@ def _per_attribute(per: dict) -> str:
     return _table(["method", "attribute", "edit prompts", "positives (generalization)", "negatives (specificity)"], rows)
 
 
+def _per_attribute_ci(per: dict, order: list[str]) -> str:
+    """Per method × attribute: value [Wilson interval] (n images) for edit prompts, positives and negatives."""
+    def cell(x):
+        return "—" if not x else f"{x['value']:.2f}" + _interval(x.get("ci"), 2) + f" ({x['n']})"
+
+    keys = sorted(per, key=lambda k: (order.index(k.split("/")[0]) if k.split("/")[0] in order else len(order), k))
+    rows = [[EDIT_LABELS.get(k.split("/")[0], k.split("/")[0]), k.split("/")[1],
+             cell(per[k].get("edit")), cell(per[k].get("positive")), cell(per[k].get("negative"))] for k in keys]
+    return _table(["method", "attribute", "edit prompts", "positives (generalization)", "negatives (specificity)"], rows)
+
+
+def _variants(v: dict) -> str:
+    rows = [[k, s["what"], *[_cell(s, c) for c in GT_COLS]] for k, s in v.items()]
+    diff = [[k, *[_diff_cell(s.get("minus_shipped", {}).get(c)) for c in GT_COLS[:3]]]
+            for k, s in v.items() if s.get("minus_shipped")]
+    return (_table(["variant", "what", *GT_HEAD], rows)
+            + "\nPaired differences against `shipped` (same cases and seeds; 95 % bootstrap interval over cases):\n\n"
+            + _table(["variant", "Δ efficacy", "Δ generalization", "Δ specificity"], diff))
+
+
 def _edits() -> str:
-    v4, s10 = _load("edit_eval_v4/summary.json"), _load("edit_eval_v4_s10/summary.json")
-    fix, dev = _load("refact_fix/summary.json"), _load("edit_dev_ablation/summary.json")
+    v5 = _load("edit_eval_v5/summary.json")
+    fix, dev, plain = _load("refact_fix/summary.json"), _load("edit_dev_ablation_v2/summary.json"), _load("edit_plain_v1/summary.json")
     order = ["unedited", "oracle", "quickfix", "quickfix+preserve", "crossattn", "refact"]
-    rows = [[EDIT_LABELS[m], *_rates(v4["methods"][m]), v4["methods"][m]["n_images"]] for m in order if m in v4["methods"]]
-    shipped = fix["methods"]["all_L0"]
-    rows.append(["ReFACT, faithful, C over all positions (`refact_fix`, shipped)", *_rates(shipped), shipped["n_images"]])
+    methods = [m for m in order if m in v5["methods"]] + [m for m in v5["methods"] if m not in order]
+    ms = v5["methods"]
     out = ["## Edits on the toy world\n",
-           f"Source: `results/reference/edit_eval_v4/` ({v4['run']}), and `results/reference/refact_fix/` for the shipped "
-           f"ReFACT row. {v4['n_cases']} cases, {v4['seeds']} seeds; each edit applied to the clean model and undone before "
-           "the next. *n* is the images per method. GT is the toy world's exact readers; \"others\" is the share of the "
-           "other attributes still read as the prompt says.\n",
-           _table(["method", *RATE_HEAD, "n images"], rows),
-           f"The same cases over {s10['seeds']} seeds (`results/reference/edit_eval_v4_s10/`):\n",
-           _table(["method", *RATE_HEAD, "n images"],
-                  [[EDIT_LABELS.get(m, m), *_rates(s), s["n_images"]] for m, s in s10["methods"].items()]),
-           "Ground-truth success by attribute and prompt split, "
-           f"{s10['seeds']} seeds (`edit_eval_v4_s10`):\n", _per_attribute(s10["per_attribute_gt"]),
-           f"The same for every method, {v4['seeds']} seeds (`edit_eval_v4`):\n", _per_attribute(v4["per_attribute_gt"]),
-           f"### Design choices, compared on the dev set only\n\nSource: `results/reference/edit_dev_ablation/` "
-           f"({dev['cases']}; seeds {', '.join(map(str, dev['seeds']))}; {dev['metric']}).\n",
-           _table(["variant", "what", "efficacy", "generalization", "specificity"],
-                  [[k, v["what"], _f(v["efficacy"]), _f(v["generalization"]), _f(v["specificity"])]
-                   for k, v in dev["variants"].items()]),
+           f"Source: `results/reference/edit_eval_v5/` (`{v5['run']}`; per-rate tables also in its `rates.md`). "
+           f"{v5['n_cases']} cases, {v5['seeds']} seed(s); each edit applied to the clean model and undone before the "
+           "next. GT is the toy world's exact readers; \"others\" is the share of the other attributes still read as "
+           f"the prompt says. {CI_NOTE}\n",
+           "By ground truth:\n",
+           _table(["method", *GT_HEAD, "n images"], [[EDIT_LABELS.get(m, m), *[_cell(ms[m], c) for c in GT_COLS],
+                                                      ms[m]["n_images"]] for m in methods]),
+           "By CLIP (the toy scorer, as ReFACT measures):\n",
+           _table(["method", *CLIP_HEAD], [[EDIT_LABELS.get(m, m), *[_cell(ms[m], c) for c in CLIP_COLS]] for m in methods]),
+           "The same ground-truth rates with 95 % bootstrap intervals over cases (the cases, not the images, "
+           "resampled):\n",
+           _table(["method", *GT_HEAD], [[EDIT_LABELS.get(m, m), *[_cases_cell(ms[m], c) for c in GT_COLS]] for m in methods]),
+           "Ground-truth success by attribute and prompt split (`edit_eval_v5`; Wilson interval, n images):\n",
+           _per_attribute_ci(v5["per_attribute_gt_ci"], order),
+           "### Plain cases: filled in from the world\n\n"
+           f"Source: `results/reference/edit_plain_v1/` (`{plain['run']}`; cases `{plain['cases']}`, seeds "
+           f"{', '.join(map(str, plain['seeds']))}, {plain['metric']}). The same re-mappings without hand-written "
+           "templates, target prompts or preserve captions, completed from the world's grammar (`world`), against the "
+           f"hand-written cases (`shipped`). {CI_NOTE}\n",
+           _variants(plain["variants"]),
+           "### Design choices, compared on the dev set only\n\n"
+           f"Source: `results/reference/edit_dev_ablation_v2/` (`{dev['run']}`; cases `{dev['cases']}`, seeds "
+           f"{', '.join(map(str, dev['seeds']))}, {dev['metric']}). {CI_NOTE}\n",
+           _variants(dev["variants"]),
            "### ReFACT configurations and the padding leak\n\nSource: `results/reference/refact_fix/` "
            "(`python -m experiments.refact_leak`). `tokens_L*`: C accumulated over BOS..EOS only; `all_L*`: over all "
            "positions (shipped); the number is the layer. \"blank moved\" is ‖Δ‖/‖out‖ of the blank CFG prompt's "
            "outputs, \"padding moved\" the same on the negatives' padding; `final_p` / `edited_p` are the target's "
-           "probability at the end of the v* search and recomputed from the edited weights.\n",
+           "probability at the end of the v* search and recomputed from the edited weights. This file carries no "
+           "intervals; *n* is per row.\n",
            _table(["config", "efficacy (GT)", "generalization (GT)", "specificity (GT)", "others (GT)",
                    "blank moved", "padding moved", "final_p", "edited_p", "n cases", "n images"],
                   [[k, *_rates(s, RATE_COLS[:4]), _f(s.get("blank_rel")), _f(s.get("neg_pad_rel")), _f(s.get("final_p")),
@@ -170,22 +224,114 @@ def _diagnosis() -> str:
 
 
 def _many_edits() -> str:
-    s = _load("many_edits/summary.json")
-    cols = ["gt_efficacy", "gt_generalization", "gt_specificity", "gt_others"]
+    s = _load("many_edits_v2/summary.json")
     runs = sorted(s["runs"].values(), key=lambda r: (r["n_edits"], r["mode"] != "batched", r["mode"]))
-    rows = [[r["n_edits"], r["mode"], *[_f(r[c]) for c in cols], r["n_images"]] for r in runs]
-    rows += [[name, "baseline", *[_f(b[c]) for c in cols], b["n_images"]] for name, b in sorted(s["baselines"].items())]
-    per = sorted({a for r in runs for a in r.get("per_attribute_efficacy", {})})
-    per_rows = [[r["n_edits"], r["mode"], *[_f(r["per_attribute_efficacy"].get(a), 2) for a in per]] for r in runs]
+    rows = [[name, "baseline", *[_cell(b, c) for c in GT_COLS]] for name, b in sorted(s["baselines"].items())]
+    rows += [[r["n_edits"], r["mode"], *[_cell(r, c) for c in GT_COLS]] for r in runs]
+    per = sorted({a for r in runs for a in r.get("per_attribute_efficacy_ci", {})})
+
+    def pcell(x):
+        return "—" if not x else f"{x['value']:.2f}" + _interval(x.get("ci"), 2) + f" ({x['n']})"
+
+    per_rows = [[r["n_edits"], r["mode"], *[pcell(r.get("per_attribute_efficacy_ci", {}).get(a)) for a in per]] for r in runs]
     return ("## Many edits at once\n\n"
-            f"Source: `results/reference/many_edits/` (`python -m experiments.many_edits`). `{s['method']}`, N edits in "
-            f"the model at once; each of the evaluated cases ({len(s['evaluated_cases'])} of `{s['cases']}`) on a model "
-            f"carrying it with N − 1 others, {s['seeds']} seeds, ground truth. *n* is the images per row. Modes: "
-            "`batched` is one stacked solve with composed targets (shipped), `batched-independent` the same without "
-            "composing targets, `sequential` one edit after another.\n\n"
-            + _table(["N", "mode", "efficacy", "generalization", "specificity", "others", "n images"], rows)
-            + "\nEfficacy by attribute:\n\n" + _table(["N", "mode", *per], per_rows)
-            + "\n![N edits at once](figures/many_edits.png)\n")
+            f"Source: `results/reference/many_edits_v2/` (`python -m experiments.many_edits`; tables also in its "
+            f"`rates.md`). `{s['method']}`, N edits in the model at once; each of the evaluated cases "
+            f"({len(s['evaluated_cases'])} of `{s['cases']}`) on a model carrying it with N − 1 others, {s['seeds']} "
+            "seed(s), ground truth. Modes: `batched` is one stacked solve with composed targets (shipped), "
+            "`batched-independent` the same without composing targets, `sequential` one edit after another. "
+            f"{CI_NOTE}\n\n"
+            + _table(["N", "mode", *GT_HEAD], rows)
+            + "\nEfficacy by attribute (Wilson interval, n images):\n\n" + _table(["N", "mode", *per], per_rows)
+            + "\n![N edits at once](../results/reference/many_edits_v2/many_edits.png)\n")
+
+
+def _wilson_cell(rate: float | None, n: int | None, digits: int = 3) -> str:
+    """'0.400 [0.309, 0.498] (100)': the rate, Wilson's 95 % interval from round(rate × n) of n, and n."""
+    if rate is None or not n:
+        return "—"
+    from diffloc.evaluate import wilson
+
+    lo, hi = wilson(round(rate * n), n)
+    return f"{rate:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] ({n})"
+
+
+def _toy_fidelity() -> str:
+    dit, unet = _load("toy_dit_eval/toy_eval.json"), _load("toy_eval_v3/toy_eval.json")
+    attrs = [a for a in dit["fidelity"] if a != "all"] + ["all"]
+
+    def sampler(e):
+        s = e["sampler"]
+        return f"{s['scheduler']}, {s['num_inference_steps']} steps, guidance {s['guidance_scale']}, seed {s['seed']}"
+
+    rows = [[a, _wilson_cell(dit["fidelity"].get(a), dit["n_samples"]), _wilson_cell(unet["fidelity"].get(a), unet["n_samples"]),
+             _wilson_cell(dit["clip_agreement"]["generated"].get(a), dit["clip_agreement"].get("n_generated_used"))]
+            for a in attrs]
+    by_value = [[a, v, _f(x, 2), _f(unet["fidelity_by_value"].get(a, {}).get(v), 2)]
+                for a, vals in dit["fidelity_by_value"].items() for v, x in vals.items()]
+    return ("## Prompt fidelity: toy-dit beside the UNet toy\n\n"
+            "Source: `results/reference/toy_dit_eval/toy_eval.json` (toy-dit, the toy world drawn by an SD3-style "
+            f"MM-DiT, `{dit['model_dir']}`; {sampler(dit)}) and `results/reference/toy_eval_v3/toy_eval.json` (the UNet "
+            f"toy, `{unet['model_dir']}`; {sampler(unet)}). Prompt fidelity is the share of generated samples the exact "
+            "readers read as the prompt says (\"all\": every attribute at once); n is the samples "
+            f"(`n_samples`), and the 95 % interval is Wilson's on round(fidelity × n). Scorer agreement is the CLIP "
+            "scorer agreeing with the readers on toy-dit's generated samples that the readers find all-correct "
+            "(n = `n_generated_used`). Toy-dit samples: "
+            "[samples.png](../results/reference/toy_dit_eval/samples.png).\n\n"
+            + _table(["attribute", "toy-dit fidelity", "UNet toy fidelity", "toy-dit scorer agreement, generated"], rows)
+            + f"\nBy value (point estimates; each value has at least {dit['n_per_value_min']} toy-dit samples and "
+            f"{unet['n_per_value_min']} UNet-toy samples, the exact count per value is not in the files):\n\n"
+            + _table(["attribute", "value", "toy-dit", "UNet toy"], by_value))
+
+
+def _dit_findings() -> str:
+    """Toy-dit localisation from results/reference/dit_findings/summary.json; empty when the file is not there."""
+    path = REF / "dit_findings" / "summary.json"
+    if not path.exists():
+        return ""
+    s = json.loads(path.read_text())
+    if not s:
+        return ""
+    from experiments.dit_findings import THRESHOLD, TOP_K  # noqa: F401  (THRESHOLD: the prose below)
+
+    over = [[a, r.get("n_pairs", "—"), r.get("n_informative", "—"), r.get("n_gt_flips", "—"), r.get("n_sites", "—"),
+             len(r.get("causal", [])), _f(r.get("top3_share"))] for a, r in s.items()]
+    top = [[a, i + 1, f"`{t['site']}`", t.get("kind", ""), f"{t['effect']:.3f}" + _interval(t.get("interval"))]
+           for a, r in s.items() for i, t in enumerate(r.get("top_sites", []))]
+
+    def pr(x):
+        return "—" if not x else f"{_f(x.get('precision'), 2)} / {_f(x.get('recall'), 2)}"
+
+    contrib = [[a, ", ".join(map(str, c.get("blocks_by_contribution", []))), ", ".join(map(str, c.get("causal_slice_blocks", []))) or "none",
+                _f(c.get("spearman")), *[pr(c.get(f"top{k}")) for k in TOP_K]]
+               for a, r in s.items() if (c := r.get("attn_contrib"))]
+    atp = [[a, _f(t.get("spearman")), _f(t.get("spearman_without_structural_zeros")), t.get("structural_zeros", "—"),
+            t.get("causal", "—"), t.get("k", "—"), _f(t.get("recall_top_k"))] for a, r in s.items() if (t := r.get("atp"))]
+    out = ("## Localisation on toy-dit\n\n"
+           "Source: `results/reference/dit_findings/summary.json` (`python -m experiments.dit_findings`). Exact causal "
+           "tracing of every toy-dit denoiser site, restored at every step, with counterfactual corruption (each prompt "
+           "against every other value of its attribute), scored by ground truth over the informative pairs; *pairs* is "
+           "all prompt × seed × counterfactual pairs, *GT flips* those whose clean image the readers score above the "
+           "corrupted one, *informative* the GT flips plus the pairs whose corruption lowers the CLIP score by at least "
+           "`pair_signal`'s minimum drop. Effects carry their 95 % bootstrap interval over pairs (n = the "
+           f"informative pairs); a site is causal when its lower bound is at least {THRESHOLD}. \"top-3 share\" is the "
+           "share of the total positive effect held by the three strongest sites.\n\n"
+           + _table(["attribute", "pairs", "informative", "GT flips", "sites", "causal sites", "top-3 share"], over)
+           + "\nStrongest sites (effect [95 % interval]):\n\n"
+           + _table(["attribute", "rank", "site", "kind", "effect"], top))
+    if contrib:
+        out += ("\nAttention contribution (Zarei et al., `attn-contrib`) ranks the blocks; the check is whether its top "
+                "blocks are those whose text → image attention slice is causal by exact patching. Spearman is the block "
+                "ranking against the slices' exact effects; precision / recall of its top-k blocks against the causal "
+                "slice blocks:\n\n"
+                + _table(["attribute", "blocks by contribution", "causal slice blocks", "Spearman",
+                          *[f"top-{k} precision / recall" for k in TOP_K]], contrib))
+    if atp:
+        out += ("\nAtP against exact patching, site by site: Spearman over all sites and without AtP's structural zeros, "
+                "and the recall of the exact causal set among AtP's top k = max(10, causal):\n\n"
+                + _table(["attribute", "Spearman", "Spearman, no structural zeros", "structural zeros", "causal (exact)",
+                          "k", "recall in top k"], atp))
+    return out
 
 
 def findings_page() -> str:
@@ -193,7 +339,8 @@ def findings_page() -> str:
             "Every table on this page is generated from the committed result files. What the numbers mean, and how "
             "the protocols work, is in [tracing.md](tracing.md) (localisation and screens) and "
             "[editing.md](editing.md) (edits); the toy world itself is in [toy_world.md](toy_world.md).\n\n"
-            + "\n".join([_localisation(), _screens(), _edits(), _diagnosis(), _many_edits()]))
+            + "\n".join(s for s in [_localisation(), _screens(), _toy_fidelity(), _dit_findings(), _edits(), _diagnosis(),
+                                     _many_edits()] if s))
 
 
 # --------------------------------------------------------------------------------------------- benchmarks

@@ -20,7 +20,7 @@ from diffloc.tracing.models import load_model
 from diffloc.tracing.worlds import WORLDS
 
 
-@pytest.mark.parametrize("registry, names", [(EXECUTORS, {"local", "ray"}), (TRACE_METHODS, {"exact", "atp", "ig", "crossattn-swap"}),
+@pytest.mark.parametrize("registry, names", [(EXECUTORS, {"local", "ray"}), (TRACE_METHODS, {"exact", "atp", "ig", "crossattn-swap", "attn-contrib"}),
                                              (METRICS, {"clip", "gt"}), (WORLDS, {"sd", "toy"})])
 def test_every_registered_name_has_its_contract_class_here(registry, names):
     assert set(registry.names()) == names
@@ -71,6 +71,11 @@ class TestIgMethod(TraceMethodContract):
 
 class TestCrossattnSwapMethod(TraceMethodContract):
     method_name = "crossattn-swap"
+    config = {"component": "denoiser"}
+
+
+class TestAttnContribMethod(TraceMethodContract):
+    method_name = "attn-contrib"
     config = {"component": "denoiser"}
 
 

@@ -131,8 +131,9 @@ def test_replica_detects_as_its_family(replica, family):
     got, want = site_table(replica["unet"].config, texts), published_site_table(family)
     # the same sites in the same order; head counts shrink with the widths (a replica's own
     # counts are checked against its built modules in tests/test_heads.py)
-    assert dataclasses.replace(got, text_heads={}, unet_heads={}) == dataclasses.replace(want, text_heads={}, unet_heads={})
-    assert set(got.unet_heads) == set(want.unet_heads) and set(got.text_heads) == set(want.text_heads)
+    blank = dict(text_heads={}, denoiser_heads={}, text_paths={})
+    assert dataclasses.replace(got, **blank) == dataclasses.replace(want, **blank)
+    assert set(got.denoiser_heads) == set(want.denoiser_heads) and set(got.text_heads) == set(want.text_heads)
 
 
 def test_detect_arch_toy_and_unknown():
@@ -253,7 +254,8 @@ def test_random_spec_is_the_full_published_model_with_random_weights():
     state = torch.random.get_rng_state()
     model = load_model("random-sd1")
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
-    counts = {k: sum(p.numel() for p in getattr(model, k).parameters()) for k in ("unet", "text_encoder", "vae")}
+    parts = {**model.modules, "vae": model.vae}
+    counts = {k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "text_encoder", "vae")}
     assert counts == {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
     real = build_published("sd1")
     assert [n for n, _ in model.denoiser.named_modules()] == [n for n, _ in real["unet"].named_modules()]

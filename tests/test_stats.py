@@ -113,17 +113,18 @@ def test_causal_rule_uses_the_interval_lower_bound(tmp_path):
     assert boot.loc["unet:unet_wide", "effect"] >= 0.5 > boot.loc["unet:unet_wide", "lower"]
     assert [e["site"] for e in data["clip"]["causal"]] == ["unet:unet_tight"]
     tight = data["clip"]["causal"][0]
-    assert tight["interval"] == [0.6, 0.6] and tight["n_pairs"] == 16
+    # 16 prompt x seed pairs x 2 corruption samples = 32 clean/corrupted pairs, all informative (drops of 40-60 points)
+    assert tight["interval"] == [0.6, 0.6] and tight["n_pairs"] == 32 and tight["n_informative"] == 32
     on_disk = read_json_format("causal_sites", tmp_path / "causal_sites.json")
     assert on_disk["schema"] == "causal_sites/3" and "lower bound >= threshold" in on_disk["rule"]
     assert on_disk["bootstrap"] == {"n": 500, "seed": 0, "unit": "prompt x seed pair", "level": 0.95, "interval": "percentile"}
-    assert on_disk["n_pairs"] == 16 and on_disk["clip"]["split_half"]["n_pairs"] == 16
+    assert on_disk["n_pairs"] == 32 and on_disk["clip"]["split_half"]["n_pairs"] == 16  # split halves: prompt x seed
     assert read_causal_sites(tmp_path, component="unet")[0]["interval"] == [0.6, 0.6]
 
 
 def test_one_pair_keeps_the_old_rule(tmp_path):
     table = synthetic(EFFECTS, n_prompts=1, n_seeds=1, jitter=0.0)
-    data = write_causal_sites(table, tmp_path / "c.json", threshold=0.5)
+    data = write_causal_sites(table, tmp_path / "c.json", threshold=0.5, min_informative=1)  # 2 informative pairs, allowed here
     assert {e["site"].split(":")[1] for e in data["clip"]["causal"]} == {"unet_a", "enc_0"}  # effect >= 0.5
 
 

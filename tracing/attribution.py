@@ -130,7 +130,10 @@ class _Taps:
         def fn(probe: torch.Tensor) -> None:
             prod = (self.delta[key] * probe.grad).double()
             if step < 0:
-                self.values[site] += prod.flatten(2).sum(-1).sum(0)  # [77]: per token, rows summed
+                per_token = prod.flatten(2).sum(-1).sum(0)  # [T]: per token, rows summed (T: 77 for CLIP, 256 for SD3's T5)
+                if self.values[site].shape != per_token.shape:  # an encoder with its own length: sized at its first gradient
+                    self.values[site] = torch.zeros_like(per_token)
+                self.values[site] += per_token
             else:
                 self.values[site][step] += prod.sum()
             probe.grad = None  # keep no gradient around: only Δa is stored per step

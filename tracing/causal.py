@@ -140,13 +140,17 @@ def write_causal_sites(table: pd.DataFrame, path: str | Path, threshold: float =
                     "informative_by": f"gt flips, or {scorer} drops by >= {min_drop:g} points",
                     "n_gt_flips": int(pairs.gt_flip.fillna(False).astype(bool).sum()) if "gt_clean" in pairs else None}
     for metric in metrics:
-        entry: dict = {"causal": [], "not_enough_signal": [], "n_sites_scored": 0}
-        if n_inf:
-            boot, half = uncertainty(used, metric, bootstrap, bootstrap_seed)
+        entry: dict = {"causal": [], "not_enough_signal": [], "n_sites_scored": 0, "pairs_used": "informative"}
+        rows = used if n_inf else table  # no informative pair: agreement is still reported, over all pairs, and said
+        boot, half = uncertainty(rows, metric, bootstrap, bootstrap_seed)
+        entry.update({"split_half": half, "stability_spearman": stability(rows, metric)})
+        if not n_inf:
+            entry["pairs_used"] = "all (no informative pair; no site is called causal)"
+        else:
             boot = boot.sort_values("effect", ascending=False, kind="stable")
             passed = [_entry(r, n_pairs, n_inf) for r in boot.itertuples() if r.lower >= threshold]
             key = "causal" if n_inf >= min_informative else "not_enough_signal"
-            entry.update({key: passed, "n_sites_scored": int(len(boot)), "split_half": half, "stability_spearman": stability(used, metric)})
+            entry.update({key: passed, "n_sites_scored": int(len(boot))})
         if n_inf < min_informative:
             entry["note"] = f"not enough signal: {n_inf} informative of {n_pairs} pairs (< {min_informative}); no site is called causal"
         result[metric] = entry
