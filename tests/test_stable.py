@@ -14,25 +14,7 @@ from diffloc.tracing.trace_config import TraceConfig
 PROMPTS = ("a photo of two [red] circles at the top on a plain background",)
 
 
-class Interrupt(Exception):
-    """Raised by a progress bar to cut a sweep after some units (as a kill would)."""
-
-
-def cut_after(n: int):
-    """A ``progress`` factory whose bar stops the sweep once ``n`` new units have finished."""
-    class Bar:
-        def __init__(self, total, initial=0):
-            self.done = 0
-
-        def update(self, k):
-            self.done += k
-            if self.done >= n:
-                raise Interrupt
-
-        def close(self):
-            pass
-
-    return Bar
+from test_sweep import Interrupt, cut_after  # noqa: E402  (the sweep tests' interrupting bar)
 
 
 def _cfg(**kw):

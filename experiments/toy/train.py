@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
-from .train_base import Data, ToyTrainConfig, _bar, _log, _lr, _multi_positive_loss, _seed_all, state_hash  # noqa: F401
+from .train_base import Data, ToyTrainConfig, _bar, _log, _lr, _multi_positive_loss, _seed_all, ema_update, state_hash  # noqa: F401
 
 SCHEDULER_KW = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                     prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
@@ -316,10 +316,7 @@ def train_unet(out: Path, cfg: ToyTrainConfig, data: Data, tokenizer) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            d = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - d)
+        ema_update(ema, unet, step, cfg.ema_decay)
         run = loss.item() if step == start else 0.98 * run + 0.02 * loss.item()
         if step % 50 == 0 or step == cfg.unet_steps - 1:
             _log(out, stage="unet", step=step, loss=round(loss.item(), 4), loss_avg=round(run, 4),

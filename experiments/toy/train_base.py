@@ -153,6 +153,14 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """EMA of ``model`` into ``ema`` with warm-up: decay min(``decay``, (1 + step) / (10 + step))."""
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p, 1 - d)
+
+
 def state_hash(module: torch.nn.Module) -> str:
     """sha256 (first 16 hex) of a module's parameters in name order: retrains compare against the log."""
     import hashlib

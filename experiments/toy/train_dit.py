@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
-from .train import Data, ToyTrainConfig, _bar, _lr, _seed_all, state_hash
+from .train_base import Data, ToyTrainConfig, _bar, _lr, _seed_all, ema_update, state_hash
 
 
 @dataclass(frozen=True)
@@ -159,10 +159,7 @@ def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Pat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            d = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+        ema_update(ema, model, step, cfg.ema_decay)
         run = loss.item() if step == start else 0.98 * run + 0.02 * loss.item()
         if step % 25 == 0 or step == cfg.steps - 1:
             _log(out, step=step, loss=round(loss.item(), 4), loss_avg=round(run, 4), elapsed=round(time.time() - t0, 1))
