@@ -93,7 +93,7 @@ def edit(model, source: str, target: str, out: str | Path, from_trace: Run | str
     editor = EDITORS.get(method)
     check_out_path(Path(out), None)
     trace_dir = from_trace.path if isinstance(from_trace, Run) else from_trace
-    opts = options_from_trace(Path(trace_dir), method) if trace_dir is not None else {}
+    opts = options_from_trace(Path(trace_dir), method, model=model) if trace_dir is not None else {}
     opts.update(options)
     records = editor.apply(model, source, target, opts)
     save_edited(model, records, Path(out), source=None)

@@ -32,7 +32,7 @@ import torch
 
 from diffloc.editing.batch import consecutive_groups
 from diffloc.editing.cases import case_prompts, complete_cases, load_cases
-from diffloc.editing.editors import EDITORS, Method, as_method, default_options, edit_case, method_labels
+from diffloc.editing.editors import EDITORS, Method, as_method, default_options, edit_case, method_labels, takers
 from diffloc.editing.records import load_records, redo_edit, undo_edit
 from diffloc.tracing.errors import DifflocInputError, UsageError
 from diffloc.tracing.io import read_table, write_json_format, write_table
@@ -71,7 +71,7 @@ def _methods(methods: list[str], preserve: bool) -> list[Method]:
 
 def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str], seeds: int, max_cases: int | None, scorer_spec: str,
                  refact_layer: int | None = None, progress=None, say=print, preserve: bool = False, together: int = 1,
-                 sequential: bool = False) -> dict:
+                 sequential: bool = False, nullspace_rtol: float | None = None) -> dict:
     try:
         methods = _methods(methods, preserve) if methods else []
     except DifflocInputError as e:
@@ -82,7 +82,8 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
     groups = consecutive_groups(cases, together) if together != 1 or sequential else None
     model = load_model(model_spec)
     if not methods:  # default: every editor that can edit this model's family
-        methods = _methods([m for m in method_labels() if EDITORS.get(as_method(m).editor).applies_to(model)], preserve)
+        methods = _methods([m for m in method_labels() if EDITORS.get(as_method(m).editor).applies_to(model) and not as_method(m).nullspace],
+                           preserve)
     scorer = load_scorer(scorer_spec)
     truth = _truth(model)
     cases = complete_cases(cases, world_of(model)) if truth is not None else cases  # plain cases: the world's templates
@@ -106,14 +107,18 @@ def run_evaluate(model_spec: str, cases_path: Path, out: Path, methods: list[str
         table = pd.concat([table, edited], ignore_index=True)
     else:
         options = default_options(model, methods, layer=refact_layer)  # the corpus to the editors that take one
+        if nullspace_rtol is not None:
+            for name in takers("nullspace_rtol"):
+                options.setdefault(name, {})["nullspace_rtol"] = nullspace_rtol
         table = evaluate_methods(model, cases, methods=methods, seeds=range(seeds), scorer=scorer, truth=truth, options=options,
                                  progress=bar, groups=groups, sequential=sequential)
     write_table(table, out / "eval.parquet")
     meta = {"model": model_spec, "cases": str(cases_path), "n_cases": len(cases), "seeds": seeds, "scorer": scorer.model_id,
-            "refact_layer": refact_layer, "together": together, "sequential": sequential,
+            "refact_layer": refact_layer, "nullspace_rtol": nullspace_rtol, "together": together, "sequential": sequential,
             "completed_from_world": sum("completed_from" in c for c in cases),
             "run": f"diffloc evaluate --model {model_spec} --cases {cases_path} --seeds {seeds}"
                    + "".join(f" --method {m.label}" for m in methods) + (f" --refact-layer {refact_layer}" if refact_layer is not None else "")
+                   + (f" --nullspace-rtol {nullspace_rtol}" if nullspace_rtol is not None else "")
                    + (f" --together {together}" if together != 1 else "") + (" --sequential" if sequential else "")}
     result = write_summary(out, table, meta, ground_truth=truth is not None)
     summary = result["methods"]

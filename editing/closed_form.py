@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from .nullspace import NULLSPACE_RTOL, nullspace_projector, nullspace_update, preserved_basis
+from .nullspace import NULLSPACE_RTOL, nullspace_projector, nullspace_room, nullspace_update, preserved_basis
 from .shapes import _F64, _check_keys_values, _check_ndim, _shape, solve_space
 
 __all__ = [
     "least_squares_update",
     "nullspace_update",
+    "nullspace_room",
     "preserved_basis",
     "nullspace_projector",
     "NULLSPACE_RTOL",

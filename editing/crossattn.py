@@ -27,9 +27,9 @@ import torch
 from diffloc.tracing.sampler import encode
 from diffloc.tracing.sites import Site
 
-from .closed_form import least_squares_update
+from .closed_form import NULLSPACE_RTOL, least_squares_update
 from .protocol import Editor, TraceState, as_tuple, check_lam, check_prompts, option_kwargs, parse_site
-from .quickfix import PAPER_TEMPLATES, aligned_positions, check_preserve_mode, prompt_pairs
+from .quickfix import PAPER_TEMPLATES, aligned_positions, check_preserve_mode, check_rtol, prompt_pairs
 from .records import EditError, EditRecord, apply_edit
 
 
@@ -68,7 +68,8 @@ def crossattn_pairs(model, source: str, target: str, templates: Sequence[str] = 
     return torch.cat(K), torch.cat(T)
 
 
-def _solve(model, K: torch.Tensor, T: torch.Tensor, sites, lam: float, preserve: Sequence[str], preserve_mode: str = "soft") -> dict:
+def _solve(model, K: torch.Tensor, T: torch.Tensor, sites, lam: float, preserve: Sequence[str], preserve_mode: str = "soft",
+           rtol: float = NULLSPACE_RTOL) -> dict:
     """New ``to_k`` / ``to_v`` weights of each attn2 site: values ``T W0ᵀ``, preserve keys kept."""
     check_preserve_mode(preserve_mode)
     Kp = _embeddings(model, list(preserve)).reshape(-1, K.shape[1]) if preserve else None  # [P*77, D]
@@ -77,19 +78,23 @@ def _solve(model, K: torch.Tensor, T: torch.Tensor, sites, lam: float, preserve:
         for proj in ("to_k", "to_v"):
             W0 = model.module(f"{site}.{proj}").weight.detach().float()  # [out, D]
             new[f"{site}.{proj}"] = least_squares_update(W0, K, T @ W0.T, lam=lam, K_preserve=Kp,
-                                                            preserve_mode=preserve_mode)
+                                                            preserve_mode=preserve_mode, rtol=rtol)
     return new
+
+
+def _rtol_info(preserve_mode: str, rtol: float) -> dict:
+    return {"nullspace_rtol": rtol} if preserve_mode == "nullspace" else {}
 
 
 def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | None = None, lam: float = 0.1,
               preserve: Sequence[str] = (), templates: Sequence[str] = PAPER_TEMPLATES,
-              targets: Sequence[str] | None = None, preserve_mode: str = "soft") -> list[EditRecord]:
+              targets: Sequence[str] | None = None, preserve_mode: str = "soft", nullspace_rtol: float = NULLSPACE_RTOL) -> list[EditRecord]:
     """Edit ``to_k``/``to_v`` of the given (default: all) attn2 sites so ``source`` attends like ``target``."""
     t0 = time.perf_counter()
     K, T = crossattn_pairs(model, source, target, templates, targets)
-    new = _solve(model, K, T, sites, lam, preserve, preserve_mode)
+    new = _solve(model, K, T, sites, lam, preserve, preserve_mode, nullspace_rtol)
     info = {"source": source, "target": target, "lambda": lam, "templates": list(templates), "n_pairs": int(K.shape[0]),
-            "n_preserve": len(preserve), "preserve_mode": preserve_mode, "seconds": round(time.perf_counter() - t0, 4)}
+            "n_preserve": len(preserve), "preserve_mode": preserve_mode, **_rtol_info(preserve_mode, nullspace_rtol), "seconds": round(time.perf_counter() - t0, 4)}
     if targets is not None:
         info["targets"] = list(targets)
     return apply_edit(model, "crossattn", new, info)
@@ -97,7 +102,7 @@ def crossattn(model, source: str, target: str, sites: Sequence[str | Site] | Non
 
 def crossattn_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, Sequence[str] | None]],
                    sites: Sequence[str | Site] | None = None, lam: float = 0.1, preserve: Sequence[str] = (),
-                   preserve_mode: str = "soft") -> list[EditRecord]:
+                   preserve_mode: str = "soft", nullspace_rtol: float = NULLSPACE_RTOL) -> list[EditRecord]:
     """Many edits in one solve per projection (UCE's multi-concept form): keys and values stacked.
 
     Usage::
@@ -109,11 +114,11 @@ def crossattn_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, 
     t0 = time.perf_counter()
     pairs = [crossattn_pairs(model, s, t, tpl or PAPER_TEMPLATES, tgt) for s, t, tpl, tgt in edits]
     K, T = torch.cat([k for k, _ in pairs]), torch.cat([t for _, t in pairs])
-    new = _solve(model, K, T, sites, lam, preserve, preserve_mode)
+    new = _solve(model, K, T, sites, lam, preserve, preserve_mode, nullspace_rtol)
     listed = [{"source": s, "target": t, "n_pairs": int(k.shape[0])} for (s, t, _, _), (k, _) in zip(edits, pairs)]
     info = {"source": [e["source"] for e in listed], "target": [e["target"] for e in listed], "edits": listed,
             "n_edits": len(listed), "lambda": lam, "n_pairs": int(K.shape[0]), "n_preserve": len(preserve),
-            "preserve_mode": preserve_mode, "seconds": round(time.perf_counter() - t0, 4)}
+            "preserve_mode": preserve_mode, **_rtol_info(preserve_mode, nullspace_rtol), "seconds": round(time.perf_counter() - t0, 4)}
     return apply_edit(model, "crossattn", new, info)
 
 
@@ -129,12 +134,14 @@ class CrossattnOptions:
     targets: tuple[str, ...] | None = None
     preserve: tuple[str, ...] = ()
     preserve_mode: str = "soft"                 # soft: UCE's term; nullspace: ΔW k_p = 0 exactly
+    nullspace_rtol: float = NULLSPACE_RTOL      # nullspace: singular values below rtol·σ_max are free room
 
     def __post_init__(self) -> None:
         for name in ("sites", "templates", "targets", "preserve"):
             as_tuple(self, name)
         check_lam(self.lam)
         check_preserve_mode(self.preserve_mode)
+        check_rtol(self.nullspace_rtol)
         check_prompts(self.templates, self.targets)
         for s in self.sites:
             if not STATE.matches(parse_site(s)):
@@ -147,7 +154,7 @@ def _run(model, source, target, options: CrossattnOptions):
 
 def _run_many(model, edits, options: CrossattnOptions):
     return crossattn_many(model, [(s, t, o.templates, o.targets) for s, t, o in edits], sites=options.sites, lam=options.lam,
-                          preserve=options.preserve, preserve_mode=options.preserve_mode)
+                          preserve=options.preserve, preserve_mode=options.preserve_mode, nullspace_rtol=options.nullspace_rtol)
 
 
 def _site_of(model, opts: dict) -> str:

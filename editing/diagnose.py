@@ -18,7 +18,10 @@ forward pass at
   reads all 77), paired as :func:`editing.quickfix.aligned_positions` pairs them;
 - ``all``: every position (the target prompt's own state: the ceiling);
 
-and ``none`` is the source prompt unpatched. Images come from :func:`tracing.sampler.generate`
+and ``none`` is the source prompt unpatched. On a diffusion transformer the edit site may also be
+the shared text entry ``transformer:context_embedder`` (the ``context-embedder`` editor): its output,
+the text stream entering block 0 ([77, D], timestep-free), is patched the same way at every
+denoiser call, on the conditional rows only (CFG's unconditional half is never touched). Images come from :func:`tracing.sampler.generate`
 with the seeds' explicit latents. The target *appears* when the world's exact readers read the
 attributes in which the two prompts differ as the target prompt says (ground truth, toy world),
 otherwise when CLIP prefers the target prompt: P(target) > P(source).
@@ -42,6 +45,30 @@ from .quickfix import PAPER_TEMPLATES, aligned_positions, prompt_pairs
 from .records import EditError
 
 CONDITIONS = ("none", "subject", "after_subject", "all")
+
+
+CONTEXT_ENTRY = "context_embedder"
+
+
+def patch_site(model, site: str | Site) -> Site:
+    """Where a diagnosis patches for an edit at ``site``: the text-encoder residual after its layer, or the
+    denoiser's text entry (``context_embedder``) itself; anything else is a one-line error."""
+    s = Site.parse(site) if isinstance(site, str) else site
+    if s.component == model.family.denoiser and s.path == CONTEXT_ENTRY:
+        return s
+    return residual_site(s)
+
+
+def _target_states(model, res: Site, texts: list[str]) -> torch.Tensor:
+    """The target prompts' states at ``res``: [P, 77, D] (text-encoder residual, or the text entry's output)."""
+    if res.is_text:
+        with Recorder(model.modules, [res]) as rec:
+            model.modules[res.component](model.tokenize(texts, res.component).to(model.device))
+        return rec.outputs[res]
+    from diffloc.tracing.sampler import encode
+
+    cond = encode(model, texts)
+    return model.module(res)(cond.embeds.to(model.device))
 
 
 def residual_site(site: str | Site) -> Site:
@@ -74,21 +101,24 @@ def _positions(model, comp: str, src, tgt) -> dict[str, list[tuple[list[int], li
     return out
 
 
-def _patch(rows: int, pairs: list[tuple[list[int], list[int]]], tgt_states: torch.Tensor, n_seeds: int, calls: dict):
-    """Hook patching the first encoder call of ``rows`` rows (the prompts; CFG's blank prompt comes after)."""
+def _patch(rows: int, pairs: list[tuple[list[int], list[int]]], tgt_states: torch.Tensor, n_seeds: int, calls: dict,
+           every_call: bool = False):
+    """Hook patching the prompts' rows: the first encoder call of ``rows`` rows (CFG's blank prompt comes
+    after), or with ``every_call`` each denoiser call, whose last ``rows`` rows are the prompts (CFG's
+    unconditional rows come first)."""
 
-    def fn(module, inputs, output):  # output: [rows, 77, D]
+    def fn(module, inputs, output):  # output: [rows, 77, D] (text encoder) or [2·rows | rows, 77, D] (denoiser)
         calls["n"] += 1
-        if calls["n"] > 1:
+        if calls["n"] > 1 and not every_call:
             return None
-        if output.shape[0] != rows:
-            raise RuntimeError(f"diagnosis hook saw a batch of {output.shape[0]} rows before the prompts' {rows}")
+        if output.shape[0] not in ((rows, 2 * rows) if every_call else (rows,)):
+            raise RuntimeError(f"diagnosis hook saw a batch of {output.shape[0]} rows; the prompts have {rows}")
         new = output.clone()
+        first = output.shape[0] - rows  # the conditional rows
         for r in range(rows):
-            i = r // n_seeds
-            s_pos, t_pos = pairs[i]
+            s_pos, t_pos = pairs[r // n_seeds]
             if s_pos:
-                new[r, s_pos] = tgt_states[i, t_pos].to(new.dtype)
+                new[first + r, s_pos] = tgt_states[r // n_seeds, t_pos].to(new.dtype)
         return new
 
     return fn
@@ -110,17 +140,18 @@ def diagnose(model, source: str, target: str, site: str | Site, templates: Seque
              targets: Sequence[str] | None = None, seeds: Sequence[int] = range(3), scorer=None, truth=None,
              cfg: SamplerConfig | None = None, threshold: float = 0.8) -> dict:
     """How often the target appears with the target prompt's residual patched in; the editor it recommends."""
-    res = residual_site(site)
-    comp, seeds = res.component, [int(s) for s in seeds]
+    res = patch_site(model, site)
+    comp, seeds = (res.component if res.is_text else model.text_components[0]), [int(s) for s in seeds]
     if not seeds:
         raise EditError("diagnosis needs at least one seed")
     if truth is None and scorer is None:
         raise EditError(f"{model.name} has no exact readers; give a CLIP scorer for the diagnosis")
     src, tgt = prompt_pairs(source, target, list(templates or PAPER_TEMPLATES), targets)
     cfg = cfg or SamplerConfig.for_model(model)
-    with Recorder(model.modules, [res]) as rec:
-        model.modules[comp](model.tokenize([p.text for p in tgt], comp).to(model.device))
-    tgt_states = rec.outputs[res]  # [P, 77, D]: the target prompts' residual after layer L
+    tgt_states = _target_states(model, res, [p.text for p in tgt])  # [P, 77, D]
+    if tgt_states.shape[1] != model.tokenize([tgt[0].text], comp).shape[1]:
+        raise EditError(f"a diagnosis at {res} needs one text encoder feeding it; {model.name}'s text stream has "
+                        f"{tgt_states.shape[1]} positions from several encoders: diagnose a text-encoder site instead")
     lat = torch.cat([initial_latents(model, torch.Generator().manual_seed(s)) for s in seeds])  # [S, C, h, w]
     rows = len(src) * len(seeds)
     texts = [p.text for p in src for _ in seeds]
@@ -128,7 +159,7 @@ def diagnose(model, source: str, target: str, site: str | Site, templates: Seque
     conditions = {}
     for cond in CONDITIONS:
         calls = {"n": 0}
-        with hooks(model.modules, {res: _patch(rows, positions[cond], tgt_states, len(seeds), calls)}):
+        with hooks(model.modules, {res: _patch(rows, positions[cond], tgt_states, len(seeds), calls, every_call=not res.is_text)}):
             images = generate(model, texts, cfg=cfg, latents=lat.repeat(len(src), 1, 1, 1))
         if calls["n"] < 1:
             raise RuntimeError(f"diagnosis hook at {res} never fired")
@@ -136,7 +167,7 @@ def diagnose(model, source: str, target: str, site: str | Site, templates: Seque
         for i, (ps, pt) in enumerate(zip(src, tgt)):
             hits += _judge(model, truth, scorer, ps.text, pt.text, images[i * len(seeds) : (i + 1) * len(seeds)])
         conditions[cond] = {"hits": int(sum(hits)), "n": len(hits), "rate": round(sum(hits) / len(hits), 4)}
-    rec_name, reason = recommend(conditions, threshold)
+    rec_name, reason = recommend(conditions, threshold) if res.is_text else recommend_entry(conditions, threshold)
     return {"source": source, "target": target, "site": str(Site.parse(site)), "residual_site": str(res), "layer": Site.parse(site).layer,
             "prompts": [p.text for p in src], "target_prompts": [p.text for p in tgt], "seeds": seeds,
             "judge": "ground truth" if truth is not None else f"clip {getattr(scorer, 'model_id', '')}".strip(),
@@ -153,6 +184,16 @@ def recommend(conditions: dict, threshold: float = 0.8) -> tuple[str | None, str
                             "rank-one edit (refact) cannot carry the attribute; edit all positions (quickfix)")
     return None, (f"even the target's own state at this layer reaches only {full:.2f}: no text-encoder edit here can; "
                   "try another layer or crossattn")
+
+
+def recommend_entry(conditions: dict, threshold: float = 0.8) -> tuple[str | None, str]:
+    """(editor or None, one sentence) for the denoiser's text entry: ``context-embedder`` edits the subject's
+    and the following positions of the stream, so it can reach what those patches reach."""
+    sub, after, full = (conditions[c]["rate"] for c in ("subject", "after_subject", "all"))
+    if max(sub, after) >= threshold:
+        return "context-embedder", f"the subject ({sub:.2f}) or the positions after it ({after:.2f}) carry the target at the text entry"
+    return None, (f"at the text entry the subject reaches {sub:.2f}, the positions after it {after:.2f}, the whole target stream "
+                  f"{full:.2f}: a per-position edit of context_embedder cannot carry it; edit the text encoder")
 
 
 def diagnosis_line(d: dict) -> str:

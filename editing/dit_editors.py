@@ -53,10 +53,10 @@ import torch
 
 from diffloc.tracing.sites import Site
 
-from .closed_form import least_squares_update, preserved_basis
+from .closed_form import NULLSPACE_RTOL, least_squares_update, nullspace_room
 from .dit_keys import denoiser_inputs, dit_pairs, dit_preserve_keys, small_latent_inputs, t5_component, text_inputs
 from .protocol import Editor, TraceState, as_tuple, check_lam, check_prompts, parse_site
-from .quickfix import PAPER_TEMPLATES, check_preserve_mode
+from .quickfix import PAPER_TEMPLATES, check_preserve_mode, check_rtol
 from .records import EditError, EditRecord, apply_edit
 
 #: Flow times (0..1000) at which ``joint-attn`` records the text streams; pairs of all are stacked.
@@ -77,13 +77,16 @@ class Plan:
     segments: list | None = None
 
 
-def _solve(model, plan: Plan, edits, lam: float, preserve: Sequence[str], preserve_mode: str) -> tuple[dict, dict]:
+def _solve(model, plan: Plan, edits, lam: float, preserve: Sequence[str], preserve_mode: str, rtol: float) -> tuple[dict, dict]:
     check_preserve_mode(preserve_mode)
     keys = list(plan.targets)
     gathered = [dit_pairs(model, keys, s, t, tpl or PAPER_TEMPLATES, tgt, plan.gather, plan.timesteps, plan.segments)
                 for s, t, tpl, tgt in edits]
     Kp = dit_preserve_keys(model, keys, preserve, plan.gather, plan.timesteps) if preserve else {}
-    new, info = {}, {"lambda": lam, "preserve_mode": preserve_mode, "timesteps": list(plan.timesteps)}
+    new, info = {}, {"lambda": lam, "preserve_mode": preserve_mode, "timesteps": list(plan.timesteps),
+                     "sites": [str(w) for k in keys for w in plan.targets[k]]}
+    if preserve and preserve_mode == "nullspace":
+        info["nullspace_rtol"] = rtol
     for key in keys:
         K = torch.cat([g[key][0] for g in gathered])
         T = torch.cat([g[key][1] for g in gathered])
@@ -91,22 +94,24 @@ def _solve(model, plan: Plan, edits, lam: float, preserve: Sequence[str], preser
         if preserve:
             info["n_preserve_keys"] = int(Kp[key].shape[0])
             if preserve_mode == "nullspace":
-                info.setdefault("nullspace_dim", {})[str(key)] = int(K.shape[1] - preserved_basis(Kp[key]).shape[0])
+                info.setdefault("nullspace_dim", {})[str(key)] = nullspace_room(Kp[key], rtol)
         for w_site in plan.targets[key]:
             W0 = model.module(w_site).weight.detach().float()          # [out, D]
-            new[str(w_site)] = least_squares_update(W0, K, T @ W0.T, lam=lam, K_preserve=Kp.get(key), preserve_mode=preserve_mode)
+            new[str(w_site)] = least_squares_update(W0, K, T @ W0.T, lam=lam, K_preserve=Kp.get(key), preserve_mode=preserve_mode,
+                                                rtol=rtol)
     info["n_edits"] = len(edits)
     return new, info
 
 
-def _edit(model, plan: Plan, edits, lam, preserve, preserve_mode, templates=None, targets=None) -> list[EditRecord]:
+def _edit(model, plan: Plan, edits, o, templates=None, targets=None) -> list[EditRecord]:
+    """Solve and apply ``edits`` with the options ``o`` (λ, preserve captions, preserve mode, rank threshold)."""
     if not edits:
         raise EditError("no edits to apply; give at least one (source, target)")
     t0 = time.perf_counter()
-    new, info = _solve(model, plan, edits, lam, preserve, preserve_mode)
+    new, info = _solve(model, plan, edits, o.lam, o.preserve, o.preserve_mode, o.nullspace_rtol)
     many = len(edits) > 1
     info = {"source": [e[0] for e in edits] if many else edits[0][0], "target": [e[1] for e in edits] if many else edits[0][1],
-            **info, "n_preserve": len(preserve), "seconds": round(time.perf_counter() - t0, 4)}
+            **info, "n_preserve": len(o.preserve), "seconds": round(time.perf_counter() - t0, 4)}
     if not many:
         info["templates"] = list(templates or PAPER_TEMPLATES)
         if targets is not None:
@@ -123,6 +128,7 @@ class _Common:
     targets: tuple[str, ...] | None = None      # one marked target prompt per template
     preserve: tuple[str, ...] = ()
     preserve_mode: str = "soft"                 # soft: UCE's term; nullspace: ΔW k_p = 0 exactly
+    nullspace_rtol: float = NULLSPACE_RTOL      # nullspace: singular values below rtol·σ_max are free room
 
     def _check(self, *lists: str) -> None:
         for name in ("templates", "targets", "preserve", *lists):
@@ -130,6 +136,7 @@ class _Common:
         check_lam(self.lam)
         check_prompts(self.templates, self.targets)
         check_preserve_mode(self.preserve_mode)
+        check_rtol(self.nullspace_rtol)
 
 
 _BLOCK = re.compile(r"(transformer_blocks\.\d+)(\.|@|$)")
@@ -179,7 +186,7 @@ def _pixart_plan(model, sites) -> Plan:
 
 @dataclass(frozen=True)
 class JointAttnOptions(_Common):
-    """Joint attention's text-stream key/value projections: blocks (empty: block 0), λ, prompts, preserve captions."""
+    """Joint attention's text-stream key/value projections: blocks (empty: every joint block), λ, prompts, preserve captions."""
 
     sites: tuple[str, ...] = ()
 
@@ -192,17 +199,38 @@ class JointAttnOptions(_Common):
 
 def _joint_plan(model, sites) -> Plan:
     _need_arch(model, JOINT_ARCHS, "joint-attn")
-    blocks = _check_sites(model, sites or ["transformer:transformer_blocks.0.attn"])
+    blocks = _check_sites(model, sites or joint_blocks(model))
     return Plan("joint-attn", {Site.parse(f"{b}.add_k_proj"): [f"{b}.add_k_proj", f"{b}.add_v_proj"] for b in blocks},
                 denoiser_inputs, TIMESTEPS)
+
+
+def _joint_indices(model) -> list[int]:
+    blocks = getattr(model.denoiser, "transformer_blocks", [])
+    return [i for i, b in enumerate(blocks) if getattr(b.attn, "add_k_proj", None) is not None]
+
+
+def joint_blocks(model) -> list[str]:
+    """Every block of ``model``'s denoiser whose attention has text-stream key/value projections, in order."""
+    return [f"transformer:transformer_blocks.{i}.attn" for i in _joint_indices(model)]
 
 
 _JOINT_HIT = re.compile(r"transformer_blocks\.(\d+)(\.attn\.to_add_out|\.attn\.txt2img|@text)")
 
 
-def _joint_from_trace(hits: list[dict]) -> dict:
-    blocks = [f"transformer:transformer_blocks.{m.group(1)}.attn" for h in hits
-              if (m := _JOINT_HIT.fullmatch(Site.parse(h["site"]).path))]
+def _joint_from_trace(hits: list[dict], model=None) -> dict:
+    """The blocks a trace names. A causal text->image slice or text-stream attention output names its own
+    block. A causal text-stream *state* (``@text`` after block k) is read by every later block, and
+    editing only block k's projections leaves what it carries in the stream's residual for the blocks
+    after it to read: it names block k and every later joint block (all of them when ``model`` is known)."""
+    blocks = []
+    for h in hits:
+        m = _JOINT_HIT.fullmatch(Site.parse(h["site"]).path)
+        if m is None:
+            continue
+        k = int(m.group(1))
+        blocks.append(f"transformer:transformer_blocks.{k}.attn")
+        if m.group(2) == "@text" and model is not None:
+            blocks += [f"transformer:transformer_blocks.{i}.attn" for i in _joint_indices(model) if i > k]
     return {"sites": list(dict.fromkeys(blocks))} if blocks else {}
 
 
@@ -283,20 +311,20 @@ class DiTEditor(Editor):
     hit_kinds: tuple[str, ...] = ()
     pick: Callable | None = None
 
-    def from_trace(self, hits: list[dict]) -> dict:
+    def from_trace(self, hits: list[dict], model=None) -> dict:
         if self.pick is not None:
-            return self.pick(hits) if hits else {}
-        return super().from_trace(hits)
+            return self.pick(hits, model) if hits else {}
+        return super().from_trace(hits, model)
 
 
 def _runner(plan_of: Callable, site_field: str):
     def run(model, source, target, o):
         plan = plan_of(model, getattr(o, site_field))
-        return _edit(model, plan, [(source, target, o.templates, o.targets)], o.lam, o.preserve, o.preserve_mode, o.templates, o.targets)
+        return _edit(model, plan, [(source, target, o.templates, o.targets)], o, o.templates, o.targets)
 
     def run_many(model, edits, o):
         plan = plan_of(model, getattr(o, site_field))
-        return _edit(model, plan, [(s, t, e.templates, e.targets) for s, t, e in edits], o.lam, o.preserve, o.preserve_mode)
+        return _edit(model, plan, [(s, t, e.templates, e.targets) for s, t, e in edits], o)
 
     return run, run_many
 
@@ -317,20 +345,20 @@ DIT_CROSSATTN = DiTEditor("dit-crossattn", TraceState(text=False, kind="attn2"),
 _run, _run_many = _runner(_joint_plan, "sites")
 JOINT_ATTN = DiTEditor("joint-attn", TraceState(text=False, kind="attn_text"), JointAttnOptions, _run, _run_many,
                        preserve_by_default=True, site_option="sites",
-                       site_of=lambda m, o: _first(m, o, "sites", lambda m: "transformer:transformer_blocks.0.attn"),
+                       site_of=lambda m, o: _first(m, o, "sites", lambda m: joint_blocks(m)[0]),
                        site_help="joint-attention blocks (transformer:transformer_blocks.N.attn)",
                        hit_kinds=("attn_text", "out_text", "other"), pick=_joint_from_trace, archs=JOINT_ARCHS)
 
 _run, _run_many = _runner(_context_plan, "site")
 CONTEXT_EMBEDDER = DiTEditor("context-embedder", TraceState(text=False, kind="context_embedder"), ContextEmbedderOptions, _run,
                              _run_many, preserve_by_default=True, site_option="site", site_of=lambda m, o: CONTEXT_SITE,
-                             site_help=f"the shared text entry ({CONTEXT_SITE})", pick=lambda hits: {}, archs=JOINT_ARCHS)
+                             site_help=f"the shared text entry ({CONTEXT_SITE})", pick=lambda hits, model: {}, archs=JOINT_ARCHS)
 
 _run, _run_many = _runner(_t5_plan, "site")
 T5_QUICKFIX = DiTEditor("t5-quickfix", T5State(text=True, kind="attn"), T5QuickfixOptions, _run, _run_many, site_option="site",
                         site_of=lambda m, o: _first(m, o, "site", t5_default_site),
                         site_help="a T5 attention output (text_encoder_N:encoder.block.L.layer.0.SelfAttention.o)",
-                        pick=lambda hits: next(({"site": h["site"]} for h in hits if _T5_O.fullmatch(Site.parse(h["site"]).path)), {}),
+                        pick=lambda hits, model: next(({"site": h["site"]} for h in hits if _T5_O.fullmatch(Site.parse(h["site"]).path)), {}),
                         archs=("sd3", "flux", "pixart"))
 
 EDITORS = (DIT_CROSSATTN, JOINT_ATTN, CONTEXT_EMBEDDER, T5_QUICKFIX)

@@ -73,20 +73,26 @@ def layer_editors() -> tuple[Editor, ...]:
 
 @dataclass(frozen=True)
 class Method:
-    """What an evaluation compares: an editor, and whether it gets the cases' preserve captions."""
+    """What an evaluation compares: an editor, whether it gets the cases' preserve captions, and
+    whether they are kept exactly (``nullspace``: ``preserve_mode="nullspace"``, label ``+nullspace``)."""
 
     editor: str
     preserve: bool = False
+    nullspace: bool = False
 
     def __post_init__(self) -> None:
         editor = EDITORS.get(self.editor)
+        if self.nullspace and "preserve_mode" not in editor.takes:
+            raise EditError(f"{self.editor} has no null-space mode; allowed with +nullspace: " + ", ".join(takers("preserve_mode")))
         if self.preserve and not editor.takes_preserve:
             raise EditError(f"{self.editor} takes no preserve captions; allowed with +preserve: "
                             + ", ".join(n for n in EDITORS.names() if EDITORS.get(n).takes_preserve))
+        if self.nullspace:
+            object.__setattr__(self, "preserve", True)
 
     @property
     def label(self) -> str:
-        return self.editor + ("+preserve" if self.preserve else "")
+        return self.editor + ("+nullspace" if self.nullspace else "+preserve" if self.preserve else "")
 
     @property
     def uses_preserve(self) -> bool:
@@ -94,13 +100,14 @@ class Method:
 
 
 def as_method(label: "str | Method") -> Method:
-    """A method label: an editor's name, optionally ``+preserve`` (e.g. ``crossattn+preserve``)."""
+    """A method label: an editor's name, optionally ``+preserve`` (e.g. ``crossattn+preserve``) or
+    ``+nullspace`` (the preserve captions kept exactly)."""
     if isinstance(label, Method):
         return label
     name, plus, flag = label.partition("+")
-    if plus and flag != "preserve":
-        raise EditError(f"unknown method option {flag!r} in {label!r}; allowed: <editor> or <editor>+preserve")
-    return Method(name, bool(plus))
+    if plus and flag not in ("preserve", "nullspace"):
+        raise EditError(f"unknown method option {flag!r} in {label!r}; allowed: <editor>, <editor>+preserve or <editor>+nullspace")
+    return Method(name, bool(plus), flag == "nullspace")
 
 
 def parse_method(label: "str | Method") -> tuple[Editor, bool]:
@@ -116,6 +123,8 @@ def method_labels() -> tuple[str, ...]:
         out.append(name)
         if EDITORS.get(name).takes_preserve:
             out.append(Method(name, True).label)
+        if "preserve_mode" in EDITORS.get(name).takes:
+            out.append(Method(name, True, True).label)
     return tuple(out)
 
 
@@ -135,6 +144,8 @@ def case_options(method: "str | Method", case: dict, overrides: dict | None = No
             opts["targets"] = list(case["targets"])
     if method.uses_preserve and case.get("preserve") and "preserve" not in opts:
         opts["preserve"] = list(case["preserve"])
+    if method.nullspace:
+        opts.setdefault("preserve_mode", "nullspace")
     if method.preserve and not opts.get("preserve"):
         raise EditError(f"{method.label} needs preserve captions; case {case.get('id', case['source'])!r} has none")
     return editor.make_options(opts)

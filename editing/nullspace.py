@@ -67,6 +67,11 @@ def preserved_basis(K_preserve: torch.Tensor, rtol: float = NULLSPACE_RTOL) -> t
     return evecs[:, keep].T.contiguous()
 
 
+def nullspace_room(K_preserve: torch.Tensor, rtol: float = NULLSPACE_RTOL) -> int:
+    """Dimensions left to an edit: ``in − rank(K_preserve)`` at threshold ``rtol`` (0: the update is empty)."""
+    return int(K_preserve.shape[1] - preserved_basis(K_preserve, rtol).shape[0])
+
+
 def nullspace_projector(K_preserve: torch.Tensor, rtol: float = NULLSPACE_RTOL) -> torch.Tensor:
     """``P = I − BᵀB [in, in]`` (float64): projects keys onto the complement of the preserved keys' span."""
     B = preserved_basis(K_preserve, rtol)
@@ -104,7 +109,8 @@ def nullspace_update(
     ``λ = 0`` gives the least-change exact fit where the projected keys allow it (``pinv(Kq) R``,
     rank threshold ``rtol``). The rows of ``ΔW`` are combinations of the rows of ``Kq``, so the
     preserved keys' outputs are unchanged up to float64 rounding and the directions the rank
-    threshold dropped. No preserved directions (``r = 0``) is the unconstrained edit.
+    threshold dropped. No preserved directions (``r = 0``) is the unconstrained edit; preserved
+    directions filling the input (``r = in``) leave no room, and ``W0`` is returned unchanged.
     """
     _check_ndim("W0", W0, 2, "[out, in]")
     _check_keys_values(W0, K, V, "K", "V", allow_missing_v=False)
@@ -117,6 +123,8 @@ def nullspace_update(
     Ka = K.detach().to(device=dev, dtype=_F64)                       # [n,in]
     Va = V.detach().to(device=dev, dtype=_F64)                       # [n,out]
     B = preserved_basis(K_preserve.to(dev), rtol)                    # [r,in]
+    if B.shape[0] == W0.shape[1]:  # the preserved keys fill the input: no room, the weight is returned unchanged
+        return W0.detach().clone()
     Kq = Ka - (Ka @ B.T) @ B                                         # [n,in]  K P
     R = Va - Ka @ W0d.T                                              # [n,out] v − W0 k
     if lam == 0.0:

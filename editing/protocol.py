@@ -132,9 +132,10 @@ class Editor:
     def takes_targets(self) -> bool:
         return "targets" in self.takes
 
-    def from_trace(self, hits: list[dict]) -> dict:
+    def from_trace(self, hits: list[dict], model=None) -> dict:
         """Options that put the edit at the strongest causal state of its kind (``hits``: the
-        trace's ``causal_sites.json`` entries of that state, strongest first); {} for none."""
+        trace's ``causal_sites.json`` entries of that state, strongest first; ``model``: the model
+        edited, for editors whose pick depends on its layout); {} for none."""
         if not hits:
             return {}
         if self.site_option == "layer":

@@ -42,7 +42,7 @@ from diffloc.tracing.hooks import Recorder
 from diffloc.tracing.prompts import MarkedPrompt, PromptError
 from diffloc.tracing.sites import Site
 
-from .closed_form import PRESERVE_MODES, least_squares_update
+from .closed_form import NULLSPACE_RTOL, PRESERVE_MODES, least_squares_update, nullspace_room
 from .protocol import Editor, TraceState, as_tuple, check_lam, check_prompts, option_kwargs, parse_site
 from .records import EditError, EditRecord, apply_edit
 
@@ -158,6 +158,12 @@ def _site(site: str | Site | None, lam: float) -> Site:
     return site
 
 
+def check_rtol(rtol: float) -> None:
+    """One-line :class:`EditError` for a null-space rank threshold outside [0, 1)."""
+    if not (isinstance(rtol, (int, float)) and 0.0 <= float(rtol) < 1.0):
+        raise EditError(f"nullspace_rtol must be a number in [0, 1) (singular values below rtol·σ_max are free room), got {rtol!r}")
+
+
 def check_preserve_mode(mode: str) -> None:
     """One-line :class:`EditError` for a preserve mode other than ``soft`` / ``nullspace``."""
     if mode not in PRESERVE_MODES:
@@ -165,27 +171,29 @@ def check_preserve_mode(mode: str) -> None:
 
 
 def _solve(model, site: Site, K: torch.Tensor, V: torch.Tensor, lam: float, preserve: Sequence[str],
-           preserve_mode: str = "soft") -> tuple[torch.Tensor, dict]:
+           preserve_mode: str = "soft", rtol: float = NULLSPACE_RTOL) -> tuple[torch.Tensor, dict]:
     """The new weight from stacked keys K [n, in] and values V [n, out], and the solve's info."""
     check_preserve_mode(preserve_mode)
     W0 = model.module(site).weight
     Kp = preserve_keys(model, site, preserve) if preserve else None  # [P*76, in]
-    W = least_squares_update(W0.detach().float(), K, V, lam=lam, K_preserve=Kp, preserve_mode=preserve_mode)
+    W = least_squares_update(W0.detach().float(), K, V, lam=lam, K_preserve=Kp, preserve_mode=preserve_mode, rtol=rtol)
     info = {"lambda": lam, "n_pairs": int(K.shape[0])}
     if preserve:
         info.update(preserve=list(preserve), n_preserve_keys=int(Kp.shape[0]), preserve_mode=preserve_mode)
+        if preserve_mode == "nullspace":
+            info.update(nullspace_rtol=rtol, nullspace_dim=nullspace_room(Kp, rtol))
     return W, info
 
 
 def quickfix(model, source: str, target: str, site: str | Site | None = None, lam: float = 0.01,
              templates: Sequence[str] = PAPER_TEMPLATES, preserve: Sequence[str] = (),
-             targets: Sequence[str] | None = None, preserve_mode: str = "soft") -> list[EditRecord]:
+             targets: Sequence[str] | None = None, preserve_mode: str = "soft", nullspace_rtol: float = NULLSPACE_RTOL) -> list[EditRecord]:
     """Edit ``site`` (default: layer-0 ``self_attn.out_proj``) so ``source`` reads like ``target``;
     ``preserve`` captions keep the projection's output (UCE's preservation term)."""
     site = _site(site, lam)
     t0 = time.perf_counter()
     K, V = keys_values(model, site, source, target, templates, targets)
-    W, solved = _solve(model, site, K, V, lam, preserve, preserve_mode)
+    W, solved = _solve(model, site, K, V, lam, preserve, preserve_mode, nullspace_rtol)
     info = {"source": source, "target": target, "templates": list(templates), **solved, "seconds": round(time.perf_counter() - t0, 4)}
     if targets is not None:
         info["targets"] = list(targets)
@@ -194,7 +202,7 @@ def quickfix(model, source: str, target: str, site: str | Site | None = None, la
 
 def quickfix_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, Sequence[str] | None]],
                   site: str | Site | None = None, lam: float = 0.01, preserve: Sequence[str] = (),
-                  preserve_mode: str = "soft") -> list[EditRecord]:
+                  preserve_mode: str = "soft", nullspace_rtol: float = NULLSPACE_RTOL) -> list[EditRecord]:
     """Many edits in one solve (UCE / EMCID style): every edit's keys and values stacked.
 
     Usage::
@@ -213,7 +221,7 @@ def quickfix_many(model, edits: Sequence[tuple[str, str, Sequence[str] | None, S
         K, V = keys_values(model, site, source, target, templates or PAPER_TEMPLATES, targets)
         Ks.append(K), Vs.append(V)
         listed.append({"source": source, "target": target, "n_pairs": int(K.shape[0])})
-    W, solved = _solve(model, site, torch.cat(Ks), torch.cat(Vs), lam, preserve, preserve_mode)
+    W, solved = _solve(model, site, torch.cat(Ks), torch.cat(Vs), lam, preserve, preserve_mode, nullspace_rtol)
     info = {"source": [e["source"] for e in listed], "target": [e["target"] for e in listed], "edits": listed,
             "n_edits": len(listed), **solved, "seconds": round(time.perf_counter() - t0, 4)}
     return apply_edit(model, "quickfix", {str(site): W}, info)
@@ -231,12 +239,14 @@ class QuickfixOptions:
     targets: tuple[str, ...] | None = None      # one marked target prompt per template
     preserve: tuple[str, ...] = ()
     preserve_mode: str = "soft"                 # soft: UCE's term; nullspace: ΔW k_p = 0 exactly
+    nullspace_rtol: float = NULLSPACE_RTOL      # nullspace: singular values below rtol·σ_max are free room
 
     def __post_init__(self) -> None:
         for name in ("templates", "targets", "preserve"):
             as_tuple(self, name)
         check_lam(self.lam)
         check_preserve_mode(self.preserve_mode)
+        check_rtol(self.nullspace_rtol)
         check_prompts(self.templates, self.targets)
         if self.site is not None:
             site = parse_site(self.site)
@@ -251,7 +261,7 @@ def _run(model, source, target, options: QuickfixOptions):
 
 def _run_many(model, edits, options: QuickfixOptions):
     return quickfix_many(model, [(s, t, o.templates, o.targets) for s, t, o in edits], site=options.site, lam=options.lam,
-                         preserve=options.preserve, preserve_mode=options.preserve_mode)
+                         preserve=options.preserve, preserve_mode=options.preserve_mode, nullspace_rtol=options.nullspace_rtol)
 
 
 EDITOR = Editor("quickfix", TraceState(text=True, kind="attn"), QuickfixOptions, _run, _run_many, site_option="site",

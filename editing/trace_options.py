@@ -33,7 +33,7 @@ def trace_hits(trace_dir: str | Path, label: str, model=None) -> list[dict]:
 def options_from_trace(trace_dir: str | Path, label: str, say: Callable | None = None, model=None) -> dict:
     """Options for ``label``'s editor from the trace's strongest causal state of its kind."""
     editor, _ = parse_method(label)
-    opts = editor.from_trace(trace_hits(trace_dir, label, model))
+    opts = editor.from_trace(trace_hits(trace_dir, label, model), model)
     if say is not None:
         say(f"from trace {trace_dir}: {opts or 'no causal state of this kind; using the default site'}")
     return opts

@@ -5,6 +5,8 @@ Usage::
     OMP_NUM_THREADS=1 python -m experiments.many_edits --modes batched \
         --reuse results/reference/edit_eval_v5/eval.parquet        # all 24 cases evaluated, 1 seed (the committed run)
     OMP_NUM_THREADS=1 python -m experiments.many_edits --seeds 10               # every mode, 10 seeds (hours on one core)
+    OMP_NUM_THREADS=1 python -m experiments.many_edits --model toy-dit --method context-embedder+nullspace \
+        --nullspace-rtol 0.01 --modes batched --out results/reference/many_edits_dit_nullspace
 
 ``--reuse`` takes the baselines (unedited, oracle) and the N = 1 rows (quickfix+preserve on a
 clean model, one case at a time: exactly what N = 1 computes) from an evaluation table of the
@@ -16,8 +18,10 @@ Every evaluated case is evaluated on a model carrying exactly N edits of the com
 and no conflict, so red→blue shares a model with green→yellow; short groups are filled with
 other cases' edits, carried but not evaluated twice). The committed set maps five sources to
 two targets each (red, blue, striped, two, top), so at most 19 edits fit one model: N = 24 is
-not a conflict-free batch. The method is the best editor, quickfix with the cases' preserve
-captions; ``batched`` is one stacked solve (preserve captions of the group together, minus
+not a conflict-free batch. The method (``--method``, a label as ``diffloc evaluate`` takes) is by
+default the best editor, quickfix with the cases' preserve captions; ``+nullspace`` keeps those
+captions' keys exactly (``--nullspace-rtol``: its rank threshold); ``--model`` picks the world's
+model (``toy``, ``toy-dit``); ``batched`` is one stacked solve (preserve captions of the group together, minus
 those naming another case's source), ``sequential`` one solve per edit on the model the last
 one left. Batched, each case's target prompts expect the other edits of its model
 (:mod:`editing.compose`), ``batched-independent`` takes each case's values from its own target
@@ -36,7 +40,7 @@ import pandas as pd
 
 from diffloc.editing.batch import Group, filled_groups
 from diffloc.editing.cases import load_cases
-from diffloc.editing.editors import Method
+from diffloc.editing.editors import Method, as_method
 from diffloc.evaluate import evaluate_methods, interval_text, rate
 from diffloc.tracing.io import read_table, write_json_format, write_table
 from diffloc.tracing.models import load_model
@@ -72,7 +76,7 @@ def rates(table: pd.DataFrame) -> dict:
     return out
 
 
-def _reuse(out: Path, source: Path, cases: list[dict], evaluated: list[int], seeds: int, say=print) -> None:
+def _reuse(out: Path, source: Path, cases: list[dict], evaluated: list[int], seeds: int, say=print, method: Method = METHOD) -> None:
     """Baselines and the N = 1 table from an evaluation table of the same cases and seeds."""
     t = read_table(source)
     ids = {cases[i]["id"] for i in evaluated}
@@ -83,23 +87,23 @@ def _reuse(out: Path, source: Path, cases: list[dict], evaluated: list[int], see
     if not base.exists():
         write_table(t[t.method.isin(["unedited", "oracle"])].reset_index(drop=True), base)
     if not n1.exists():
-        rows = t[t.method == METHOD.label].assign(n_edits=1, mode="batched", composed=False, seconds=float("nan"),
+        rows = t[t.method == method.label].assign(n_edits=1, mode="batched", composed=False, seconds=float("nan"),
                                                   reused_from=str(source)).reset_index(drop=True)
         if rows.empty:
-            raise SystemExit(f"{source} has no {METHOD.label} rows")
+            raise SystemExit(f"{source} has no {method.label} rows")
         write_table(rows, n1)
     say(f"baselines and N=1 from {source}")
 
 
 def run(out: Path, cases_path: str, seeds: int, every: int, ns: list[int], modes: list[str], say=print,
-        reuse: Path | None = None) -> dict:
+        reuse: Path | None = None, model_spec: str = "toy", method: Method = METHOD, options: dict | None = None) -> dict:
     cases = load_cases(cases_path)
     evaluated = set(range(0, len(cases), every))
-    model = load_model("toy")
+    model = load_model(model_spec)
     truth = world_of(model)
     out.mkdir(parents=True, exist_ok=True)
     if reuse is not None:
-        _reuse(out, reuse, cases, sorted(evaluated), seeds, say)
+        _reuse(out, reuse, cases, sorted(evaluated), seeds, say, method)
     eval_cases = [cases[i] for i in sorted(evaluated)]
     base = out / "baselines.parquet"
     if not base.exists():
@@ -112,17 +116,18 @@ def run(out: Path, cases_path: str, seeds: int, every: int, ns: list[int], modes
             if path.exists() or (n == 1 and mode != "batched"):  # one edit: every mode is the same
                 continue
             t0 = time.perf_counter()
-            table = evaluate_methods(model, cases, methods=[METHOD], seeds=range(seeds), truth=truth, baselines=(),
+            table = evaluate_methods(model, cases, methods=[method], seeds=range(seeds), truth=truth, baselines=(), options=options,
                                      groups=subset_groups(cases, n, evaluated), sequential=MODES[mode][0],
                                      compose=MODES[mode][1])
             write_table(table.assign(seconds=time.perf_counter() - t0), path)
             say(f"N={n} {mode}: {time.perf_counter() - t0:.0f}s " + str(rates(table)))
-    return summarise(out, cases_path, seeds, sorted(evaluated))
+    return summarise(out, cases_path, seeds, sorted(evaluated), method, model_spec, options)
 
 
-def summarise(out: Path, cases_path: str, seeds: int, evaluated: list[int]) -> dict:
+def summarise(out: Path, cases_path: str, seeds: int, evaluated: list[int], method: Method = METHOD, model_spec: str = "toy",
+              options: dict | None = None) -> dict:
     base = read_table(out / "baselines.parquet")
-    result = {"cases": cases_path, "method": METHOD.label, "seeds": seeds, "evaluated_cases": evaluated,
+    result = {"cases": cases_path, "model": model_spec, "method": method.label, "options": options or {}, "seeds": seeds, "evaluated_cases": evaluated,
               "baselines": {m: rates(g) for m, g in base.groupby("method")}, "runs": {}}
     for path in sorted(out.glob("n*_*.parquet")):
         t = read_table(path)
@@ -184,7 +189,7 @@ def plot(result: dict, path: Path) -> Path:
     axes[0].set_ylabel("ground-truth rate")
     axes[-1].legend(fontsize=7, loc="lower left")
     n_cases, seeds = len(result["evaluated_cases"]), result["seeds"]
-    fig.suptitle(f"{result['method']}: N edits at once (toy world, {n_cases} cases evaluated, {seeds} seed(s); "
+    fig.suptitle(f"{result['method']} on {result.get('model', 'toy')}: N edits at once (toy world, {n_cases} cases evaluated, {seeds} seed(s); "
                  "bars: 95 % intervals, Wilson; others: bootstrap over cases)", fontsize=10)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -200,9 +205,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=1, help="evaluate every k-th case (all cases are still edited in)")
     p.add_argument("--n", type=int, nargs="*", default=None, help="N values (default: 1, 4, 12 and the largest conflict-free N)")
     p.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
+    p.add_argument("--model", default="toy", help="the world's model: toy (UNet) or toy-dit")
+    p.add_argument("--method", default=METHOD.label, help="a method label, as diffloc evaluate takes (e.g. context-embedder+nullspace)")
+    p.add_argument("--nullspace-rtol", type=float, default=None, help="+nullspace's rank threshold (default: the editor's)")
     args = p.parse_args(argv)
     ns = args.n or [1, 4, 12, len({c["source"] for c in load_cases(args.cases)})]
-    run(Path(args.out), args.cases, args.seeds, args.every, ns, args.modes, reuse=args.reuse)
+    method = as_method(args.method)
+    options = {method.editor: {"nullspace_rtol": args.nullspace_rtol}} if args.nullspace_rtol is not None else None
+    run(Path(args.out), args.cases, args.seeds, args.every, ns, args.modes, reuse=args.reuse, model_spec=args.model, method=method,
+        options=options)
 
 
 if __name__ == "__main__":

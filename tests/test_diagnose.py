@@ -114,3 +114,43 @@ def test_cli_edit_diagnose_writes_the_diagnosis_beside_the_edit(tmp_path, pixel_
     d = json.loads((tmp_path / "e" / "diagnosis.json").read_text())
     assert d["site"] == "text_encoder:encoder.layers.1.mlp.fc2" and d["conditions"]["all"]["n"] == 4  # 4 paper templates x 1 seed
     assert (tmp_path / "e" / "edit.json").exists()
+
+
+def test_text_entry_patch_touches_only_the_prompt_rows_at_every_call():
+    """Denoiser-call patching: CFG's unconditional rows (first half) stay, the prompts' rows take the
+    target's states at the paired positions, on every call (the hand-built batch is the reference)."""
+    from diffloc.editing.diagnose import _patch
+
+    rows, n_seeds = 4, 2                                   # 2 prompts x 2 seeds
+    tgt = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)  # [P, T, D]
+    pairs = [([1, 2], [2, 3]), ([], [])]
+    calls = {"n": 0}
+    fn = _patch(rows, pairs, tgt, n_seeds, calls, every_call=True)
+    out = torch.zeros(2 * rows, 5, 3)
+    for _ in range(3):                                     # three denoiser steps
+        new = fn(None, None, out)
+        want = out.clone()
+        want[rows + 0, [1, 2]] = tgt[0, [2, 3]]
+        want[rows + 1, [1, 2]] = tgt[0, [2, 3]]
+        assert torch.equal(new, want)
+    assert calls["n"] == 3
+    with pytest.raises(RuntimeError, match="prompts have 4"):
+        fn(None, None, torch.zeros(3, 5, 3))
+
+
+def test_toy_dit_text_entry_after_the_subject_carries_the_colour():
+    """On toy-dit the text stream entering block 0 (context_embedder's output) carries 'blue' at the tokens
+    after the subject, never at the subject token alone (ground truth, the measured answer)."""
+    from diffloc.editing.cases import load_cases
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.worlds import world_of
+
+    m = load_model("toy-dit")
+    case = load_cases("experiments/cases/toy_edits.jsonl")[0]
+    d = diagnose(m, "red", "blue", "transformer:context_embedder", templates=case["templates"][:3], targets=case["targets"][:3],
+                 seeds=[0], truth=world_of(m))
+    c = d["conditions"]
+    assert (c["none"]["hits"], c["subject"]["hits"], c["after_subject"]["hits"], c["all"]["hits"]) == (0, 0, 3, 3)
+    assert d["residual_site"] == "transformer:context_embedder" and d["recommended"] == "context-embedder"
+    with pytest.raises(EditError, match="not in a text-encoder layer"):
+        diagnose(m, "red", "blue", "transformer:transformer_blocks.0.attn.add_k_proj", seeds=[0], truth=world_of(m))

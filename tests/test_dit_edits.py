@@ -169,3 +169,65 @@ def test_preserve_mode_reaches_the_unet_editors(tmp_path, monkeypatch):
         assert float((Kp @ W.T - Kp @ W0.T).abs().max() / (Kp @ W0.T).abs().max()) < 1e-5
     finally:
         undo_edit(model, recs[0])
+
+
+def test_a_causal_text_stream_names_every_later_block_as_a_reader(tmp_path):
+    """@text after block k is read by blocks k..last; a text->image slice names only its own block."""
+    model = load_model("toy-dit")
+    n = len(model.denoiser.transformer_blocks)
+    d = _trace(tmp_path / "a", [("transformer:transformer_blocks.3@text", "out_text", 0.9),
+                                ("transformer:transformer_blocks.1.attn.txt2img", "other", 0.8)])
+    sites = options_from_trace(d, "joint-attn", model=model)["sites"]
+    assert sites == [f"transformer:transformer_blocks.{i}.attn" for i in [3, *range(4, n), 1]]
+    d = _trace(tmp_path / "b", [("transformer:transformer_blocks.0.attn.txt2img", "other", 1.0)])
+    assert options_from_trace(d, "joint-attn", model=model) == {"sites": ["transformer:transformer_blocks.0.attn"]}
+    # with no trace, joint-attn edits every joint block
+    opts = EDITORS.get("joint-attn").make_options(templates=TEMPLATES)
+    plan = _joint_plan(model, opts.sites)
+    assert [str(k) for k in plan.targets] == [f"transformer:transformer_blocks.{i}.attn.add_k_proj" for i in range(n)]
+
+
+def test_nullspace_rtol_sets_the_room_and_the_update_avoids_the_kept_directions():
+    """A narrow layer whose preserve keys fill its input: no room at 1e-5 (weights unchanged), room at 1e-2,
+    and ΔW is blind to the directions kept at that threshold (checked against preserved_basis directly)."""
+    model = load_model("toy-dit")
+    plan = _context_plan(model)
+    key = next(iter(plan.targets))
+    captions = ["a photo of one green square at the top on a plain background", "a photo of two yellow circles in the middle",
+                "a photo of three blue diamonds at the bottom on a striped background"]
+    Kp = dit_preserve_keys(model, [key], captions, plan.gather, plan.timesteps)[key]
+    W0 = model.module(key).weight.detach().clone()
+    editor = EDITORS.get("context-embedder")
+    for rtol in (1e-5, 1e-2):
+        recs = editor.apply(model, "red", "blue", templates=TEMPLATES, preserve=captions, preserve_mode="nullspace", nullspace_rtol=rtol)
+        try:
+            W = model.module(key).weight.detach()
+            B = preserved_basis(Kp, rtol).double()
+            room = recs[0].info["nullspace_dim"][str(key)]
+            assert room == W.shape[1] - B.shape[0] and recs[0].info["nullspace_rtol"] == rtol
+            dW = (W - W0).double()
+            if room == 0:
+                assert float(dW.abs().max()) == 0.0
+            else:
+                assert float(dW.norm()) > 0 and float((dW @ B.T).norm() / dW.norm()) < 1e-5
+        finally:
+            undo_edit(model, recs[0])
+    assert recs[0].info["nullspace_dim"][str(key)] > 0
+    with pytest.raises(EditError, match=r"nullspace_rtol must be a number in \[0, 1\)"):
+        editor.make_options(nullspace_rtol=1.5)
+
+
+def test_nullspace_method_labels():
+    from diffloc.editing.editors import Method, as_method, case_options, method_labels
+
+    m = as_method("context-embedder+nullspace")
+    assert (m.editor, m.preserve, m.nullspace, m.label) == ("context-embedder", True, True, "context-embedder+nullspace")
+    assert "quickfix+nullspace" in method_labels() and "refact+nullspace" not in method_labels()
+    case = {"id": "c", "source": "red", "target": "blue", "preserve": ["a green square"]}
+    opts = case_options(m, case, {"context-embedder": {"nullspace_rtol": 0.01}})
+    assert (opts.preserve_mode, opts.preserve, opts.nullspace_rtol) == ("nullspace", ("a green square",), 0.01)
+    assert case_options(Method("quickfix", preserve=True), case).preserve_mode == "soft"
+    with pytest.raises(EditError, match="no null-space mode"):
+        as_method("refact+nullspace")
+    with pytest.raises(EditError, match="needs preserve captions"):
+        case_options(m, {"id": "c", "source": "red", "target": "blue"})

@@ -64,6 +64,7 @@ def method_options(editor, model, site: Optional[str], layer: Optional[int], lam
     """Editor options from --from-trace, --site, --layer, --lam and --corpus."""
     opts = options_from_trace(from_trace, editor.name, say=say, model=model) if from_trace else {}
     if site is not None:
+        model.module(site)  # a site the model lacks (a head past its block's heads, a T5 path on CLIP) is one line naming it
         opts = editor.from_site(site)
     if layer is not None:
         if editor.site_option != "layer":
@@ -91,6 +92,7 @@ def edit(
     templates: Optional[Path] = typer.Option(None, help="File of edit prompts, one per line, '{}' where the concept goes (default: the paper's 'A photo of {}' set)."),
     preserve: Optional[Path] = typer.Option(None, help=f"{_for('preserve')}file of captions whose keys must keep their values (UCE's preservation)."),
     preserve_mode: Optional[str] = typer.Option(None, help=f"{_for('preserve_mode')}soft (UCE's term, default) or nullspace (the update avoids the preserve keys: their outputs stay exact)."),
+    nullspace_rtol: Optional[float] = typer.Option(None, help=f"{_for('nullspace_rtol')}with --preserve-mode nullspace: preserved directions with singular value below rtol·σ_max are left free for the edit (default 1e-5: exact to float32 rounding; raise it when the preserve keys fill the layer's input)."),
     targets: Optional[Path] = typer.Option(None, help=f"{_for('targets')}file of target prompts, one per template line, target words in [brackets] ('[two] red triangles at the top'); default: the templates filled with --target."),
     cases: Optional[Path] = typer.Option(None, help="A cases file (JSONL, as experiments/cases/toy_edits.jsonl): apply all its edits, in one closed-form solve (" + ", ".join(batched()) + ")."),
     sequential: bool = typer.Option(False, help="With --cases: apply the edits one after another (every method), each its own undoable record."),
@@ -120,6 +122,9 @@ def edit(
     if preserve_mode is not None:
         _only_for(editor, "preserve_mode", "--preserve-mode")
         opts["preserve_mode"] = preserve_mode
+    if nullspace_rtol is not None:
+        _only_for(editor, "nullspace_rtol", "--nullspace-rtol")
+        opts["nullspace_rtol"] = nullspace_rtol
     found = _diagnose(m, editor, opts, source, target, chosen, diagnose_seeds) if diagnose else None
     if chosen is None:
         records = editor.apply(m, source, target, opts)
@@ -135,7 +140,7 @@ def edit(
 
         write_diagnosis(found[0] if len(found) == 1 else found, out / "diagnosis.json")
     for r in records:
-        say(f"{r.method} {r.site}: {json.dumps({k: v for k, v in r.info.items() if k in ('n_pairs', 'n_edits', 'seconds', 'final_p', 'layer', 'lambda')})}")
+        say(f"{r.method} {r.site}: {json.dumps({k: v for k, v in r.info.items() if k in ('n_pairs', 'n_edits', 'seconds', 'final_p', 'layer', 'lambda', 'nullspace_dim')})}")
     say(f"edited model -> {out} (edit.json lists {len(previous) + len(records)} weight edits)")
 
 
@@ -176,12 +181,12 @@ def _file_options(opts: dict, editor, templates, preserve, targets) -> None:
 
 def _diagnose(model, editor, opts: dict, source, target, chosen, seeds: int, max_prompts: int = 4) -> list[dict]:
     """Diagnose each edit (the first ``max_prompts`` edit prompts × ``seeds``) at the site ``editor`` would edit."""
-    from diffloc.editing.diagnose import diagnose, diagnosis_line, residual_site
+    from diffloc.editing.diagnose import diagnose, diagnosis_line, patch_site
     from diffloc.tracing.scoring import default_scorer, load_scorer
     from diffloc.tracing.worlds import world_of
 
     site = editor.site_of(model, opts)
-    residual_site(site)  # a denoiser site is a one-line error before anything runs
+    patch_site(model, site)  # a denoiser site other than the text entry is a one-line error before anything runs
     if seeds < 1:
         raise UsageError(f"--diagnose-seeds must be >= 1, got {seeds}")
     world = world_of(model)
@@ -226,6 +231,8 @@ def diagnose_cmd(
     if max_prompts < 1:
         raise UsageError(f"--max-prompts must be >= 1, got {max_prompts}")
     m = load_model(model)
+    if site is not None:
+        m.module(site)  # a site the model lacks is one line naming it (not silently its layer number)
     if editor.site_option == "layer":  # any text-encoder site names its layer
         opts = {"layer": layer if site is None else Site.parse(site).layer}
     else:
@@ -288,7 +295,7 @@ def evaluate(
     model: str = typer.Option("toy", "--model", "-m", help="A model spec, or an edited folder (its edits are evaluated)."),
     cases: Path = typer.Option(Path("experiments/cases/toy_edits.jsonl"), help="Edit cases (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: eval.parquet, summary.json, grids."),
-    method: List[str] = typer.Option([], "--method", help=f"Methods to evaluate on a clean model (repeat; default: every editor that can edit the model, with and without +preserve): {', '.join(EDITORS.names())}; <editor>+preserve adds the cases' preserve captions (or use --preserve)."),
+    method: List[str] = typer.Option([], "--method", help=f"Methods to evaluate on a clean model (repeat; default: every editor that can edit the model, with and without +preserve): {', '.join(EDITORS.names())}; <editor>+preserve adds the cases' preserve captions (or use --preserve); <editor>+nullspace keeps them exactly (preserve mode nullspace)."),
     seeds: int = typer.Option(10, help="Seeds per prompt (ReFACT used 25)."),
     max_cases: Optional[int] = typer.Option(None, help="Use only the first N cases."),
     scorer: str = typer.Option("toy", help="CLIP scorer (toy, or open_clip name/pretrained)."),
@@ -296,6 +303,7 @@ def evaluate(
     preserve: bool = typer.Option(False, help="Give every method that takes them the cases' preserve captions (rows labelled <editor>+preserve)."),
     together: int = typer.Option(1, help="Evaluate each case on a model carrying N edits at once: groups of N consecutive cases (the last holds the remainder)."),
     sequential: bool = typer.Option(False, help="With --together: apply a group's edits one after another instead of in one solve."),
+    nullspace_rtol: Optional[float] = typer.Option(None, help=f"{_for('nullspace_rtol')}+nullspace's rank threshold: preserved directions with singular value below rtol·σ_max are left free (default 1e-5: exact to float32 rounding)."),
 ) -> None:
     """Efficacy, generalization and specificity (CLIP, and ground truth on the toy world).
 
@@ -304,7 +312,7 @@ def evaluate(
     from diffloc.evaluate_run import run_evaluate
 
     run_evaluate(model, cases, out, method, seeds, max_cases, scorer, refact_layer=refact_layer, progress=progress_bar("evaluate"), say=say,
-                 preserve=preserve, together=together, sequential=sequential)
+                 preserve=preserve, together=together, sequential=sequential, nullspace_rtol=nullspace_rtol)
 
 
 def bench_edit(out: Path = typer.Option(..., "--out", "-o", help="JSON file to write.")) -> None:
