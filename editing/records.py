@@ -127,7 +127,10 @@ def _save_model(model, folder: Path) -> None:
         for name, tok in model.tokenizers.items():
             tok.save_pretrained(folder / name.replace("text_encoder", "tokenizer"))
         model.scheduler.save_pretrained(folder / "scheduler")
-        write_model_defaults(model.defaults, folder / "diffloc.json")
+        defaults = dict(model.defaults)
+        if "text_encoder_from" in defaults:  # toy-dit: its (possibly edited) text encoder is saved here, not read from beside it
+            defaults["text_encoder_from"] = "."
+        write_model_defaults(defaults, folder / "diffloc.json")
         return
     model.family.stock_pipeline(model).save_pretrained(folder, safe_serialization=True)
 

@@ -20,6 +20,8 @@ import json
 import re
 from pathlib import Path
 
+from experiments.make_docs_dit_edits import dit_edit_sections
+
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "results" / "reference"
 DOCS = ROOT / "docs"
@@ -340,7 +342,7 @@ def findings_page() -> str:
             "the protocols work, is in [tracing.md](tracing.md) (localisation and screens) and "
             "[editing.md](editing.md) (edits); the toy world itself is in [toy_world.md](toy_world.md).\n\n"
             + "\n".join(s for s in [_localisation(), _screens(), _toy_fidelity(), _dit_findings(), _edits(), _diagnosis(),
-                                     _many_edits()] if s))
+                                     _many_edits(), dit_edit_sections(REF, _table, _cell)] if s))
 
 
 # --------------------------------------------------------------------------------------------- benchmarks
