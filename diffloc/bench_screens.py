@@ -9,15 +9,19 @@ All figures are ratios measured in this one run, on the same prompt, seed and co
 
 - ``screen_over_exact[method][scope]``: wall time of one screen (``atp``, ``ig``) over every
   site of ``scope`` ÷ the exact sweep of the same sites (every unit of one prompt × seed, no-op
-  rows skipped as the sweep does). Scopes: ``text_encoder`` (layer × token × kind) and, where
-  the model has heads, ``heads`` (every text-encoder and UNet attention head).
-- ``naive_over_sweep_text``: one pipeline call per restored row, as the reference codes do
+  rows skipped as the sweep does). Scopes (:func:`screen_scopes`): UNet models ``text_encoder``
+  (layer × token × kind) and, where the model has heads, ``heads`` (every text-encoder and UNet
+  attention head); DiT models ``denoiser`` (every block state: each block's streams, attention
+  and feed-forward outputs) and ``heads`` (the denoiser's sites and every one of its heads).
+- ``naive_over_sweep_text`` (UNet models): one pipeline call per restored row, as the reference codes do
   (each re-running its clean and corrupted passes; no row is skipped), ÷ the batched sweep
   with no-op rows skipped. The naive time is measured on ``naive_sample`` rows spread over
   the table and scaled to all rows (a naive call costs the same for every row).
-- ``peak_mem_ratio_screen``: peak memory of an ``atp`` screen ÷ plain generation of the
-  same batch (one prompt with classifier-free guidance), as in :mod:`diffloc.bench_trace`.
-- ``skipped_noop``: rows the exact sweep did not generate (no-ops and duplicates), of all rows.
+- ``peak_mem_ratio_screen``: peak memory of an ``atp`` screen of the first scope ÷ plain
+  generation of the same batch (one prompt with classifier-free guidance), as in
+  :mod:`diffloc.bench_trace`.
+- ``skipped_noop`` (UNet models): rows the exact text sweep did not generate (no-ops and
+  duplicates), of all rows.
 
 Timings are read from ``clock`` (default ``time.perf_counter``; two reads around each timed
 block, in the order exact, atp, ig per scope, then the naive rows) and peaks from
@@ -93,15 +97,27 @@ def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "
                        batch_size=batch_size, num_inference_steps=steps, scorer=scorer_spec, device=device, dtype=dtype,
                        **({"text_kinds": tuple(text_kinds)} if text_kinds else {}))
     ctx = screen_context(base, model, scorer)
-    out = scope_figures(base, ctx, "text_encoder", clock)
-    if heads and _has_heads(ctx.model):
-        figs = scope_figures(replace(base, component="all", heads=True), ctx, "heads", clock)
-        out["seconds"].update(figs["seconds"])
-        out["rows_heads"] = figs["rows_heads"]
-        for name, ratios in figs["screen_over_exact"].items():
-            out["screen_over_exact"][name].update(ratios)
-    out.update(text_figures(base, ctx, naive_sample, repeats, out["seconds"]["exact_text_encoder"], clock, peak))
+    scopes = screen_scopes(ctx.model, heads)
+    out: dict = {"screen_over_exact": {}, "seconds": {}, "screen_scopes": list(scopes)}
+    for scope, over in scopes.items():
+        figs = scope_figures(replace(base, **over), ctx, scope, clock)
+        for name, ratios in figs.pop("screen_over_exact").items():
+            out["screen_over_exact"].setdefault(name, {}).update(ratios)
+        out["seconds"].update(figs.pop("seconds"))
+        out.update(figs)
+    if "text_encoder" in scopes:
+        out.update(text_figures(base, ctx, naive_sample, repeats, out["seconds"]["exact_text_encoder"], clock, peak))
+    else:
+        out.update(denoiser_figures(replace(base, **scopes["denoiser"]), ctx, repeats, peak))
     return out
+
+
+def screen_scopes(model, heads: bool = True) -> dict[str, dict]:
+    """The scopes :func:`bench_screens` times for ``model``, each as TraceConfig overrides (module docstring)."""
+    if model.family.denoiser == "unet":
+        return {"text_encoder": {}, **({"heads": {"component": "all", "heads": True}} if heads and _has_heads(model) else {})}
+    den = {"component": "denoiser"}
+    return {"denoiser": den, **({"heads": {**den, "heads": True}} if heads and model.sites.heads(model.family.denoiser) else {})}
 
 
 def screen_context(base: TraceConfig, model=None, scorer=None):
@@ -135,13 +151,25 @@ def text_figures(base: TraceConfig, ctx, naive_sample: int, repeats: int, t_exac
     out = {"naive_over_sweep_text": round(per_row * n_rows / t_exact_text, 2),
            "naive_text_estimated_s": round(per_row * n_rows, 2)}
     out.update(_screen_mem(base, ctx, repeats, peak))
-    out["screen_setup"] = {"model": ctx.model.name, "attribute": base.attribute, "prompt": ctx.prompts[0].marked,
-                           "steps": ctx.scfg.num_inference_steps, "ig_steps": _ig_steps(base), "naive_sample": naive_sample,
-                           "text_kinds": list(base.text_kinds), "batch_size": base.batch_size,
-                           "device": str(ctx.model.device), "threads": torch.get_num_threads()}
+    out["screen_setup"] = _setup(base, ctx, naive_sample)
     out["screen_targets"] = {"atp text_encoder": "<= 0.1", "atp heads": "<= 0.05", "naive_over_sweep_text": ">= 3",
                              "peak_mem_ratio_screen": "<= 3"}
     return out
+
+
+def denoiser_figures(cfg: TraceConfig, ctx, repeats: int, peak: Callable = median_peak) -> dict:
+    """DiT models: the screen's peak memory over the denoiser's sites, and the setup."""
+    out = _screen_mem(cfg, ctx, repeats, peak)
+    out["screen_setup"] = {k: v for k, v in _setup(cfg, ctx, None).items() if k != "text_kinds"}
+    out["screen_targets"] = {"atp denoiser": "<= 0.1", "atp heads": "<= 0.05", "peak_mem_ratio_screen": "<= 3"}
+    return out
+
+
+def _setup(cfg: TraceConfig, ctx, naive_sample: int | None) -> dict:
+    return {"model": ctx.model.name, "attribute": cfg.attribute, "prompt": ctx.prompts[0].marked,
+            "steps": ctx.scfg.num_inference_steps, "ig_steps": _ig_steps(cfg), "naive_sample": naive_sample,
+            "text_kinds": list(cfg.text_kinds), "batch_size": cfg.batch_size,
+            "device": str(ctx.model.device), "threads": torch.get_num_threads()}
 
 
 def _ig_steps(base: TraceConfig) -> int | None:

@@ -44,3 +44,12 @@ def scorer():
 
 # Tiny models are overhead-bound: one thread avoids oversubscription when the machine is busy.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ray():
+    """A Ray runtime of two CPUs for the executor tests of one module."""
+    ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'diffloc[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

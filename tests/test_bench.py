@@ -69,6 +69,36 @@ def test_bench_trace_figures_are_the_arithmetic_of_known_timings(pixel_model):
     assert r["setup"]["steps"] == 2
 
 
+@pytest.mark.parametrize("spec", ["tiny-sd3", "tiny-flux"])
+def test_bench_trace_figures_on_dit_replicas(monkeypatch, spec):
+    """The same arithmetic on the MM-DiT replicas (SD3: CFG; FLUX: embedded guidance), and the naive loop is one
+    pipeline call per restored denoiser site."""
+    import diffloc.bench_trace as bt
+    from diffloc.tracing.models import load_model
+
+    model, rows, images, calls = load_model(spec), 3, {}, []
+    real = bt.patched_generate
+    monkeypatch.setattr(bt, "patched_generate", lambda m, p, rs, *a, **k: calls.append([r.sites for r in rs]) or real(m, p, rs, *a, **k))
+
+    def timer(label, fn, repeats):
+        if label in ("sweep", "plain", "sweep_2x", "naive"):
+            out = fn()
+            images[label] = None if out is None else out.shape[0]
+        return SECONDS[label]
+
+    r = bench_trace(model=model, rows=rows, repeats=3, steps=1, timer=timer, peak=lambda label, fn, repeats: PEAKS[label])
+    assert images == {"sweep": rows + 2, "plain": rows + 2, "sweep_2x": 2 * rows + 2, "naive": None}
+    sites = [(s,) for s in model.sites.denoiser[:rows]]
+    naive = [c for c in calls if len(c) == 1]  # the sweeps' calls restore several rows at once
+    assert naive == [[s] for s in sites], "one call per restored row, each restoring one denoiser site"
+    # by hand: 0.2 / 0.16, 0.9 / 0.2, 1000 * 0.2 / 5 images, 5 images / 0.16 s, 1000 * 0.36 / 8 images, 3 MiB / 2 MiB
+    assert (r["sweep_over_plain"], r["naive_over_sweep"], r["ms_per_image"]) == (1.25, 4.5, 40.0)
+    assert r["images_per_s_plain"] == 31.25 and r["linearity_ms_per_row"]["at_2x_rows"] == 45.0
+    assert r["peak_mem_ratio"] == 1.5
+    assert r["targets"] == {"sweep_over_plain": "<= 1.15", "naive_over_sweep": ">= 3", "peak_mem_ratio": "<= 1.3"}
+    assert r["setup"]["model"] == spec and r["setup"]["guidance"] == model.defaults["guidance_scale"]
+
+
 # ---- bench_edit: known per-call times in, medians and minima out -------------------------------------------
 
 # the order bench_edit_closed_form times its blocks in: quickfix shipped, quickfix direct, batched, naive,

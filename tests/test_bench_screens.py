@@ -110,3 +110,65 @@ def test_bench_screens_counts_rows_as_the_site_table_and_tokenizer_say(pixel_mod
     first = min(MarkedPrompt.parse(r["screen_setup"]["prompt"]).positions(pixel_model.tokenizer))
     assert first == 5 and r["skipped_noop"]["noop"] >= 2 * layers * first
     assert set(r["seconds"]) == {"exact_text_encoder", "atp_text_encoder", "ig_text_encoder"}
+
+
+@pytest.fixture
+def faked_dit(monkeypatch, faked):
+    """The same stand-ins around tiny-sd3: its scopes are the denoiser's sites, then those and every head."""
+    from diffloc.tracing.models import load_model
+
+    model = load_model("tiny-sd3")
+    ctx = types.SimpleNamespace(model=model, prompts=[MarkedPrompt.parse("a [red] car")],
+                                scfg=SamplerConfig(num_inference_steps=2, guidance_scale=7.0))
+    monkeypatch.setattr(bs, "screen_context", lambda base, model=None, scorer=None: ctx)
+    return faked
+
+
+def test_dit_screens_time_every_block_state(faked_dit):
+    # clock reads: denoiser exact 5 s, atp 0.25 s, ig 2 s; heads exact 10 s, atp 0.4 s, ig 3 s; no naive text rows
+    clock = ScriptedClock(0, 5, 10, 10.25, 20, 22, 30, 40, 50, 50.4, 60, 63)
+    peaks = iter([{"tensors": 9 * MiB, "rss": None}, {"tensors": 4 * MiB, "rss": None}])  # atp screen, then plain
+    r = bs.bench_screens(model=object(), scorer=object(), heads=True, steps=2, clock=clock, peak=lambda fn, repeats: next(peaks))
+    assert not clock.readings and faked_dit == [], "every timed block read the clock twice; no naive call"
+    assert r["screen_scopes"] == ["denoiser", "heads"]
+    # 0.25 / 5, 2 / 5, 0.4 / 10, 3 / 10
+    assert r["screen_over_exact"] == {"atp": {"denoiser": 0.05, "heads": 0.04}, "ig": {"denoiser": 0.4, "heads": 0.3}}
+    assert r["rows_denoiser"] == r["rows_heads"] == 5 and "naive_over_sweep_text" not in r
+    assert r["peak_mem_ratio_screen"] == 2.25 and r["peak_mem_mb_screen"] == {"screen": 9.0, "plain": 4.0}
+    assert r["screen_targets"]["atp denoiser"] == "<= 0.1"
+
+
+def test_dit_scopes_are_the_denoisers_sites_and_heads(pixel_model):
+    """Which sites each scope's exact sweep covers, counted from the site table (no timing)."""
+    from dataclasses import replace
+
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.trace_config import TraceConfig, plan_units
+
+    model = load_model("tiny-flux")
+    scopes = bs.screen_scopes(model)
+    base = TraceConfig(model="tiny-flux", component="text_encoder", seeds=(0,), batch_size=1000)
+    rows = {k: [r.site for u in plan_units(replace(base, **v), model, [MarkedPrompt.parse("a [red] car")], 2) for r in u.rows]
+            for k, v in scopes.items()}
+    den = [str(s) for s in model.sites.denoiser]
+    assert rows["denoiser"] == den
+    assert rows["heads"] == den + [str(h) for h in model.sites.heads("transformer")]
+    assert list(bs.screen_scopes(pixel_model)) == ["text_encoder", "heads"]
+    assert list(bs.screen_scopes(model, heads=False)) == ["denoiser"]
+
+
+def test_gpu_bench_plans_the_dit_stages(pixel_model):
+    """experiments/gpu_bench.py: a DiT's screen stages are its denoiser's block states and heads; a UNet's the text encoder's."""
+    from diffloc.tracing.models import load_model
+    from diffloc.tracing.trace_config import TraceConfig
+    from experiments import gpu_bench
+
+    base = TraceConfig(model="tiny-sd3", component="text_encoder", seeds=(0,))
+    sd3 = load_model("tiny-sd3")
+    stages = gpu_bench._screen_stages(base, sd3, gpu_bench.STAGES)
+    assert [(n, c.component, c.heads) for n, c in stages] == [("screens_denoiser", "denoiser", False), ("screens_heads", "denoiser", True)]
+    assert [n for n, _ in gpu_bench._screen_stages(base, pixel_model, gpu_bench.STAGES)] == ["screens_text", "screens_heads"]
+    assert [n for n, _ in gpu_bench._screen_stages(base, sd3, ("trace", "screens_denoiser"))] == ["screens_denoiser"]
+    n_params = sum(p.numel() for m in [*sd3.modules.values(), sd3.vae] for p in m.parameters())
+    assert gpu_bench._weights_mb(sd3) == round(n_params * 4 / 2**20, 1)  # float32
+    assert {"random-sd3", "random-flux"} <= set(gpu_bench.STEPS) and {"random-sd3", "random-flux"} <= set(gpu_bench.ROWS)

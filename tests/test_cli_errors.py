@@ -48,12 +48,50 @@ def _cli(*args):
     (["trace", "--attribute", "colour"], "Missing option '--out'"),
     (["evaluate", "--cases", "experiments/cases/toy_edits.jsonl", "--method", "quickfix", "--together", "99", "--out", "OUT"],
      "--together 99 out of range; allowed 1..24"),
+    # DiT families: refused before any unit runs (no progress bar, no output folder)
+    (["trace", "--model", "tiny-flux", "--attribute", "colour", "--scorer", "toy", "--guidance", "0", "--out", "OUT"],
+     "FLUX.1-dev needs a distilled guidance scale > 0 (its pipeline uses 3.5), got 0.0"),
+    (["trace", "--model", "tiny-sd3", "--attribute", "colour", "--scorer", "toy", "--guidance", "-1", "--out", "OUT"],
+     "guidance_scale must be >= 0, got -1.0"),
+    # a head past a DiT block's heads (tiny-sd3: 4 per joint attention; tiny-pixart: 8 per cross-attention)
+    (["edit", "--method", "joint-attn", "--model", "tiny-sd3", "--site", "transformer:transformer_blocks.0.attn.heads.9",
+      "--source", "red", "--target", "blue", "--out", "OUT"], "head 9 out of range; transformer_blocks.0.attn has heads 0..3"),
+    (["edit", "--method", "dit-crossattn", "--model", "tiny-pixart", "--site", "transformer:transformer_blocks.0.attn2.heads.99",
+      "--source", "red", "--target", "blue", "--out", "OUT"], "head 99 out of range"),
+    # T5 sites on a CLIP-only model
+    (["edit", "--method", "quickfix", "--model", "toy", "--site", "text_encoder:encoder.block.0.layer.0.SelfAttention.o",
+      "--source", "red", "--target", "blue", "--out", "OUT"], "not a T5 encoder"),
+    (["edit", "--method", "t5-quickfix", "--model", "toy", "--site", "text_encoder_2:encoder.block.0.layer.0.SelfAttention.o",
+      "--source", "red", "--target", "blue", "--out", "OUT"], "no component 'text_encoder_2'"),
+    (["diagnose", "--model", "toy", "--site", "text_encoder:encoder.block.0.layer.0.SelfAttention.o", "--source", "red",
+      "--target", "blue", "--out", "OUT"], "not a T5 encoder"),
 ])
 def test_documented_bad_inputs_are_one_line_with_exit_code_2(tmp_path, args, msg):
     r = _cli(*[a.replace("OUT", str(tmp_path / "out")) for a in args])
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr[-2000:]
+
+
+def test_flux_schnell_asked_for_guidance_is_one_line(tmp_path):
+    """A FLUX.1-schnell folder (no guidance embedding) loads with its pipeline's defaults (4 steps, guidance 0);
+    asked for guidance (CFG or embedded) it is one line, exit 2, before any work."""
+    import diffusers
+
+    from diffloc.tracing.families.dit_replicas import build_dit_models, dit_replica_configs, with_tokenizers
+    from diffloc.tracing.models import load_model
+
+    cfgs = dit_replica_configs("flux")
+    cfgs["transformer/config.json"]["guidance_embeds"] = False
+    cfgs["scheduler/scheduler_config.json"].update(shift=1.0, use_dynamic_shifting=False)
+    folder = tmp_path / "schnell"
+    diffusers.FluxPipeline(**with_tokenizers(build_dit_models(cfgs, 0), cfgs)).save_pretrained(folder)
+    assert load_model(str(folder)).defaults == {"guidance_scale": 0.0, "num_inference_steps": 4}
+    out = tmp_path / "out"
+    r = _cli("trace", "--model", str(folder), "--attribute", "colour", "--scorer", "toy", "--guidance", "5", "--out", str(out))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: FLUX.1-schnell has no guidance and FLUX no classifier-free guidance; use guidance_scale 0, got 5.0"], r.stderr[-2000:]
+    assert not out.exists(), "refused before the sweep wrote anything"
 
 
 def test_a_bug_inside_a_command_shows_its_traceback(monkeypatch):

@@ -65,3 +65,33 @@ def test_bridge_names_bad_sites_and_components(pixel_model):
     with pytest.raises(DifflocInputError, match="no component 'vae'"):
         with bridge.intervene(vae=lambda b, c: None):
             pass
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    from diffloc.tracing.models import load_model
+
+    return load_model("tiny-sd3")
+
+
+@pytest.mark.parametrize("name", ["transformer:transformer_blocks.1@text", "transformer:transformer_blocks.1.attn.to_add_out",
+                                  "transformer:transformer_blocks.1@image"])
+def test_dit_restoration_in_nnsight_equals_diffloc_hooks(sd3, name):
+    """tiny-sd3 (MM-DiT, CFG): a joint block's text or image stream, or its text-stream attention output, restored in nnsight."""
+    site = Site.parse(name)
+    corruption = _corruption(sd3)
+    cfg = SamplerConfig(num_inference_steps=2, guidance_scale=sd3.defaults["guidance_scale"])
+    ours = patched_generate(sd3, PROMPT, [Restore(), Restore((site,))], corruption, torch.Generator().manual_seed(0), cfg)
+    own = hook_count(sd3.modules)  # transformers' CLIP towers keep output-capturing hooks of their own once run
+    bridge = wrap(sd3)
+
+    def restore(bridge, call):
+        R = call.batch // 2  # [uncond rows, cond rows]
+        out = bridge.site_output(site)
+        out[[2, R + 2]] = out[[0, R]]
+
+    with bridge.intervene(transformer=restore):
+        theirs = patched_generate(bridge.model, PROMPT, [Restore(), Restore()], corruption, torch.Generator().manual_seed(0), cfg)
+    assert bridge.calls == {} and hook_count(sd3.modules) == own, "the bridge leaves no hook behind"
+    assert not torch.equal(ours[1], ours[2]), "the restoration changes the image (the test can fail)"
+    assert torch.equal(ours, theirs)

@@ -27,14 +27,6 @@ def _cfg(executor):
 
 
 @pytest.fixture(scope="module")
-def ray():
-    ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'diffloc[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def models():
     torch.set_num_threads(1)
     return tiny_pixel_model(0), tiny_scorer(0)

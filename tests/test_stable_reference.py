@@ -5,7 +5,8 @@ values worked out by hand (ranks, the Spearman formula, percentiles of a two-val
 distribution) and against a plain numpy recomputation that shares no code with
 ``tracing.stats`` / ``tracing.stable``. Every table below has ``clean = 1`` and ``corrupted = 0``
 in every row, so a site's ratio-of-means effect over some pairs is just the mean of its scores
-over those pairs.
+over those pairs. Their drop of 1 point is informative under ``min_drop=1`` (:data:`EVERY_PAIR`); the last tests
+make some pairs uninformative and check that only the informative ones count.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def table_of(scores: dict[tuple[int, int], dict[tuple[str, str], float]], method
             recs.append(dict(base, component=comp, kind="hidden" if text else "attn", site=site, clip_score=v,
                              layer=int(site[-1]) if text else -1, token_role="subject" if text else ""))
     return pd.DataFrame(recs)
+
+
+EVERY_PAIR = dict(min_drop=1.0, min_informative=2)  # clean 1, corrupted 0: every pair of table_of is informative
 
 
 def ranks(x) -> np.ndarray:
@@ -110,12 +114,12 @@ def test_judge_ranks_only_sites_with_a_real_effect():
     table = _pairs_table()
     with_noise = spearman_ref(A + [1.0], B + [-1.0])
     assert with_noise < 0.9
-    got = judge(table, target=0.9, bootstrap=2000)
-    assert got["n_pairs"] == 4
+    got = judge(table, target=0.9, bootstrap=2000, **EVERY_PAIR)
+    assert got["n_pairs"] == got["n_informative"] == 4
     assert got["spearman"] == {"clip": {"text_encoder": None, "unet": 0.9}}
     assert got["n_sites"] == {"clip": {"text_encoder": 2, "unet": 5}}
     assert got["met"] is True
-    assert judge(table, target=0.95, bootstrap=2000)["met"] is False
+    assert judge(table, target=0.95, bootstrap=2000, **EVERY_PAIR)["met"] is False
 
 
 def test_judge_reads_measured_rows_not_screen_estimates():
@@ -124,7 +128,7 @@ def test_judge_reads_measured_rows_not_screen_estimates():
     estimates = table_of({(p, s): {("unet", f"unet.site{j}"): v for j, v in enumerate(reversed(A))} for p in (0, 1) for s in (0, 1)},
                          method="atp")
     mixed = pd.concat([exact, estimates], ignore_index=True)
-    assert judge(mixed, target=0.9, bootstrap=2000)["spearman"]["clip"]["unet"] == 0.9
+    assert judge(mixed, target=0.9, bootstrap=2000, **EVERY_PAIR)["spearman"]["clip"]["unet"] == 0.9
 
 
 # ---- the loop: a fake sweep whose tables are known, rounds checked against hand values -----------------------
@@ -150,7 +154,7 @@ def test_run_until_stable_adds_seeds_until_the_halves_agree(tmp_path, monkeypatc
         return _seed_table(cfg.seeds)
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
-    cfg = TraceConfig(model="tiny", attribute="colour", seeds=(0, 1), bootstrap=500)
+    cfg = TraceConfig(model="tiny", attribute="colour", seeds=(0, 1), bootstrap=500, **EVERY_PAIR)
     table, history = run_until_stable(cfg, tmp_path / "run", target=0.9, max_seeds=8, round_seeds=2,
                                       model=object(), scorer=object(), stability_metrics=["clip"])
     assert calls == [(0, 1), (0, 1, 2, 3)]
@@ -171,7 +175,7 @@ def test_run_until_stable_stops_at_max_seeds_with_the_last_round_cut_short(tmp_p
         return table_of({(0, s): {("unet", f"unet.site{j}"): v for j, v in enumerate(PER_SEED[s % 2])} for s in cfg.seeds})
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
-    cfg = TraceConfig(model="tiny", attribute="colour", seeds=(0, 1), bootstrap=200)
+    cfg = TraceConfig(model="tiny", attribute="colour", seeds=(0, 1), bootstrap=200, **EVERY_PAIR)
     _, history = run_until_stable(cfg, tmp_path / "never", target=0.9, max_seeds=5, round_seeds=2,
                                   model=object(), scorer=object(), stability_metrics=["clip"])
     assert calls == [(0, 1), (0, 1, 2, 3), (0, 1, 2, 3, 4)]
@@ -179,3 +183,61 @@ def test_run_until_stable_stops_at_max_seeds_with_the_last_round_cut_short(tmp_p
     assert [h["spearman"]["clip"]["unet"] for h in history] == [-1.0, -1.0, -1.0]
     saved = read_json_format("stability", tmp_path / "never" / "stability.json")
     assert not saved["stable"] and saved["finished"]
+
+
+# ---- only informative pairs count: toward --min-informative and in the rankings -------------------------------
+
+ASCENDING, DESCENDING = [0.2, 0.4, 0.6, 0.8], [0.8, 0.6, 0.4, 0.2]
+
+
+def _mixed_table(seeds) -> pd.DataFrame:
+    """Even seeds informative (clean 1, corrupted 0: a drop of 1 point) ranking the sites ascending; odd seeds
+    uninformative (corrupted 0.5: a drop of 0.5 < min_drop 1) ranking them the other way round."""
+    t = table_of({(0, s): {("unet", f"unet.site{j}"): v for j, v in enumerate(DESCENDING if s % 2 else ASCENDING)} for s in seeds})
+    t.loc[t.seed % 2 == 1, "clip_corrupted"] = 0.5
+    return t
+
+
+def count_pairs(table: pd.DataFrame, min_drop: float) -> tuple[int, int]:
+    """(pairs, informative pairs), counted from the clean rows by hand (no gt column here: the CLIP drop alone decides)."""
+    seen = {}
+    for r in table[table.kind == "clean"].itertuples():
+        seen[(r.prompt_index, r.seed, r.noise_index)] = r.clip_clean - r.clip_corrupted >= min_drop
+    return len(seen), sum(seen.values())
+
+
+def test_judge_counts_and_ranks_informative_pairs_only():
+    table = _mixed_table(range(4))  # informative: seeds 0, 2 (ascending); with seeds 1, 3 the halves would be reversed
+    got = judge(table, target=0.9, bootstrap=500, min_drop=1.0, min_informative=2)
+    assert (got["n_pairs"], got["n_informative"]) == count_pairs(table, 1.0) == (4, 2)
+    assert got["spearman"] == {"clip": {"unet": 1.0}} and got["met"] is True
+    assert judge(table, target=0.9, bootstrap=500, min_drop=1.0, min_informative=3)["met"] is False  # 4 pairs, 2 count
+    none = judge(table, target=0.9, bootstrap=500, min_drop=2.0, min_informative=1)
+    assert (none["n_informative"], none["spearman"], none["met"]) == (0, {"clip": {}}, False)
+
+
+def test_run_until_stable_adds_seeds_until_enough_informative_pairs(tmp_path, monkeypatch):
+    """min_informative 3, half the pairs uninformative. Seeds 0-1: 1 informative pair. Seeds 0-3: 4 pairs (>= 3) and the
+    2 informative ones rank the sites alike (rho 1), yet only 2 count: not stable. Seeds 0-5: 3 informative, rho 1: stable."""
+    tables = {}
+
+    def fake_run_sweep(cfg, out, **kw):
+        tables[tuple(cfg.seeds)] = _mixed_table(cfg.seeds)
+        return tables[tuple(cfg.seeds)]
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    cfg = TraceConfig(model="tiny", attribute="colour", seeds=(0, 1), bootstrap=300, min_drop=1.0, min_informative=3)
+    lines = []
+    _, history = run_until_stable(cfg, tmp_path / "run", target=0.9, max_seeds=10, round_seeds=2, model=object(), scorer=object(),
+                                  report=lines.append)
+    assert list(tables) == [(0, 1), (0, 1, 2, 3), (0, 1, 2, 3, 4, 5)]
+    counts = [count_pairs(tables[tuple(h["seeds"])], 1.0) for h in history]
+    assert [(h["n_pairs"], h["n_informative"]) for h in history] == counts == [(2, 1), (4, 2), (6, 3)]
+    assert history[1]["spearman"] == {"clip": {"unet": 1.0}} and [h["met"] for h in history] == [False, False, True]
+    assert len(lines) == 3
+    for line, (n, k) in zip(lines, counts):
+        assert f"n_pairs {n}, n_informative {k} (need 3)" in line and "\n" not in line
+    assert lines[-1].endswith("-> stable") and lines[0].endswith("-> add 2 seed(s)")
+    saved = read_json_format("stability", tmp_path / "run" / "stability.json")
+    assert [(h["n_pairs"], h["n_informative"]) for h in saved["history"]] == counts
+    assert (saved["min_informative"], saved["min_drop"], saved["stable"]) == (3, 1.0, True)

@@ -13,7 +13,9 @@ the clean row's denoising, every attention where image queries read the prompt (
 in an MM-DiT, ``attn2`` cross-attention in a UNet or PixArt) is scored by
 ``|| W_o · A[image queries, concept tokens] · V ||``, averaged over image queries and steps
 (:class:`~diffloc.tracing.families.joint_attention.ConceptContribution`); concept tokens are the
-marked words' positions in the prompt sequence. Rows carry the raw ``attn_contrib`` and, in
+marked words' positions in the prompt sequence the denoiser reads: each corrupted encoder's own
+positions, placed where the family puts that encoder's tokens (SD3: CLIP first, T5 after its 77;
+FLUX: T5 only, ``Family.sequence_positions``). Rows carry the raw ``attn_contrib`` and, in
 ``effect_<scorer>``, the contribution over the unit's largest (so the top block reads as 1 and
 the site summaries rank them exactly as the raw values do); as for the screens,
 ``<scorer>_score`` is the score that effect stands for, ``corrupted + effect × (clean − corrupted)``,
@@ -33,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .encoders import corrupted_encoders, word_positions
 from .errors import ConfigError
 from .exact import run_unit as exact_run_unit
 from .exact import score_rows, unit_corruption
@@ -93,8 +96,12 @@ class AttnContribMethod(BaseMethod):
         if unit.component.endswith(CONFIRM):
             return exact_run_unit(unit, ctx, cfg)
         model, prompt = ctx.model, ctx.prompts[unit.prompt_index]
-        positions = prompt.positions(model.tokenizer)
-        with ConceptContribution(model.denoiser, positions) as cc:
+        words = word_positions(model, prompt, corrupted_encoders(model, cfg.text_encoder))
+        concept = model.family.sequence_positions(model, words)  # each encoder's positions, in the sequence the denoiser reads
+        if not concept:
+            raise ConfigError(f"--method attn-contrib: the corrupted encoders ({', '.join(words)}) of {model.name} feed no token "
+                              "sequence to the denoiser (only a pooled vector); allowed: an encoder whose tokens it attends to")
+        with ConceptContribution(model.denoiser, concept) as cc:
             images = patched_generate(model, prompt.text, [Restore()], unit_corruption(unit, ctx, cfg),
                                       torch.Generator().manual_seed(unit.seed), ctx.scfg)   # [2, 3, H, W]: clean, corrupted
         clean_row = 2 if model.family.guidance(model, ctx.scfg.guidance_scale) else 0     # CFG: [uncond x2, cond x2]

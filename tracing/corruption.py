@@ -8,7 +8,10 @@ Usage::
     corruption.label                                        # 'blue' (replace) or 'noise 1' (gaussian)
 
 ``gaussian``: noise of ``noise_scale`` × σ on the marked tokens' input embeddings, one sample
-per ``index`` (ROME's protocol; σ is the std of the model's token embeddings).
+per ``index`` (ROME's protocol; σ is the std of the model's token embeddings). A model with
+several text encoders (SD3: CLIP-L, CLIP-G, T5; FLUX: CLIP, T5) gets the noise in every encoder,
+each at its own tokenizer's positions of the word and with its own σ (``cfg.text_encoder``
+names one encoder to corrupt alone; :mod:`tracing.encoders`).
 
 ``replace`` (symmetric token replacement; Zhang & Nanda 2024, Heimersheim & Nanda 2024): the
 marked words are replaced by another value of the same attribute (red -> blue). It stays in
@@ -19,8 +22,9 @@ marked prompt's own alternatives (``[Van Gogh|Monet|Picasso]``) or from the worl
 captions' ids differ, the difference of their token embeddings, so the replacement is a
 :class:`~diffloc.tracing.sampler.Corruption` like the noise: every sampler path, restoration
 rule and screen works unchanged, and the screens' paths interpolate between the two words'
-embeddings. A counterfactual whose caption tokenises to a different length than the clean one
-in any text encoder cannot align token positions: it is skipped, and ``skipped`` says so.
+embeddings. The differences are taken per encoder, at the positions where that encoder's ids
+differ. A counterfactual whose caption tokenises to a different length than the clean one
+in any corrupted text encoder cannot align token positions: it is skipped, and ``skipped`` says so.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from typing import Protocol
 
 import torch
 
+from .encoders import corrupted_encoders, word_positions
 from .errors import ConfigError
 from .prompts import MarkedPrompt
 from .registry import Registry
@@ -62,7 +67,8 @@ class GaussianMode:
 
     def make(self, cfg, model, prompt: MarkedPrompt, seed: int, index: int) -> Corruption:
         g = torch.Generator().manual_seed(noise_seed(seed, index))
-        return make_corruption(model, prompt.positions(model.tokenizer), g, cfg.noise_scale)
+        encoders = corrupted_encoders(model, getattr(cfg, "text_encoder", None))
+        return make_corruption(model, word_positions(model, prompt, encoders), g, cfg.noise_scale)
 
     def label(self, cfg, model, prompt: MarkedPrompt, index: int) -> str:
         return f"noise {index}"
@@ -79,24 +85,26 @@ def counterfactuals(world, prompt: MarkedPrompt, attribute: str) -> list[tuple[s
     return [(v, MarkedPrompt.parse(m)) for v, m in make(prompt.marked, attribute)]
 
 
-def replacement(model, clean: MarkedPrompt, other: MarkedPrompt) -> Corruption | None:
-    """The corruption that turns ``clean`` into ``other``: token-embedding differences at the
-    positions where their ids differ (None when the captions' token counts differ)."""
-    noise, changed = {}, set()
-    ids = {c: (model.tokenize([clean.text], c)[0], model.tokenize([other.text], c)[0]) for c in model.text_components}
-    for comp, (a, b) in ids.items():
+def replacement(model, clean: MarkedPrompt, other: MarkedPrompt, encoders: tuple[str, ...] | None = None) -> Corruption | None:
+    """The corruption that turns ``clean`` into ``other`` in each of ``encoders`` (default: all): per encoder,
+    token-embedding differences at the positions where that encoder's ids differ (None when the captions'
+    token counts differ in any of them, or no id changes)."""
+    encoders = model.text_components if encoders is None else encoders
+    ids = model.family.tokenize(model, [clean.text, other.text])  # {component: [2, L_c]} as the encoders read them
+    noise, at = {}, {}
+    for comp in encoders:
         tok = model.tokenizer_for(comp)
         if len(tok(clean.text).input_ids) != len(tok(other.text).input_ids):
             return None
-        changed |= set(torch.nonzero(a != b).flatten().tolist())
-    if not changed:
+        a, b = ids[comp]
+        pos = torch.nonzero(a != b).flatten()
+        if len(pos):
+            table = model.modules[comp].get_input_embeddings().weight.detach()
+            noise[comp] = (table[b[pos]] - table[a[pos]]).float().cpu()  # [P_c, D_c]
+            at[comp] = tuple(pos.tolist())
+    if not at:
         return None
-    positions = tuple(sorted(changed))
-    pos = torch.tensor(positions)
-    for comp, (a, b) in ids.items():
-        table = model.modules[comp].get_input_embeddings().weight.detach()
-        noise[comp] = (table[b[pos]] - table[a[pos]]).float().cpu()  # [P, D]
-    return Corruption(positions, noise)
+    return Corruption(next(iter(at.values())), noise, at)
 
 
 @dataclass
@@ -107,13 +115,14 @@ class ReplaceMode:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _usable(self, cfg, model, prompt: MarkedPrompt) -> list[tuple[str, Corruption]]:
-        key = (id(model), prompt, cfg.attribute, cfg.counterfactuals)
+        encoders = corrupted_encoders(model, getattr(cfg, "text_encoder", None))
+        key = (id(model), prompt, cfg.attribute, cfg.counterfactuals, encoders)
         if key not in self._cache:
             from .worlds import world_of
 
             out = []
             for value, other in counterfactuals(world_of(model), prompt, cfg.attribute):
-                c = replacement(model, prompt, other)
+                c = replacement(model, prompt, other, encoders)
                 if c is not None:
                     out.append((value, c))
             self._cache[key] = out[: cfg.counterfactuals] if cfg.counterfactuals else out
@@ -132,7 +141,9 @@ class ReplaceMode:
         """Counterfactual values left out because their captions do not align token for token."""
         from .worlds import world_of
 
-        return [v for v, other in counterfactuals(world_of(model), prompt, cfg.attribute) if replacement(model, prompt, other) is None]
+        encoders = corrupted_encoders(model, getattr(cfg, "text_encoder", None))
+        return [v for v, other in counterfactuals(world_of(model), prompt, cfg.attribute)
+                if replacement(model, prompt, other, encoders) is None]
 
 
 CORRUPTIONS: Registry[CorruptionMode] = Registry("corruption mode")

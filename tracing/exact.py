@@ -15,7 +15,9 @@ from :mod:`tracing.rows`.
 
 No-op rows are not generated (:func:`reused_rows`): a text-encoder row
 cannot change the image when (a) every position it restores lies before the first corrupted
-token (under the causal mask those states are the same in the clean and the corrupted run), or
+token of its encoder, and that encoder attends causally (CLIP: under the causal mask those states
+are the same in the clean and the corrupted run; T5 attends both ways, so rule (a) never applies
+to it), or when its encoder is not corrupted at all, or
 (b) the prompt embeddings it hands the denoiser (and SDXL's pooled embedding) equal the corrupted
 row's bit for bit, checked by running only the text encoders of the unit's batch (this finds,
 e.g., SDXL's first text encoder's last layer, whose output the pipeline never reads). Denoiser
@@ -79,11 +81,10 @@ def reused_rows(model, prompt: str, rows: list[Restore], corruption: Corruption)
 
     Rules (b) and (c) encode the checked rows once more (text encoder only), a small cost beside
     the 20-step denoiser run they are spared."""
-    first = min(corruption.positions)
     text = [all(s.is_text for s in r.sites) for r in rows]
     source = np.full(len(rows), -1)
     for i, (t, r) in enumerate(zip(text, rows)):
-        if t and r.tokens is not None and all(p < first for p in r.tokens):
+        if t and r.tokens is not None and _before_corruption(model, r, corruption):
             source[i] = 1
     check = [i for i, t in enumerate(text) if t and source[i] < 0]
     if not check:
@@ -98,6 +99,17 @@ def reused_rows(model, prompt: str, rows: list[Restore], corruption: Corruption)
         else:
             seen[key] = 2 + i
     return source
+
+
+def _before_corruption(model, row: Restore, corruption: Corruption) -> bool:
+    """Rule (a): in every encoder the row restores, the encoder is not corrupted, or it attends causally and
+    every restored position lies before its first corrupted one."""
+    for comp in {s.component for s in row.sites}:
+        if comp not in corruption.noise:
+            continue
+        if not model.family.causal_text(model, comp) or any(p >= min(corruption.at(comp)) for p in row.tokens):
+            return False
+    return True
 
 
 class ExactMethod(BaseMethod):

@@ -99,6 +99,29 @@ def hooks(modules: Mapping[str, nn.Module], fns: Mapping[Site | str, HookFn | Se
             h.remove()
 
 
+InputHookFn = Callable[[nn.Module, tuple, dict], "tuple[tuple, dict] | None"]
+
+
+@contextmanager
+def input_hooks(modules: Mapping[str, nn.Module], fns: Mapping[Site | str, InputHookFn | Sequence[InputHookFn]]) -> Iterator[None]:
+    """Forward pre-hooks with keyword arguments at sites, for the duration of the block; always detaches.
+
+    ``fn(module, args, kwargs)`` may return new ``(args, kwargs)`` (or None to keep them): for
+    inputs that no module outputs, such as the attention mask a PixArt block hands ``attn2``.
+    Sites resolve before any hook is registered, as in :func:`hooks`.
+    """
+    targets = [(resolve(Site.parse(site) if isinstance(site, str) else site, modules), fn) for site, fn in fns.items()]
+    handles = []
+    try:
+        for module, fn in targets:
+            for f in fn if isinstance(fn, (list, tuple)) else [fn]:
+                handles.append(module.register_forward_pre_hook(f, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class Recorder:
     """Record the (first) input and the output of modules at sites during a forward pass.
 

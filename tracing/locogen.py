@@ -1,4 +1,4 @@
-"""LocoGen localisation (``crossattn-swap``): which cross-attention layers control an attribute.
+"""LocoGen localisation (``crossattn-swap``): which cross-attention layers (or joint blocks) control an attribute.
 
 Basu et al. 2024, "On Mechanistic Knowledge Localization in Text-to-Image Generative Models":
 a few cross-attention layers of the denoiser get the text embeddings of an *altered* prompt as
@@ -13,6 +13,16 @@ altered prompt. Usage::
     images = swap_generate(model, "a red circle", "a blue circle", windows, generator, scfg)  # [2 + len(windows), 3, H, W]
 
     diffloc trace --model toy --attribute style --method crossattn-swap --window 2 --swap value --out DIR
+    diffloc trace --model tiny-sd3 --attribute colour --method crossattn-swap --swap-input text-stream --scorer toy --out DIR
+    diffloc trace --model tiny-sd3 --attribute colour --method crossattn-swap --swap-input kv --pooled altered --scorer toy --out DIR
+
+**Swap input** (``swap_input``, :mod:`tracing.swaps`): ``kv`` is LocoGen's swap of the keys
+and values a window's attentions compute from the prompt: cross-attention ``to_k``/``to_v``
+(UNet, PixArt, where the window's attn2 also takes the altered prompt's T5 mask) or joint
+attention's text-stream ``add_k_proj``/``add_v_proj`` (SD3, FLUX, toy-dit). ``text-stream``
+(MM-DiT only; a UNet or PixArt model gets a one-line error) swaps the text stream entering a
+window of consecutive joint blocks (FLUX: double-stream, then single-stream blocks). Window
+rows keep the original prompt's pooled vector unless ``pooled="altered"``.
 
 **Altered prompt** (:func:`altered_captions`): ``swap="value"`` sets the attribute to each
 other value of the world (at most ``MAX_ALTERNATES`` = 3: all of them on the toy), in the
@@ -27,15 +37,17 @@ world with readers, a caption that does not parse to the other attributes, it fa
 the world's neutral caption ``""`` (what classifier-free guidance's unconditional half sees).
 
 **Rows** of a unit (one batched sampler call; rows are batch entries): row 0 the original
-prompt everywhere, row 1 the altered prompt everywhere (text embeddings, and on SDXL its
-pooled embedding too: an image of the altered prompt), then one row per window of
-``window`` consecutive attn2 layers in execution order (``n_attn2 − window + 1`` of
-them). A window row uses the original prompt except at its attn2 layers, whose ``to_k`` and
-``to_v`` outputs are copied from row 1's: the keys and values of the altered prompt's
-embeddings, on the conditional half of the CFG batch only (the unconditional half is never
-touched). Labels: ``component`` the denoiser (``model.family.denoiser``), ``kind="attn2"``, ``site`` the window's first attn2
-site, ``layer`` the window index, ``window_layers`` the list of its sites; ``window_start`` /
-``window_end`` stay -1 (they are *step* windows elsewhere; this method swaps at every step).
+prompt everywhere, row 1 the altered prompt everywhere (text embeddings, and on SDXL, SD3,
+FLUX its pooled embedding too: an image of the altered prompt), then one row per window of
+``window`` consecutive layers in execution order (``n − window + 1`` of them). A window row
+uses the original prompt except at its layers, which read row 1's keys and values (``kv``)
+or text stream (``text-stream``), on the conditional half of the CFG batch only (the
+unconditional half is never touched). Labels: ``component`` the denoiser
+(``model.family.denoiser``), ``kind`` ``attn2`` (cross-attention K/V), ``joint_kv`` (joint
+attention K/V) or ``text_stream``, ``site`` the window's first layer (an attention, or a
+block for ``text_stream``), ``layer`` the window index, ``window_layers`` the list of its
+sites; ``window_start`` / ``window_end`` stay -1 (they are *step* windows elsewhere; this
+method swaps at every step); ``swap_input`` and ``pooled`` name the options.
 
 **Scores** on the same scale as the other methods: every metric against the original caption
 (``<m>_score``: ``clip_score``, ``gt_score``: the image shows the original value) and against
@@ -67,8 +79,8 @@ from .method_base import BaseMethod
 from .metrics import GroundTruthMetric
 from .prompts import MarkedPrompt, attribute_prompts
 from .rows import Label, best_strip, build_rows
-from .sampler import Restore, SamplerConfig, _copy_rows, _sample, encode, initial_latents
-from .sites import Site, SiteTable
+from .sampler import Restore
+from .swaps import NOUNS, POOLED, SWAP_INPUTS, attn2_sites, layer_windows, swap_generate, swap_hooks, swap_readers  # noqa: F401
 from .trace_config import RowSpec, Unit, UnitContext
 from .worlds import world_of
 
@@ -77,20 +89,6 @@ MAX_ALTERNATES = 3  # other values tried per prompt (the toy's attributes have 3
 NEUTRAL = ""  # the world's neutral caption: the empty prompt, CFG's unconditional text
 # words that belong to the phrase of the removed words ("at the [top]", "on a [plain] background")
 _FUNCTION = frozenset("a an the at in on of with against to by".split())
-
-
-# ---------------------------------------------------------------------------- windows
-def attn2_sites(sites: SiteTable) -> list[Site]:
-    """The cross-attention (attn2) sites of a site table, in execution order."""
-    return [s for s in sites.denoiser if s.kind == "attn2"]
-
-
-def layer_windows(sites: SiteTable, window: int) -> list[tuple[Site, ...]]:
-    """Every run of ``window`` consecutive attn2 layers: ``n_attn2 − window + 1`` windows."""
-    layers = attn2_sites(sites)
-    if not 1 <= window <= len(layers):
-        raise ConfigError(f"window {window} larger than the {len(layers)} cross-attention layers of this model; allowed 1..{len(layers)}")
-    return [tuple(layers[i : i + window]) for i in range(len(layers) - window + 1)]
 
 
 # ---------------------------------------------------------------------------- altered prompts
@@ -190,63 +188,33 @@ def altered_captions(world, prompt: MarkedPrompt, attribute: str, swap: str, val
     return out
 
 
-# ---------------------------------------------------------------------------- sampling
-def swap_hooks(model, windows: Sequence[Sequence[Site]], n_rows: int, cfg_on: bool, altered_row: int = 1,
-               first_row: int = 2) -> dict:
-    """Denoiser hooks: window ``w``'s attn2 layers take keys and values of batch row ``altered_row`` into row ``first_row + w``.
-
-    Hooks sit on each attn2's ``to_k`` and ``to_v`` and copy the output rows, so a windowed
-    row attends with its own queries to the altered prompt's keys and values. With CFG the
-    batch is [uncond rows, cond rows]: only cond rows (offset ``n_rows``) are written.
-    """
-    off = n_rows if cfg_on else 0
-    rows_at: dict[Site, list[int]] = {}
-    for w, layers in enumerate(windows):
-        for site in layers:
-            if site.kind != "attn2":
-                raise ConfigError(f"crossattn-swap swaps cross-attention inputs; {site} is a {site.kind} site, allowed: attn2 sites")
-            rows_at.setdefault(site, []).append(off + first_row + w)
-    fns: dict = {}
-    for site, rows in rows_at.items():
-        dst = torch.tensor(rows, device=model.device)
-        src = torch.full_like(dst, off + altered_row)
-        for proj in ("to_k", "to_v"):
-            fns[Site(site.component, f"{site.path}.{proj}")] = _copy_rows(dst, src)
-    return fns
-
-
-@torch.no_grad()
-def swap_generate(model, prompt: str, altered: str, windows: Sequence[Sequence[Site]], generator: torch.Generator | None = None,
-                  cfg: SamplerConfig | None = None, latents: torch.Tensor | None = None) -> torch.Tensor:
-    """Images [2 + len(windows), 3, H, W]: original, altered, then the original with each window swapped."""
-    cfg = cfg or SamplerConfig.for_model(model)
-    R = 2 + len(windows)
-    if latents is None:
-        latents = initial_latents(model, generator)
-    latents = latents[:1].expand(R, -1, -1, -1)  # one initial noise shared by every row
-    cond = encode(model, [prompt, altered])
-    cond = cond.rows(torch.tensor([0, 1] + [0] * len(windows), device=cond.embeds.device))
-    guided = model.family.guidance(model, cfg.guidance_scale)
-    return _sample(model, cond, latents, cfg, step_hooks=swap_hooks(model, windows, R, guided))
-
-
 # ---------------------------------------------------------------------------- the method
 @dataclass(frozen=True)
 class SwapOptions:
     """Options of ``crossattn-swap``."""
 
-    window: int = field(default=2, metadata={"help": "Cross-attention layers per sliding window (LocoGen: 2)."})
+    window: int = field(default=2, metadata={"help": "Layers per sliding window (LocoGen: 2 cross-attention layers)."})
     swap: str = field(default="value", metadata={"help": "The altered prompt sets another value (value) or drops it (remove)."})
+    swap_input: str = field(default="kv", metadata={"help": "What a window reads from the altered prompt: kv (its attentions' keys "
+                                                             "and values: attn2 to_k/to_v, or joint attention's add_k_proj/add_v_proj) "
+                                                             "or text-stream (MM-DiT: the text stream entering its joint blocks)."})
+    pooled: str = field(default="original", metadata={"help": "Window rows' pooled text vector (SDXL, SD3, FLUX, toy-dit): "
+                                                               "original (LocoGen) or altered (only the token sequence differs "
+                                                               "from the altered row)."})
 
     def __post_init__(self) -> None:
         if self.swap not in SWAP_CHOICES:
             raise ConfigError(f"unknown --swap {self.swap!r}; allowed: {', '.join(SWAP_CHOICES)}")
+        if self.swap_input not in SWAP_INPUTS:
+            raise ConfigError(f"unknown --swap-input {self.swap_input!r}; allowed: {', '.join(SWAP_INPUTS)}")
+        if self.pooled not in POOLED:
+            raise ConfigError(f"unknown --pooled {self.pooled!r}; allowed: {', '.join(POOLED)}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigError(f"--window must be an integer >= 1, got {self.window!r}")
 
 
 class CrossAttnSwapMethod(BaseMethod):
-    """``crossattn-swap``: LocoGen's sliding window of cross-attention layers fed the altered prompt."""
+    """``crossattn-swap``: LocoGen's sliding window of prompt-reading layers fed the altered prompt (:mod:`tracing.swaps`)."""
 
     name = "crossattn-swap"
     Options = SwapOptions
@@ -254,13 +222,15 @@ class CrossAttnSwapMethod(BaseMethod):
     restores_tokens = False  # it swaps prompts; --restore does not apply
 
     def describe(self, options: SwapOptions) -> str:
-        return f", window {options.window}, swap {options.swap}"
+        extra = "" if options.swap_input == "kv" else f", {options.swap_input} input"
+        return f", window {options.window}, swap {options.swap}{extra}" + (", altered pooled" if options.pooled == "altered" else "")
 
     def denoiser_title(self, table) -> str | None:
         if "window_size" not in table.columns or not (table.method == self.name).any():
             return None
         size = int(table.window_size.dropna().iloc[0])
-        return (f"windows of {size} cross-attention layers reading the altered prompt "
+        kinds = [k for k in table.kind[table.method == self.name].unique() if k in NOUNS]
+        return (f"windows of {size} {NOUNS[kinds[0] if kinds else 'attn2']} reading the altered prompt "
                 f"(labelled by their first layer); effect 1 = the attribute follows the altered prompt")
 
     def _alternates(self, cfg, model, prompts, prompt) -> list[tuple[str, str]]:
@@ -269,12 +239,18 @@ class CrossAttnSwapMethod(BaseMethod):
         return altered_captions(world, prompt, cfg.attribute, swap, values)
 
     def plan(self, cfg, model, prompts, n_steps: int) -> list[Unit]:
-        denoiser = model.family.denoiser
+        denoiser, opts = model.family.denoiser, self.options(cfg)
         if cfg.component == "text_encoder":
-            raise ConfigError(f"--method crossattn-swap swaps the denoiser's cross-attention inputs; --component text_encoder has none. "
+            raise ConfigError(f"--method crossattn-swap swaps the denoiser's prompt inputs; --component text_encoder has none. "
                               f"Allowed: {denoiser}, denoiser, all")
-        windows = layer_windows(model.sites, self.options(cfg).window)
-        rows = [RowSpec(Restore(w), denoiser, "attn2", str(w[0]), i) for i, w in enumerate(windows)]
+        if getattr(cfg, "text_encoder", None) is not None:
+            raise ConfigError(f"--text-encoder {cfg.text_encoder} chooses the encoder to corrupt; --method crossattn-swap corrupts none "
+                              "(it swaps whole prompts). Allowed: no --text-encoder")
+        readers = swap_readers(model, opts.swap_input)  # one-line error: e.g. text-stream on a UNet
+        if opts.pooled == "altered" and model.family.uncond(model, 1).pooled is None:
+            raise ConfigError(f"--pooled altered: {model.name} has no pooled text vector; allowed: original")
+        windows = layer_windows([r.site for r in readers], opts.window, NOUNS[readers[0].kind])
+        rows = [RowSpec(Restore(w), denoiser, readers[0].kind, str(w[0]), i) for i, w in enumerate(windows)]
         units = []
         for pi, prompt in enumerate(prompts):
             n_alt = len(self._alternates(cfg, model, prompts, prompt))
@@ -298,15 +274,17 @@ class CrossAttnSwapMethod(BaseMethod):
         model, prompt, opts = ctx.model, ctx.prompts[unit.prompt_index], self.options(cfg)
         altered, value = self._alternates(cfg, model, ctx.prompts, prompt)[unit.variant]
         windows = [r.restore.sites for r in unit.rows]
-        images = swap_generate(model, prompt.text, altered, windows, torch.Generator().manual_seed(unit.seed), ctx.scfg)
+        images = swap_generate(model, prompt.text, altered, windows, torch.Generator().manual_seed(unit.seed), ctx.scfg,
+                               swap_input=opts.swap_input, pooled=opts.pooled)
         scores = self._scores(images, prompt.text, altered, ctx)
         # reference rows are labelled by their role in the effect (row 0 original = "corrupted", row 1 altered = "clean"),
         # so a row of kind "clean" has <m>_score == <m>_clean as in every other method; ``reference`` names the prompt
         labels = [Label("corrupted", "corrupted"), Label("clean", "clean")]
-        labels += [Label(r.component, "attn2", r.site, r.layer) for r in unit.rows]
+        labels += [Label(r.component, r.kind, r.site, r.layer) for r in unit.rows]
         per_row = [dict(reference="original", window_layers=[]), dict(reference="altered", window_layers=[])]
         per_row += [dict(reference="", window_layers=[str(s) for s in r.restore.sites]) for r in unit.rows]
-        base = dict(swap=opts.swap, alt_prompt=altered, alt_value=value, window_size=opts.window)
+        base = dict(swap=opts.swap, swap_input=opts.swap_input, pooled=opts.pooled, alt_prompt=altered, alt_value=value,
+                    window_size=opts.window)
         # clean := the altered reference (row 1), corrupted := the original (row 0): effect 1 = follows the altered prompt
         df = build_rows(unit, ctx, cfg, self.name, labels, scores, base=base, per_row=per_row, clean_row=1, corrupted_row=0)
         return df, best_strip(images, df[f"effect_{ctx.scorer.name}"].to_numpy())

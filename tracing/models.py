@@ -107,7 +107,8 @@ class Model:
 
     @property
     def tokenizer(self):
-        """The first text encoder's tokenizer (token positions of marked words are read with it)."""
+        """The first text encoder's tokenizer. Each encoder reads a marked word at its own positions,
+        with its own tokenizer (:mod:`diffloc.tracing.encoders`, :meth:`tokenizer_for`)."""
         return self.tokenizers[self.text_components[0]]
 
     @property
@@ -218,8 +219,23 @@ def _load_toy_dit(folder: Path, dtype: torch.dtype, name: str) -> Model:
                  defaults=defaults, source=str(folder), corpus=corpus, world=world if world in WORLDS else "sd")
 
 
+# Sampling defaults of a hub id / folder / file, as its stock diffusers pipeline has them (FLUX.1-schnell: 4 steps, no guidance)
+PIPELINE_DEFAULTS = {"sd3": {"guidance_scale": 7.0, "num_inference_steps": 28},
+                     "flux": {"guidance_scale": 3.5, "num_inference_steps": 28},
+                     "schnell": {"guidance_scale": 0.0, "num_inference_steps": 4},
+                     "pixart": {"guidance_scale": 4.5, "num_inference_steps": 20}}
+SD_PIPELINE_DEFAULTS = {"guidance_scale": 7.5, "num_inference_steps": 50}
+
+
 def _from_pipeline(pipe: Any, name: str, source: str) -> Model:
-    return _from_parts(dict(pipe.components), name, source=source, defaults={"guidance_scale": 7.5, "num_inference_steps": 50})
+    from .families import denoiser_slots, detect
+
+    parts = dict(pipe.components)
+    den = parts[next(k for k in denoiser_slots() if parts.get(k) is not None)].config
+    fam = detect(den, {k: v.config for k, v in parts.items() if k.startswith("text_encoder") and v is not None}).name
+    if fam == "flux" and not getattr(den, "guidance_embeds", True):
+        fam = "schnell"
+    return _from_parts(parts, name, source=source, defaults=dict(PIPELINE_DEFAULTS.get(fam, SD_PIPELINE_DEFAULTS)))
 
 
 def fit_threads() -> int:
@@ -287,7 +303,7 @@ def _load(spec: str, dtype: torch.dtype) -> Model:
             raise ModelSpecError(f"folder {spec} is not a diffusers model: no model_index.json (nor a toy diffloc.json)")
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, safety_checker=None)
+        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, **_no_checker(json.loads((path / "model_index.json").read_text())))
         return _from_pipeline(pipe, str(path), str(path))
     if path.suffix in (".safetensors", ".ckpt"):
         if not path.exists():
@@ -321,12 +337,18 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> Model:
     return _from_pipeline(pipe, path.stem, str(path))
 
 
+def _no_checker(index: dict) -> dict:
+    """``safety_checker=None`` for pipelines that have one (SD 1.x); the DiT pipelines have none and warn about it."""
+    return {"safety_checker": None} if "safety_checker" in index else {}
+
+
 def _load_hub(spec: str, dtype: torch.dtype) -> Model:
     from diffusers import DiffusionPipeline
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
-        pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype, safety_checker=None, local_files_only=offline)
+        index = DiffusionPipeline.load_config(spec, local_files_only=offline)
+        pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype, local_files_only=offline, **_no_checker(index))
     except Exception as err:  # hub errors come in many classes; one line names the cause
         how = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else "it is neither cached nor reachable"
         raise ModelSpecError(f"cannot load hub model {spec!r}: {how} ({type(err).__name__})") from None

@@ -23,9 +23,19 @@ they sit on the same modules. Under classifier-free guidance a UNet call's batch
 
 ``site_envoy(site)`` maps any diffloc :class:`~tracing.sites.Site` to its envoy (a head site
 ``...heads.H`` maps to the envoy of the module whose input holds the heads, with
-``head_slice(site)`` giving the slice of the last dimension). nnsight's rules apply: access
-sites in execution order inside one call, and write the trace body in a file (nnsight compiles
-the ``with`` block from source). Measured cost and limits: docs/hooks.md.
+``head_slice(site)`` giving the slice of the last dimension; a DiT stream site ``<block>@text``
+maps to the block's envoy). ``site_output(site)`` is the activation a site names, inside a trace:
+the envoy's output, or for a stream site the one tensor of the block's ``(text, image)`` output
+that diffloc's hooks restore. Writing into it in place is a restoration::
+
+    def restore_text_stream(bridge, call):                 # transformer:transformer_blocks.1@text
+        R = call.batch // 2                                # CFG: [uncond rows, cond rows]
+        out = bridge.site_output(site)                     # [2R, T, D]
+        out[[2, R + 2]] = out[[0, R]]
+
+nnsight's rules apply: access sites in execution order inside one call, and write the trace
+body in a file (nnsight compiles the ``with`` block from source). Measured cost and limits:
+docs/hooks.md.
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ from typing import Any, Callable, Iterator
 from torch import nn
 
 from .errors import DifflocInputError
-from .sites import Site, resolve
+from .sites import STREAMS, Site, resolve
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,12 @@ class Bridge:
         for part in path.split("."):
             envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
         return envoy
+
+    def site_output(self, site: Site | str):
+        """Inside a trace: the site's activation (a stream site: its element of the block's output tuple)."""
+        site = Site.parse(site) if isinstance(site, str) else site
+        out = self.site_envoy(site).output
+        return out[STREAMS[site.stream]] if site.stream is not None else out
 
     def head_slice(self, site: Site | str) -> slice:
         """The slice of the hooked module's input that is head ``site.head``."""

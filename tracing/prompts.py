@@ -74,17 +74,21 @@ class MarkedPrompt:
         inner = "|".join([self.subject] + [v for v in self.alternatives if v != self.subject])
         return f"{self.text[: self.start]}[{inner}]{self.text[self.end :]}"
 
-    def positions(self, tokenizer) -> tuple[int, ...]:
-        """Token indices (in the padded id sequence) covered by the marked words."""
-        enc = tokenizer(self.text, return_offsets_mapping=True, truncation=True, max_length=tokenizer.model_max_length)
+    def positions(self, tokenizer, max_length: int | None = None) -> tuple[int, ...]:
+        """Token indices (in the padded id sequence) covered by the marked words.
+
+        ``max_length``: the tokens the encoder reads (default: the tokenizer's ``model_max_length``;
+        a DiT family may pad T5 shorter, see :func:`diffloc.tracing.encoders.word_positions`)."""
+        n = max_length or tokenizer.model_max_length
+        enc = tokenizer(self.text, return_offsets_mapping=True, truncation=True, max_length=n)
         pos = tuple(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < self.end and b > self.start)
         if not pos:
-            raise PromptError(f"attribute {self.subject!r} in {self.text!r} tokenises to nothing (or lies past the 77-token limit)")
+            raise PromptError(f"attribute {self.subject!r} in {self.text!r} tokenises to nothing (or lies past the {n}-token limit)")
         return pos
 
-    def tokens(self, tokenizer) -> list[str]:
-        """Readable tokens from BOS to EOS inclusive (``</w>`` stripped)."""
-        ids = tokenizer(self.text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    def tokens(self, tokenizer, max_length: int | None = None) -> list[str]:
+        """Readable tokens from the first (CLIP: BOS) to EOS inclusive (``</w>`` stripped)."""
+        ids = tokenizer(self.text, truncation=True, max_length=max_length or tokenizer.model_max_length).input_ids
         return [t.replace("</w>", "") for t in tokenizer.convert_ids_to_tokens(ids)]
 
 

@@ -12,8 +12,10 @@ row's labels (component, kind, site, layer, token and its role, step window), th
 one ``<metric>_score`` per metric, a method's own per-row columns, and the effect columns
 ``<m>_clean``, ``<m>_corrupted`` and ``effect_<m>`` (:func:`with_effects`).
 
-A row's ``component`` is a text encoder when it starts with ``text_encoder``; a restored row
-of any other component is the denoiser's; the reference rows say ``clean`` / ``corrupted``.
+A text row's ``token``, ``token_str`` and ``token_role`` are its own encoder's (:mod:`tracing.encoders`:
+SD3's T5 rows count T5 tokens, which have no BOS). A row's ``component`` is a text encoder when it
+starts with ``text_encoder``; a restored row of any other component is the denoiser's; the
+reference rows say ``clean`` / ``corrupted``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .encoders import EncoderWords, encoder_words, role_of  # noqa: F401  (role_of: re-exported)
 
 TEXT_PREFIX = "text_encoder"
 REFERENCE_KINDS = ("clean", "corrupted")
@@ -40,21 +44,6 @@ def denoiser_components(table: pd.DataFrame) -> list[str]:
     """The denoiser component(s) a table's restored rows name (none for a text-only trace)."""
     comps = table.component.dropna().unique()
     return [c for c in comps if not is_text(c) and c not in REFERENCE_KINDS]
-
-
-def role_of(tok: int, positions: tuple[int, ...], n_tokens: int) -> str:
-    """Token role of a position: bos, before, subject, last_subject, after, eos ('' for no token)."""
-    if tok < 0:
-        return ""
-    if tok == 0:
-        return "bos"
-    if tok == n_tokens - 1:
-        return "eos"
-    if tok == positions[-1]:
-        return "last_subject"
-    if tok in positions:
-        return "subject"
-    return "before" if tok < positions[0] else "after"
 
 
 @dataclass(frozen=True)
@@ -89,11 +78,11 @@ def with_effects(df: pd.DataFrame, names, clean_row: int = 0, corrupted_row: int
     return df
 
 
-def _label_columns(i: int, lab: Label, tokens: list[str], positions: tuple[int, ...]) -> dict:
+def _label_columns(i: int, lab: Label, words: EncoderWords) -> dict:
     tok = lab.token
     return dict(row=i, component=lab.component, kind=lab.kind, site=lab.site, layer=lab.layer, token=tok,
-                token_str=tokens[tok] if tok >= 0 else "", token_role=role_of(tok, positions, len(tokens)),
-                is_last_subject=tok == positions[-1], window_start=-1 if lab.window is None else lab.window[0],
+                token_str=words.tokens[tok] if tok >= 0 else "", token_role=words.role(tok),
+                is_last_subject=tok == words.positions[-1], window_start=-1 if lab.window is None else lab.window[0],
                 window_end=-1 if lab.window is None else lab.window[1], skipped_noop=False, skipped_duplicate=False)
 
 
@@ -106,15 +95,22 @@ def build_rows(unit, ctx, cfg, method: str, labels: Sequence[Label], scores: dic
     ``window_layers``); ``extra[i]`` adds columns after the scores. The scorer recorded in every
     row is ``ctx.scorer``, the metric whose role is ``scorer``.
     """
-    prompt = ctx.prompts[unit.prompt_index]
-    tokens, positions = prompt.tokens(ctx.model.tokenizer), prompt.positions(ctx.model.tokenizer)
+    prompt, model = ctx.prompts[unit.prompt_index], ctx.model
+    words: dict[str, EncoderWords] = {}  # a text row's token, its label and role are its own encoder's
+
+    def words_of(component: str) -> EncoderWords:
+        comp = component if is_text(component) and component in model.tokenizers else model.text_components[0]
+        if comp not in words:
+            words[comp] = encoder_words(model, prompt, comp)
+        return words[comp]
+
     scorer = ctx.scorer
     head = dict(prompt_index=unit.prompt_index, prompt=prompt.marked, attribute=cfg.attribute, seed=unit.seed,
                 noise_index=unit.noise_index, corrupt=getattr(cfg, "corrupt", "gaussian"), unit=unit.key, method=method, restore=cfg.restore,
                 scorer=scorer.model_id, formula=scorer.formula, **(base or {}))
     recs = []
     for i, lab in enumerate(labels):
-        cols = {**_label_columns(i, lab, tokens, positions), **(per_row[i] if per_row else {})}
+        cols = {**_label_columns(i, lab, words_of(lab.component)), **(per_row[i] if per_row else {})}
         rec = dict(head, **{k: cols[k] for k in LABEL_ORDER if k in cols})
         rec.update({f"{name}_score": float(s[i]) for name, s in scores.items()})
         rec.update(extra[i] if extra else {})

@@ -5,13 +5,15 @@ Usage::
     cfg = SamplerConfig(num_inference_steps=20, guidance_scale=2.0)
     images = generate(model, ["a red circle"], torch.Generator().manual_seed(0), cfg)   # [1,3,H,W]
 
-    corruption = make_corruption(model, "a red circle", positions=[2], generator=g_noise)
+    corruption = make_corruption(model, word_positions(model, MarkedPrompt.parse("a [red] circle")), g_noise)
+    corruption = make_corruption(model, [2], g_noise)   # or one list of positions for every text encoder
     rows = [Restore(), Restore((Site.parse("unet:mid_block.resnets.0"),))]
     images = patched_generate(model, "a red circle", rows, corruption, g_latents, cfg)
     # images[0] clean, images[1] corrupted (restores nothing), images[2] restores mid_block.resnets.0
 
 All rows share one initial noise. Row 0 is the clean run; every other row has the same
-corruption (Gaussian noise on the token embeddings at ``positions``) and copies the clean
+corruption (Gaussian noise on each text encoder's token embeddings at that encoder's positions
+of the marked word, :mod:`tracing.encoders`) and copies the clean
 row's output back in at its own sites: text-encoder sites at chosen token positions,
 UNet sites at every denoising step or inside a step window, as ROME's ``trace_with_patch``
 does. The clean run is simply row 0 of the batch, so no activation cache is needed and one
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.utils.checkpoint
@@ -76,24 +78,44 @@ class Restore:
 
 @dataclass(frozen=True)
 class Corruption:
-    """Noise added to the token embeddings at ``positions`` (one [P, D] sample per encoder)."""
+    """Noise added to each corrupted text encoder's token embeddings, at that encoder's own positions.
+
+    ``noise[c]`` [P_c, D_c] is added at positions ``at(c)`` of encoder ``c``: ``per_encoder[c]``
+    where given, else ``positions``. ``positions`` are the first corrupted encoder's (tokenizers
+    split words differently: SD3's T5 has no BOS and its own pieces, see :mod:`tracing.encoders`).
+    An encoder without a ``noise`` entry is not corrupted.
+    """
 
     positions: tuple[int, ...]
-    noise: dict = field(default_factory=dict)  # component -> Tensor [P, D]
+    noise: dict = field(default_factory=dict)  # component -> Tensor [P_c, D_c]
+    per_encoder: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # component -> its positions (absent: positions)
+
+    def at(self, component: str) -> tuple[int, ...]:
+        """The token positions the noise of ``component`` lands on."""
+        return tuple(self.per_encoder.get(component, self.positions))
 
 
-def make_corruption(model: Model, positions: Sequence[int], generator: torch.Generator, scale: float = 3.0) -> Corruption:
-    """Gaussian noise of std ``scale × σ`` (σ: the model's token-embedding std) at ``positions``."""
-    n_tokens = model.tokenizer.model_max_length
-    bad = [p for p in positions if not 0 <= p < n_tokens]
-    if not positions or bad:
-        raise ValueError(f"token positions {list(positions)} invalid; allowed: a non-empty subset of 0..{n_tokens - 1}")
-    noise = {}
-    for comp in model.text_components:
+def make_corruption(model: Model, positions: Sequence[int] | Mapping[str, Sequence[int]], generator: torch.Generator,
+                    scale: float = 3.0) -> Corruption:
+    """Gaussian noise of std ``scale × σ_c`` (σ_c: encoder ``c``'s token-embedding std) at each encoder's positions.
+
+    ``positions``: {component: positions} (:func:`tracing.encoders.word_positions`; only the encoders
+    named are corrupted), or one sequence used in every text encoder. Noise is drawn per encoder in
+    the model's encoder order, ``[P_c, D_c]`` each.
+    """
+    per = dict(positions) if isinstance(positions, Mapping) else {c: positions for c in model.text_components}
+    if not per or set(per) - set(model.text_components):
+        raise ValueError(f"corrupted encoders {sorted(per)} invalid; allowed: a non-empty subset of {', '.join(model.text_components)}")
+    noise, at = {}, {}
+    for comp in (c for c in model.text_components if c in per):
+        pos, n_tokens = [int(p) for p in per[comp]], _n_tokens(model, comp)
+        if not pos or any(not 0 <= p < n_tokens for p in pos):
+            where = "" if not isinstance(positions, Mapping) else f" in {comp}"
+            raise ValueError(f"token positions {list(per[comp])}{where} invalid; allowed: a non-empty subset of 0..{n_tokens - 1}")
         dim = model.modules[comp].get_input_embeddings().embedding_dim
-        sample = torch.randn(len(positions), dim, generator=generator)  # [P, D]
-        noise[comp] = sample * scale * model.embed_std(comp)
-    return Corruption(tuple(int(p) for p in positions), noise)
+        sample = torch.randn(len(pos), dim, generator=generator)  # [P_c, D_c]
+        noise[comp], at[comp] = sample * scale * model.embed_std(comp), tuple(pos)
+    return Corruption(next(iter(at.values())), noise, at)
 
 
 def initial_latents(model: Model, generator: torch.Generator, batch: int = 1, size: int | None = None) -> torch.Tensor:
@@ -265,13 +287,13 @@ def embedding_site(model: Model, component: str) -> Site:
 
 
 def corruption_hooks(model: Model, corruption: Corruption, first_row: int = 0, scale: float = 1.0) -> dict:
-    """Text hooks adding ``scale ×`` the corruption noise to rows ``first_row..`` of the token embeddings."""
-    pos = torch.tensor(corruption.positions)
+    """Text hooks adding ``scale ×`` the corruption noise to rows ``first_row..`` of each corrupted
+    encoder's token embeddings, at that encoder's positions."""
     out: dict = {}
     for comp, noise in corruption.noise.items():
 
-        def corrupt(module, inputs, output, noise=noise):
-            new = output.clone()  # [R, 77, D] token embeddings
+        def corrupt(module, inputs, output, noise=noise, pos=torch.tensor(corruption.at(comp))):
+            new = output.clone()  # [R, L_c, D_c] token embeddings (L_c: 77 for CLIP, the family's T5 length)
             new[first_row:, pos.to(output.device)] += scale * noise.to(output.device, output.dtype)
             return new
 
@@ -304,17 +326,17 @@ def hooked_generate(model: Model, prompt: str, latents: torch.Tensor, cfg: Sampl
 
 def _n_tokens(model: Model, component: str) -> int:
     """Tokens per prompt in ``component`` (a DiT family pads T5 to its own length, e.g. SD3's 256)."""
-    length = getattr(model.family, "text_length", None)
-    return length(model, component) if length else model.tokenizer_for(component).model_max_length
+    return model.family.text_length(model, component)
 
 
 def _check_rows(model: Model, rows: Sequence[Restore], cfg: SamplerConfig) -> None:
-    n_tok = model.tokenizer.model_max_length
     for row in rows:
         for site in row.sites:
             model.module(site)  # raises SiteError naming the site
-        if row.tokens is not None and any(not 0 <= t < n_tok for t in row.tokens):
-            raise ValueError(f"token index in {list(row.tokens)} outside the prompt; allowed 0..{n_tok - 1}")
+        comps = {s.component for s in row.sites if s.is_text} or {model.text_components[0]}
+        for n_tok in sorted({_n_tokens(model, c) for c in comps}):
+            if row.tokens is not None and any(not 0 <= t < n_tok for t in row.tokens):
+                raise ValueError(f"token index in {list(row.tokens)} outside the prompt; allowed 0..{n_tok - 1}")
         if row.window is not None:
             a, b = row.window
             if not 0 <= a < b <= cfg.num_inference_steps:

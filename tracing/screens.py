@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 
 from .attribution import screen
+from .encoders import EncoderWords, encoder_words
 from .errors import ConfigError, DifflocInputError
 from .exact import run_unit as exact_run_unit
 from .exact import unit_corruption
 from .method_base import BaseMethod
-from .rows import Label, build_rows, empty_strip, is_text, reference_labels, role_of
+from .rows import Label, build_rows, empty_strip, is_text, reference_labels
 from .trace_config import RowSpec, Unit, UnitContext, component_rows, corruption_samples, plan_units, traced_components
 
 CONFIRM = "+confirm"  # suffix of the component of a confirmation unit (its rows run exactly)
@@ -114,11 +115,9 @@ class ScreenMethod(BaseMethod):
         model, prompts = ctx.model, ctx.prompts
         eff = site_effects(table[table.method == self.name], ctx.scorer.name).sort_values("effect", ascending=False)
         keep = {(r.site, r.token_role, r.window_start, r.window_end) for r in eff.head(top).itertuples()}
-        units = []
+        units, words = [], {}  # words: (prompt index, text encoder) -> EncoderWords; a row's role is its own encoder's
         for u in plan_units(cfg, model, prompts, ctx.scfg.num_inference_steps):
-            pos = prompts[u.prompt_index].positions(model.tokenizer)
-            n_tok = len(prompts[u.prompt_index].tokens(model.tokenizer))
-            rows = tuple(r for r in u.rows if _key(r, pos, n_tok) in keep)
+            rows = tuple(r for r in u.rows if _key(r, _words(words, model, prompts, u.prompt_index, r.component)) in keep)
             if rows:
                 units.append(Unit(u.prompt_index, u.seed, u.noise_index, u.component + CONFIRM, u.chunk, rows))
         return units
@@ -140,9 +139,18 @@ class IgMethod(ScreenMethod):
         return opts.ig_steps
 
 
-def _key(r: RowSpec, positions, n_tokens: int) -> tuple:
+def _words(cache: dict, model, prompts, index: int, component: str) -> EncoderWords | None:
+    """The prompt's tokens in a text row's encoder (None for a denoiser row), computed once per prompt and encoder."""
+    if not is_text(component):
+        return None
+    if (index, component) not in cache:
+        cache[index, component] = encoder_words(model, prompts[index], component)
+    return cache[index, component]
+
+
+def _key(r: RowSpec, words: EncoderWords | None) -> tuple:
     w = r.window or (-1, -1)
-    role = role_of(r.token, positions, n_tokens) if is_text(r.component) else ""
+    role = words.role(r.token) if words is not None else ""
     return (r.site, role, w[0], w[1])
 
 

@@ -304,9 +304,10 @@ class SiteTable:
         return [s for layer in range(n) for s in self.text_layer(layer, component).values()]
 
     def heads_of(self, site: Site) -> list[Site]:
-        """Head sites of one attention site (text ``attn`` site, or a denoiser attention); [] if none."""
-        if not site.is_text:
-            return head_sites(site, self.denoiser_heads.get(site, 0))
+        """Head sites of a text ``attn`` site, a denoiser attention or the projection whose input holds its heads; [] if none."""
+        if not site.is_text:  # a DiT joint attention is no site itself: its ...attn.to_out.0, which holds the heads, is
+            held = [a for a in self.denoiser_heads if a == site or head_sites(a, 1)[0].module_path == site.path]
+            return head_sites(held[0], self.denoiser_heads[held[0]]) if held else []
         if site.kind != "attn" or site.component not in self.text_heads:
             return []
         return head_sites(site, self.text_heads[site.component])

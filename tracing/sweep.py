@@ -5,8 +5,10 @@ Usage::
     cfg = TraceConfig(model="toy", attribute="colour")
     table = run_sweep(cfg, out="results/colour")      # DataFrame, also OUT/trace.parquet
     table = run_sweep(cfg, out, metrics=[my_metric])   # an extra column; the CLIP scorer stays the scorer
+    table = run_sweep(replace(cfg, noise_scale="auto"), out)   # the noise scale measured first (tracing.auto_noise)
 
-Layout of ``OUT``: ``meta.json`` (model, config, versions, σ, seeds), ``shards/<unit>.parquet``
+Layout of ``OUT``: ``meta.json`` (model, config, versions, σ, the noise scale used and, for
+``--noise-scale auto``, its measurement, which a resume reuses; seeds), ``shards/<unit>.parquet``
 (one per finished unit, written atomically), ``shards/<unit>.npz`` (clean, corrupted and the
 best restored images of the unit), ``trace.parquet`` (all rows, merged in unit order) and
 ``causal_sites.json``. A sweep killed at any moment resumes from ``OUT``: finished units are
@@ -17,14 +19,16 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 
+from . import auto_noise
 from .corruption import CORRUPTIONS, NOISE_SEED_BASE
+from .encoders import corrupted_encoders, word_positions
 from .errors import ConfigError, OutputExistsError
 from .executors import EXECUTORS
 from .io import read_meta, read_trace, write_meta, write_strip, write_trace
@@ -44,7 +48,11 @@ def sweep_prompts(cfg: TraceConfig, world: str) -> list[MarkedPrompt]:
 
 def unit_context(cfg: TraceConfig, model, scorer: ClipScorer, metrics: Sequence[Metric] | None = None) -> UnitContext:
     prompts = sweep_prompts(cfg, model.world)
-    scfg = SamplerConfig.for_model(model, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    try:
+        scfg = SamplerConfig.for_model(model, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
+    except ValueError as err:  # --steps 0, --guidance -1: one line before any work
+        raise ConfigError(str(err)) from None
+    model.family.guidance(model, scfg.guidance_scale)  # a scale the family refuses (FLUX: CFG, dev at 0) fails before any unit
     metrics = with_scorer(metrics, scorer) if metrics is not None else default_metrics(model, scorer, cfg.attribute)
     return UnitContext(model, prompts, scfg, metrics)
 
@@ -121,16 +129,32 @@ def _same_sweep(config: dict) -> dict:
     return {k: v for k, v in full.items() if k not in SUMMARY_ONLY and (k == "method_options" or k not in legacy)}
 
 
-def _meta(cfg: TraceConfig, model, ctx: UnitContext, units: list[Unit]) -> dict:
+def _config(cfg: TraceConfig) -> dict:
+    """The config meta.json records (every method option resolved; ``noise_scale`` as given, ``auto`` included)."""
     from dataclasses import asdict
 
+    return dict(cfg.to_dict(), method_options=asdict(TRACE_METHODS.get(cfg.method).options(cfg)))
+
+
+def _resumed(out: Path, config: dict) -> dict | None:
+    """The meta.json of the sweep ``out`` already holds (None: a new sweep); a one-line error when its config differs."""
+    meta_path = out / "meta.json"
+    if not meta_path.exists():
+        return None
+    old = read_meta(meta_path)
+    if _same_sweep(old.get("config", {})) != _same_sweep(json.loads(json.dumps(config, default=str))):
+        raise OutputExistsError(f"{out} holds a sweep with another config; resume with the same options or pick a new --out")
+    return old
+
+
+def _meta(cfg: TraceConfig, model, ctx: UnitContext, units: list[Unit], scale: float, auto: dict | None = None) -> dict:
     clip = ctx.scorer
-    config = dict(cfg.to_dict(), method_options=asdict(TRACE_METHODS.get(cfg.method).options(cfg)))  # every option, resolved
-    return {"model": model.name, "arch": model.arch, "world": model.world, "source": model.source, "config": config,
+    noise = {"sigma": {c: model.embed_std(c) for c in model.text_components},
+             "scale": scale, "seed_rule": f"{NOISE_SEED_BASE} + 1000*seed + noise_index", **({"auto": auto} if auto else {})}
+    return {"model": model.name, "arch": model.arch, "world": model.world, "source": model.source, "config": _config(cfg),
             "sampler": {"num_inference_steps": ctx.scfg.num_inference_steps, "guidance_scale": ctx.scfg.guidance_scale,
                         "scheduler": type(model.scheduler).__name__},
-            "noise": {"sigma": {c: model.embed_std(c) for c in model.text_components},
-                      "scale": cfg.noise_scale, "seed_rule": f"{NOISE_SEED_BASE} + 1000*seed + noise_index"},
+            "noise": noise,
             "corruption": _corruption_meta(cfg, model, ctx.prompts),
             "scorer": {"id": clip.model_id, "formula": clip.formula},
             "metrics": {m.name: {"id": m.model_id, "formula": m.formula} for m in ctx.metrics},
@@ -141,7 +165,11 @@ def _meta(cfg: TraceConfig, model, ctx: UnitContext, units: list[Unit]) -> dict:
 def _corruption_meta(cfg: TraceConfig, model, prompts) -> dict:
     """The corruption mode and, per prompt, what each corruption sample is (noise index or counterfactual value)."""
     mode = CORRUPTIONS.get(cfg.corrupt)
-    out: dict = {"mode": mode.name, "samples": [[mode.label(cfg, model, p, i) for i in range(mode.samples(cfg, model, p))] for p in prompts]}
+    encoders = corrupted_encoders(model, cfg.text_encoder)
+    samples = [[mode.label(cfg, model, p, i) for i in range(mode.samples(cfg, model, p))] for p in prompts]
+    out: dict = {"mode": mode.name, "samples": samples,
+                 "encoders": list(encoders),  # each corrupted at its own token positions of the marked word, per prompt:
+                 "positions": [{c: list(v) for c, v in word_positions(model, p, encoders).items()} for p in prompts]}
     skipped = getattr(mode, "skipped", None)
     if skipped is not None:
         out["skipped"] = [skipped(cfg, model, p) for p in prompts]
@@ -150,7 +178,8 @@ def _corruption_meta(cfg: TraceConfig, model, prompts) -> dict:
 
 
 def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None = None, metrics: Sequence[Metric] | None = None):
-    """Load model and scorer, plan and resolve units, write meta.json. Returns (runner, units)."""
+    """Load model and scorer, plan and resolve units, resolve the noise scale, write meta.json. Returns (runner, units);
+    ``runner.cfg`` is ``cfg`` with the scale the units run at (``--noise-scale auto``: :mod:`tracing.auto_noise`)."""
     from .models import load_model
 
     method = TRACE_METHODS.get(cfg.method)
@@ -162,19 +191,16 @@ def prepare(cfg: TraceConfig, out: Path, model=None, scorer: ClipScorer | None =
     if cfg.attribute not in world.attributes:  # the world owns its vocabulary
         raise ConfigError(f"unknown attribute {cfg.attribute!r} for world {world.name!r}; allowed: {', '.join(world.attributes)}")
     ctx = unit_context(cfg, model, scorer, metrics)
+    encoders = corrupted_encoders(model, cfg.text_encoder)  # one-line error naming the model's text encoders
     for p in ctx.prompts:
-        p.positions(model.tokenizer)  # every marked word must tokenise
+        word_positions(model, p, encoders)  # every marked word must tokenise, in every corrupted encoder
     units = method.plan(cfg, model, ctx.prompts, ctx.scfg.num_inference_steps)
     resolve_sites(model, units)
-    meta = _meta(cfg, model, ctx, units)
+    scale, auto = auto_noise.resolve(cfg, ctx, _resumed(out, _config(cfg)))  # --noise-scale auto: measured once, reused on resume
+    meta = _meta(cfg, model, ctx, units, scale, auto)
     out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "meta.json"
-    if meta_path.exists():
-        old = read_meta(meta_path)
-        if _same_sweep(old.get("config", {})) != _same_sweep(json.loads(json.dumps(meta["config"], default=str))):
-            raise OutputExistsError(f"{out} holds a sweep with another config; resume with the same options or pick a new --out")
-    write_meta(meta, meta_path)
-    runner = UnitRunner(cfg, out / "shards", spec, metrics=metrics, _ctx=ctx)
+    write_meta(meta, out / "meta.json")
+    runner = UnitRunner(replace(cfg, noise_scale=scale), out / "shards", spec, metrics=metrics, _ctx=ctx)  # units run at the scale
     return runner, units
 
 
@@ -190,6 +216,7 @@ def run_sweep(cfg: TraceConfig, out: str | Path, model=None, scorer: ClipScorer 
     """
     out = Path(out)
     runner, units = prepare(cfg, out, model, scorer, metrics)
+    cfg = runner.cfg  # the noise scale resolved (--noise-scale auto)
     kw = dict(executor_kw or {})
     runner.model_factory, runner.scorer_factory = kw.pop("model", None), kw.pop("scorer", None)
     executor = EXECUTORS.get(cfg.executor)(gpu=str(cfg.device).startswith("cuda"), **kw)

@@ -4,11 +4,12 @@ Usage::
 
     cfg = TraceConfig(model="toy", attribute="colour", component="all", seeds=(0, 1))
     cfg = TraceConfig(method="ig", method_options={"ig_steps": 4})   # a method's own options
+    cfg = TraceConfig(noise_scale="auto")   # σ multiple measured on the run's own pairs before the sweep (tracing.auto_noise)
     units = plan_units(cfg, model, prompts, n_steps)   # keyed work units, the shard contract
     resolve_sites(model, units)                        # sites resolve here, before any work starts
 
 ``TraceConfig`` checks every value it can without a model; what needs the model (a component
-it lacks, a ``--span-end`` past its tokens, a step window past its steps, unknown sites) is
+it lacks, a ``--text-encoder`` it lacks, a ``--span-end`` past its tokens, a step window past its steps, unknown sites) is
 checked when the units are planned, still before any work starts. A method's own options
 (``method_options``) are validated by the method (``tracing.methods``). Field ``metadata``
 holds the CLI help, so ``diffloc trace`` builds its options from these fields.
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from .corruption import CORRUPTIONS
+from .encoders import corrupted_encoders, text_length
 from .errors import ConfigError
 from .executors import EXECUTORS
 from .families import denoiser_slots
@@ -32,6 +34,7 @@ from .sampler import Restore
 from .sites import TEXT_KINDS, Site
 
 RESTORE_MODES = ("token", "suffix", "span")
+AUTO = "auto"  # --noise-scale auto: measured before the sweep (tracing.auto_noise)
 DEFAULT_METHOD = "exact"
 
 
@@ -61,13 +64,16 @@ class TraceConfig:
     bootstrap_seed: int = opt(0, "Seed of the bootstrap resamples.")
     attribute: str = opt("colour", "An attribute of the model's world (toy: object, colour, style, viewpoint, count; sd adds action).", short="-a", required=True)
     component: str = opt("all", "text_encoder, denoiser (or the family's name for it: unet, transformer) or all.")
+    text_encoder: str | None = opt(None, "Corrupt and restore only this text encoder (e.g. text_encoder_3, SD3's T5); "
+                                         "default: every text encoder the denoiser reads, each at its own token positions of the word.")
     prompts: tuple[str, ...] = opt((), "Marked prompts; empty: the shipped set for the attribute.", cli=False)
     max_prompts: int | None = opt(None, "Use only the first N prompts.")
     seeds: tuple[int, ...] = opt((0, 1), "Initial-noise seeds (repeat the flag).", flag="--seed")
     corrupt: str = opt("gaussian", "Corruption: gaussian (noise on the attribute tokens, the paper) or replace (another value of the attribute, red -> blue).")
     counterfactuals: int | None = opt(None, "--corrupt replace: at most N other values per prompt (default: all).")
     noise_samples: int = opt(1, "--corrupt gaussian: noise samples per prompt and seed.")
-    noise_scale: float = opt(3.0, "Noise std in units of the token-embedding std σ (ROME: 3).")
+    noise_scale: float | str = opt(3.0, "Noise std in units of the token-embedding std σ (ROME: 3), or auto: the smallest multiple "
+                                         "of σ on the ladder 1..16 that flips >= 80% of the run's own pairs (tracing.auto_noise).")
     num_inference_steps: int | None = opt(None, "Denoising steps (default: the model's).", flag="--steps")
     guidance_scale: float | None = opt(None, "Classifier-free guidance scale (default: the model's).", flag="--guidance")
     layer_window: int = opt(1, "Text encoder: restore this many adjacent layers per row (ROME uses 10).")
@@ -85,8 +91,11 @@ class TraceConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.attribute, str) or not self.attribute.isidentifier():
             raise ConfigError(f"bad attribute {self.attribute!r}; expected a word such as colour (the model's world lists its own)")
+        if self.text_encoder is not None and not (isinstance(self.text_encoder, str) and self.text_encoder.startswith("text_encoder")):
+            raise ConfigError(f"bad --text-encoder {self.text_encoder!r}; expected a text component such as text_encoder, text_encoder_2")
         if self.component not in component_choices():
             raise ConfigError(f"unknown component {self.component!r}; allowed: {', '.join(component_choices())}")
+        self._check_noise_scale()
         self._check_numbers()
         EXECUTORS.get(self.executor)  # one-line error naming the registered executors
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -100,8 +109,6 @@ class TraceConfig:
             raise ConfigError(f"--min-informative must be >= 1 and --min-drop >= 0, got {self.min_informative} and {self.min_drop}")
         if self.noise_samples < 1:
             raise ConfigError(f"noise_samples must be >= 1, got {self.noise_samples}")
-        if not self.noise_scale > 0:
-            raise ConfigError(f"noise_scale must be > 0, got {self.noise_scale}")
         if self.layer_window < 1:
             raise ConfigError(f"layer_window must be >= 1, got {self.layer_window}")
         if self.batch_size < 1:
@@ -123,6 +130,18 @@ class TraceConfig:
             raise ConfigError(f"--span-end needs --restore span, got --restore {self.restore}")
         if self.bootstrap < 1:
             raise ConfigError(f"--bootstrap must be >= 1 resample, got {self.bootstrap}")
+
+    def _check_noise_scale(self) -> None:
+        """A positive finite number of σ, or ``auto`` (Gaussian corruption only: it measures the scale; tracing.auto_noise)."""
+        v = self.noise_scale
+        if v == AUTO:
+            if self.corrupt != "gaussian":
+                raise ConfigError(f"--noise-scale auto needs --corrupt gaussian (it measures the noise's scale); "
+                                  f"--corrupt {self.corrupt} adds no noise, so drop --noise-scale auto")
+            return
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (number and math.isfinite(v) and v > 0):
+            raise ConfigError(f"--noise-scale must be a finite number > 0 (a multiple of σ, e.g. 3) or {AUTO}, got {v!r}")
 
     def _check_numbers(self) -> None:
         """Every float option must be a finite number (``nan`` and ``inf`` parse as floats)."""
@@ -168,20 +187,22 @@ class Unit:
         return f"p{self.prompt_index:03d}-s{self.seed}-n{self.noise_index}{v}-{self.component}-c{self.chunk:03d}"
 
 
-def restored_tokens(cfg: TraceConfig, prompt: MarkedPrompt, tokenizer) -> list[tuple[int, tuple[int, ...]]]:
-    """(label token, restored positions) per row of one text site, by restore mode.
+def restored_tokens(cfg: TraceConfig, prompt: MarkedPrompt, tokenizer, n_max: int | None = None) -> list[tuple[int, tuple[int, ...]]]:
+    """(label token, restored positions) per row of one text site, by restore mode, in the encoder of ``tokenizer``.
 
-    - ``token``: each position BOS..EOS alone (the seed paper's protocol);
-    - ``suffix``: each position BOS..EOS together with every later one up to the last (the denoiser reads them all);
+    - ``token``: each position first..EOS alone (the seed paper's protocol; CLIP's first is BOS);
+    - ``suffix``: each position first..EOS together with every later one up to the last (the denoiser reads them all);
     - ``span``: the attribute tokens through each end (or through ``span_end`` only); the label is the end.
+
+    ``n_max``: the tokens the encoder reads (default: the tokenizer's ``model_max_length``; SD3 pads T5 to 256).
     """
-    n_tokens = len(prompt.tokens(tokenizer))  # BOS .. EOS
-    n_max = tokenizer.model_max_length
+    n_max = n_max or tokenizer.model_max_length
+    n_tokens = len(prompt.tokens(tokenizer, max_length=n_max))  # first .. EOS
     if cfg.restore == "token":
         return [(t, (t,)) for t in range(n_tokens)]
     if cfg.restore == "suffix":
         return [(t, tuple(range(t, n_max))) for t in range(n_tokens)]
-    first = prompt.positions(tokenizer)[0]
+    first = prompt.positions(tokenizer, max_length=n_max)[0]
     if cfg.span_end is None:
         return [(e, tuple(range(first, e + 1))) for e in range(first, n_tokens)]
     if not -n_max <= cfg.span_end < n_max:
@@ -194,13 +215,14 @@ def restored_tokens(cfg: TraceConfig, prompt: MarkedPrompt, tokenizer) -> list[t
 
 
 def text_rows(model, prompt: MarkedPrompt, cfg: TraceConfig, component: str = "text_encoder") -> list[RowSpec]:
-    """Layer × token × {hidden, attn, mlp}, each restoring a window of ``layer_window`` layers at the mode's positions.
+    """Layer × token × {hidden, attn, mlp}, each restoring a window of ``layer_window`` layers at the mode's positions
+    (positions of ``component``'s own tokenizer).
 
     With ``cfg.heads``, then layer × head × token (kind ``attn_head``): each row restores one
     head of one layer only (``layer_window`` does not apply to heads).
     """
     n_layers = model.sites.text_layers[component]
-    positions = restored_tokens(cfg, prompt, model.tokenizer)
+    positions = restored_tokens(cfg, prompt, model.tokenizer_for(component), text_length(model, component))
     rows = []
     for kind in cfg.text_kinds:
         for layer in range(n_layers):
@@ -217,13 +239,15 @@ def text_rows(model, prompt: MarkedPrompt, cfg: TraceConfig, component: str = "t
 
 
 def traced_components(cfg: TraceConfig, model) -> list[str]:
-    """The components a sweep covers: ``all`` = every text encoder then the denoiser; ``text_encoder``
-    = every text encoder; ``denoiser`` (or the family's own name for it, unet / transformer) = the denoiser."""
+    """The components a sweep covers: ``all`` = every traced text encoder then the denoiser; ``text_encoder``
+    = every traced text encoder; ``denoiser`` (or the family's own name for it, unet / transformer) = the denoiser.
+    The traced text encoders are all of them, or ``cfg.text_encoder`` alone."""
     denoiser = model.family.denoiser
+    texts = list(corrupted_encoders(model, getattr(cfg, "text_encoder", None)))
     if cfg.component == "all":
-        return [*model.text_components, denoiser]
+        return [*texts, denoiser]
     if cfg.component == "text_encoder":
-        return list(model.text_components)
+        return texts
     if cfg.component in ("denoiser", denoiser):
         return [denoiser]
     raise ConfigError(f"--component {cfg.component}: {model.name} has no such component; allowed: text_encoder, {denoiser}, denoiser, all")

@@ -144,8 +144,10 @@ def edit(
     say(f"edited model -> {out} (edit.json lists {len(previous) + len(records)} weight edits)")
 
 
-def _chosen_cases(cases: Optional[Path], source, target, sequential: bool, case_preserve: bool, templates, targets):
-    """The cases of --cases (checked for conflicts), or None for a --source/--target edit."""
+def _chosen_cases(cases: Optional[Path], source, target, sequential: bool, case_preserve: bool, templates, targets,
+                  together: bool = True):
+    """The cases of --cases (checked for conflicts when they go into one model: ``together``), or None for a
+    --source/--target edit."""
     if cases is None:
         if source is None or target is None:
             raise UsageError("give --source and --target, or --cases FILE")
@@ -160,7 +162,8 @@ def _chosen_cases(cases: Optional[Path], source, target, sequential: bool, case_
     chosen = load_cases(cases)
     if not chosen:
         raise UsageError(f"cases file {cases} holds no cases")
-    check_conflicts(chosen, where=str(cases))
+    if together:
+        check_conflicts(chosen, where=str(cases))
     return chosen
 
 
@@ -227,7 +230,7 @@ def diagnose_cmd(
     from diffloc.tracing.models import load_model
 
     editor = EDITORS.get(method)
-    chosen = _chosen_cases(cases, source, target, False, False, templates, targets)
+    chosen = _chosen_cases(cases, source, target, False, False, templates, targets, together=False)  # each case on its own
     if max_prompts < 1:
         raise UsageError(f"--max-prompts must be >= 1, got {max_prompts}")
     m = load_model(model)

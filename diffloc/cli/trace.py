@@ -8,7 +8,10 @@ Usage::
     diffloc trace --model toy --attribute colour --method ig --confirm-top 8 --out results/colour_ig
     diffloc trace --model toy --attribute colour --restore suffix --bootstrap 1000 --out results/colour_suffix
     diffloc trace --model toy --attribute style --method crossattn-swap --window 2 --out results/style_swap
+    diffloc trace --model tiny-sd3 --attribute colour --method crossattn-swap --swap-input text-stream --scorer toy --out results/sd3_stream
+    diffloc trace --model tiny-sd3 --attribute colour --text-encoder text_encoder_3 --scorer toy --out results/sd3_t5
     diffloc trace --model toy --attribute count --component unet --until-stable 0.9 --max-seeds 8 --out results/count
+    diffloc trace --model toy --attribute colour --noise-scale auto --out results/colour_auto
     diffloc plot results/colour --uncertainty
     diffloc bench trace --out results/bench_trace.json
 """
@@ -40,8 +43,16 @@ def _windows(specs: list[str] | None) -> tuple[tuple[int, int], ...] | None:
     return tuple(out)
 
 
+def _noise_scale(spec: str) -> float | str:
+    """``--noise-scale``: a number of σ, or any other word as given (TraceConfig allows ``auto`` and names what is allowed)."""
+    try:
+        return float(spec)
+    except (TypeError, ValueError):
+        return spec
+
+
 #: fields whose CLI value is parsed before it reaches TraceConfig (and its CLI type)
-PARSERS = {"step_windows": (Optional[List[str]], _windows)}
+PARSERS = {"step_windows": (Optional[List[str]], _windows), "noise_scale": (str, _noise_scale)}
 
 
 def _cli_type(hint: Any) -> Any:
@@ -105,7 +116,8 @@ def _cli_only() -> list[inspect.Parameter]:
         p("prompt_file", Optional[Path], typer.Option(None, help="Marked prompts, one per line: 'a photo of a [red] circle'.")),
         p("ray_address", Optional[str], typer.Option(None, help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one.")),
         p("workers", int, typer.Option(2, help="Ray workers, one model each (executor ray).")),
-        p("until_stable", Optional[float], typer.Option(None, help="Add seeds in rounds until the split-half Spearman of real effects reaches this, in (0, 1].")),
+        p("until_stable", Optional[float], typer.Option(None, help="Add seeds in rounds until --min-informative informative pairs exist and the split-half "
+                                                                   "Spearman of real effects over them reaches this, in (0, 1].")),
         p("max_seeds", int, typer.Option(8, help="With --until-stable: stop at this many seeds.")),
         p("plot", bool, typer.Option(True, help="Draw the figures when the sweep ends.")),
     ]
@@ -192,11 +204,11 @@ def plot(run: Path = typer.Argument(..., help="A trace output folder."), metric:
 
 def bench_trace(
     out: Path = typer.Option(..., "--out", "-o", help="JSON file to write."),
-    model: str = typer.Option("toy", "--model", "-m", help="Any model spec; random-sd1 / random-sdxl: full size, random weights."),
+    model: str = typer.Option("toy", "--model", "-m", help="Any model spec; random-sd1 / random-sdxl / random-sd3 / random-flux: full size, random weights; tiny-sd3 / tiny-flux: the CPU replicas (--scorer toy)."),
     rows: int = typer.Option(32, help="Restored rows per batch."),
     repeats: int = typer.Option(3, help="Timed repeats (median is reported)."),
-    screens: bool = typer.Option(True, help="Also time gradient screens against exact text-encoder and head sweeps."),
-    heads: bool = typer.Option(True, help="Screens: also time every attention head as a site."),
+    screens: bool = typer.Option(True, help="Also time gradient screens against exact sweeps: of the text encoder (UNet models) or of every denoiser block state (DiT models)."),
+    heads: bool = typer.Option(True, help="Screens: also time every attention head as a site (DiT: the denoiser's heads)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's)."),
@@ -207,6 +219,7 @@ def bench_trace(
 
     Example: diffloc bench trace --out results/bench_trace.json
     Example: diffloc bench trace --model random-sd1 --device cuda --dtype float16 --steps 20 --scorer ViT-L-14-336/random --out sd1.json
+    Example: diffloc bench trace --model tiny-sd3 --scorer toy --steps 4 --repeats 1 --no-heads --out sd3_cpu.json
     """
     from diffloc.bench_trace import bench_trace as run
     from diffloc.tracing.io import write_plain_json

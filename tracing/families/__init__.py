@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..registry import Registry
-from .base import Conditioning, Family, cfg_get  # noqa: F401  (the family API)
+from .base import Conditioning, Family, PromptReader, cfg_get  # noqa: F401  (the family API)
 
 
 def _builtin(reg: Registry) -> None:

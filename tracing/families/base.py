@@ -8,9 +8,11 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
+
+from ..sites import Site
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,35 @@ class Conditioning:
         return replace(self, **kw)
 
 
+@dataclass(frozen=True)
+class PromptReader:
+    """A denoiser layer that reads the prompt, as ``crossattn-swap`` swaps it.
+
+    ``site``: the layer (an attention for a key/value swap, a block for a text-stream swap);
+    ``kind``: its rows' label (``attn2`` cross-attention K/V, ``joint_kv`` joint-attention text K/V,
+    ``text_stream`` a joint block's text-stream input); ``swapped``: the sites whose outputs a
+    swap copies from the altered prompt's row (``to_k``/``to_v``; ``add_k_proj``/``add_v_proj``;
+    the module whose output is the block's text-stream input: ``context_embedder`` or the
+    previous block's ``@text``).
+    """
+
+    site: Site
+    kind: str
+    swapped: tuple[Site, ...]
+
+
+def cross_kv_readers(model) -> list[PromptReader]:
+    """Cross-attentions (``attn2``: UNet, PixArt) of the site table, with their key and value projections."""
+    return [PromptReader(s, "attn2", (Site(s.component, f"{s.path}.to_k"), Site(s.component, f"{s.path}.to_v")))
+            for s in model.sites.denoiser if s.kind == "attn2"]
+
+
+def union_positions(positions: Mapping[str, Sequence[int]], offsets: Mapping[str, int]) -> tuple[int, ...]:
+    """Positions in the conditioning sequence: each encoder's positions shifted by its ``offsets`` entry
+    (encoders without one do not enter the sequence), merged."""
+    return tuple(sorted({offsets[c] + int(p) for c, pos in positions.items() if c in offsets for p in pos}))
+
+
 class Family(Protocol):
     """One architecture family. Implementations: :mod:`.unet` (sd1, sd2, sdxl, toy)."""
 
@@ -76,6 +107,16 @@ class Family(Protocol):
     def latent_shape(self, model, batch: int, size: int | None = None) -> tuple[int, ...]: ...
 
     def guidance(self, model, guidance_scale: float) -> bool: ...
+
+    def text_length(self, model, component: str) -> int: ...  # tokens per prompt fed to a text encoder
+
+    def causal_text(self, model, component: str) -> bool: ...  # the encoder's self-attention is causal (CLIP; T5 is not)
+
+    def sequence_positions(self, model, positions: Mapping[str, Sequence[int]]) -> tuple[int, ...]: ...
+
+    def kv_readers(self, model) -> list[PromptReader]: ...  # attentions whose keys and values read the prompt
+
+    def stream_readers(self, model) -> list[PromptReader]: ...  # blocks reading a text stream (MM-DiT); [] otherwise
 
 
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from ..hooks import hooks
 from ..sites import Site
-from .base import Conditioning, cfg_get
-from .dit_sites import dit_site_table, mmdit_walk
-from .joint_attention import install_split
+from .base import Conditioning, PromptReader, cfg_get, union_positions
+from .dit_sites import dit_site_table, is_t5, mmdit_walk
+from .joint_attention import install_split, joint_attentions
 
 
 def calculate_shift(seq_len: int, cfg: Any) -> float:
@@ -51,6 +51,7 @@ class DiTFamily:
     required: int = 1                     # leading text components a model must have (SD3: both CLIPs; T5 optional)
     denoiser: str = "transformer"
     slice_sites: bool = False             # MM-DiT: open the text->image slice of joint attention as sites
+    stream_blocks: tuple[str, ...] = ()   # module lists of blocks that read a text stream, in execution order
 
     # ---------------------------------------------------------------- structure
     def prepare(self, model) -> None:
@@ -77,9 +78,37 @@ class DiTFamily:
     # ---------------------------------------------------------------- conditioning
     def text_length(self, model, component: str) -> int:
         """Tokens per prompt fed to ``component`` (77 for CLIP, ``t5_length`` for T5)."""
-        from .dit_sites import is_t5
-
         return self.t5_length if is_t5(model.modules[component].config) else model.tokenizer_for(component).model_max_length
+
+    def causal_text(self, model, component: str) -> bool:
+        """CLIP towers attend causally; T5's encoder attends both ways (a token before the word changes too)."""
+        return not is_t5(model.modules[component].config)
+
+    def sequence_offsets(self, model) -> dict[str, int]:
+        """Where each encoder's tokens start in ``Conditioning.embeds`` (encoders absent: not in the sequence).
+        MM-DiT: the CLIP towers side by side along features at 0, T5 after them; others override."""
+        clip = [c for c in self.text_components if c in model.modules and not is_t5(model.modules[c].config)]
+        t5 = [c for c in self.text_components if c in model.modules and is_t5(model.modules[c].config)]
+        start = self.text_length(model, clip[0]) if clip else 0
+        return {**{c: 0 for c in clip}, **{c: start for c in t5}}
+
+    def sequence_positions(self, model, positions: Mapping[str, Any]) -> tuple[int, ...]:
+        """Positions in the conditioning sequence of the given per-encoder token positions."""
+        return union_positions(positions, self.sequence_offsets(model))
+
+    def kv_readers(self, model) -> list[PromptReader]:
+        """Every joint attention, whose text-stream key and value projections (``add_k_proj``, ``add_v_proj``) read the prompt."""
+        comp = self.denoiser
+        return [PromptReader(Site(comp, path), "joint_kv", (Site(comp, f"{path}.add_k_proj"), Site(comp, f"{path}.add_v_proj")))
+                for path, _ in joint_attentions(model.denoiser)]
+
+    def stream_readers(self, model) -> list[PromptReader]:
+        """Every block of ``stream_blocks`` in execution order; block ``i``'s text-stream input is the output of
+        ``context_embedder`` (i = 0) or of the previous block's text stream (``@text``)."""
+        comp = self.denoiser
+        paths = [f"{name}.{i}" for name in self.stream_blocks for i in range(len(getattr(model.denoiser, name)))]
+        feeds = ["context_embedder"] + [f"{p}@text" for p in paths[:-1]]
+        return [PromptReader(Site(comp, p), "text_stream", (Site(comp, f),)) for p, f in zip(paths, feeds)]
 
     def tokenize(self, model, texts: list[str]) -> dict[str, torch.Tensor]:
         """Token ids [B, L] per text encoder, padded to the length the family's pipeline uses."""
@@ -184,5 +213,6 @@ class MMDiTFamily(DiTFamily):
 
 SD3 = MMDiTFamily("sd3", "sd3", "SD3Transformer2DModel", ("text_encoder", "text_encoder_2", "text_encoder_3"),
                   pipeline="StableDiffusion3Pipeline", t5_length=256, required=2,
-                  clip_prefixes={"text_encoder": "text_model.", "text_encoder_2": "text_model."})
-TOY_DIT = MMDiTFamily("toy-dit", None, "SD3Transformer2DModel", ("text_encoder",), slice_sites=True)
+                  clip_prefixes={"text_encoder": "text_model.", "text_encoder_2": "text_model."},
+                  stream_blocks=("transformer_blocks",))
+TOY_DIT = MMDiTFamily("toy-dit", None, "SD3Transformer2DModel", ("text_encoder",), slice_sites=True, stream_blocks=("transformer_blocks",))

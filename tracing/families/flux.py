@@ -64,6 +64,10 @@ class FluxFamily(DiTFamily):
             seq = model.modules["text_encoder_2"](ids["text_encoder_2"].to(model.device))[0]
         return Conditioning(seq, pooled=pooled.to(seq.dtype))
 
+    def sequence_offsets(self, model) -> dict[str, int]:
+        """Only T5 (``text_encoder_2``) forms the sequence; CLIP enters through the pooled vector."""
+        return {"text_encoder_2": 0}
+
     def guided_by_embedding(self, model) -> bool:
         return bool(getattr(model.denoiser.config, "guidance_embeds", False))
 
@@ -110,4 +114,4 @@ class FluxFamily(DiTFamily):
 
 
 FLUX = FluxFamily("flux", "flux", "FluxTransformer2DModel", ("text_encoder", "text_encoder_2"), pipeline="FluxPipeline",
-                  t5_length=512, required=2)
+                  t5_length=512, required=2, stream_blocks=("transformer_blocks", "single_transformer_blocks"))

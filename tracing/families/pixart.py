@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 
 from ..hooks import hooks
-from .base import Conditioning
+from .base import Conditioning, PromptReader, cross_kv_readers
 from .dit import DiTFamily
 from .dit_sites import pixart_walk
 
@@ -36,6 +36,10 @@ class PixArtFamily(DiTFamily):
         from .dit_sites import dit_site_table
 
         return dit_site_table(self.name, denoiser_config, text_configs, pixart_walk, extra=("caption_projection", "proj_out"))
+
+    def kv_readers(self, model) -> list[PromptReader]:
+        """Every cross-attention (attn2), whose ``to_k``/``to_v`` read the masked T5 sequence."""
+        return cross_kv_readers(model)
 
     def encode(self, model, ids: Mapping[str, torch.Tensor], hook_fns: dict) -> Conditioning:
         """T5 last hidden state [B, L, D] under the tokenizer's mask [B, L] (1 up to and with </s>)."""

@@ -24,7 +24,7 @@ import torch
 from ..configs import published
 from ..hooks import hooks
 from ..sites import SiteTable, build_site_table
-from .base import Conditioning, cfg_get
+from .base import Conditioning, PromptReader, cfg_get, cross_kv_readers, union_positions
 
 TOY_MAX_WIDTH = 512  # widest UNet block a toy-world model may have
 
@@ -123,6 +123,26 @@ class UNetFamily:
             second = model.modules["text_encoder_2"](ids["text_encoder_2"].to(model.device), output_hidden_states=True)
         embeds = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
         return Conditioning(embeds, pooled=second[0])
+
+    def text_length(self, model, component: str) -> int:
+        """Tokens per prompt fed to ``component``: the CLIP tokenizer's 77."""
+        return model.tokenizer_for(component).model_max_length
+
+    def causal_text(self, model, component: str) -> bool:
+        """CLIP towers attend under a causal mask."""
+        return True
+
+    def sequence_positions(self, model, positions: Mapping[str, Any]) -> tuple[int, ...]:
+        """Token positions of the conditioning sequence ``[B, 77, D]`` (SDXL concatenates its towers along features)."""
+        return union_positions(positions, {c: 0 for c in self.text_components})
+
+    def kv_readers(self, model) -> list[PromptReader]:
+        """Every cross-attention (attn2), whose ``to_k``/``to_v`` read the prompt embeddings."""
+        return cross_kv_readers(model)
+
+    def stream_readers(self, model) -> list[PromptReader]:
+        """None: a UNet reads the prompt through cross-attention only, it has no text stream."""
+        return []
 
     def uncond(self, model, batch: int) -> Conditioning:
         cond = self.encode(model, self.tokenize(model, [""]), {})

@@ -1,0 +1,171 @@
+"""docs/findings.md's sections on toy-dit swaps, DiT edits, null-space preservation and interference (used by experiments.make_docs).
+
+Usage::
+
+    from experiments.make_docs_dit import dit_edit_sections, dit_swap_section
+    text = dit_edit_sections(REF, table, cell)   # "" when none of the result folders exist
+    text = dit_swap_section(REF, table)
+
+Reads ``dit_swaps/summary.json`` (``python -m experiments.dit_swaps``), ``edit_eval_dit_v*``
+(``diffloc evaluate --model toy-dit``), ``many_edits_*`` (``python -m experiments.many_edits``) and
+``interference_*`` (``python -m experiments.interference``) under ``results/reference/``; every
+number printed here is read from those files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+GT = ["gt_efficacy", "gt_generalization", "gt_specificity", "gt_others"]
+HEAD = ["efficacy", "generalization", "specificity", "others"]
+NOTE = ("Each cell is the rate, its 95 % interval in brackets (Wilson over images; \"others\": bootstrap over cases) "
+        "and its n (images) in parentheses.")
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _dit_eval(ref: Path, table: Callable, cell: Callable) -> str:
+    runs = [(p.parent.name, _load(p)) for p in sorted(ref.glob("edit_eval_dit_v*/summary.json"))]
+    if not runs:
+        return ""
+    rows, sources = [], []
+    for name, s in runs:
+        sources.append(f"`results/reference/{name}/` (`{s['run']}`)")
+        for m, r in s["methods"].items():
+            if name != runs[0][0] and m in ("unedited", "oracle"):
+                continue  # the baselines once
+            rows.append([m, *[cell(r, c) for c in GT], r.get("n_images", "—")])
+    return ("## Edits on toy-dit (the MM-DiT)\n\n"
+            f"Sources: {'; '.join(sources)}. The 24 toy cases, 1 seed, each edit on the clean model and undone "
+            "before the next, judged by the world's exact readers. `context-embedder` edits the shared text entry "
+            "(UCE-FLUX form), `joint-attn` the text-stream key/value projections of every joint-attention block, "
+            "`quickfix` toy-dit's CLIP text encoder (layer 0 `out_proj`), which toy-dit shares with the UNet world. "
+            "`+preserve`: the cases' preserve captions, kept softly (UCE's term; the DiT editors always take them); "
+            f"`+nullspace`: kept exactly, up to the rank threshold `nullspace_rtol` given in the run. The `oracle` row "
+            "(the unedited model given the target in its prompt) is toy-dit's own ceiling: an edit cannot make the model "
+            f"draw what it does not draw when asked directly. {NOTE}\n\n"
+            + table(["method", *HEAD, "n images"], rows)
+            + "\nEfficacy by attribute (edit prompts; Wilson interval, n images):\n\n" + _per_attribute(runs, table))
+
+
+def _per_attribute(runs: list, table: Callable) -> str:
+    per: dict = {}
+    for _, s in runs:
+        for key, v in s.get("per_attribute_gt_ci", {}).items():
+            method, attribute = key.split("/")
+            per.setdefault(method, {})[attribute] = v["edit"]
+    attrs = sorted({a for m in per.values() for a in m})
+
+    def c(x):
+        return "—" if not x else f"{x['value']:.2f} [{x['ci'][0]:.2f}, {x['ci'][1]:.2f}] ({x['n']})"
+
+    return table(["method", *attrs], [[m, *[c(v.get(a)) for a in attrs]] for m, v in per.items()])
+
+
+def _many(ref: Path, table: Callable, cell: Callable) -> str:
+    found = [(p.parent.name, _load(p)) for p in sorted(ref.glob("many_edits_*/summary.json"))]
+    found = [(n, s) for n, s in found if n != "many_edits"]
+    if not any(n != "many_edits_v2" for n, _ in found):
+        return ""
+    rows = []
+    for name, s in found:
+        rtol = (s.get("options") or {}).get(s["method"].split("+")[0], {}).get("nullspace_rtol")
+        label = s["method"] + (f" (rtol {rtol:g})" if rtol is not None else "")
+        for r in sorted(s["runs"].values(), key=lambda r: r["n_edits"]):
+            if r["mode"] == "batched":
+                rows.append([s.get("model", "toy"), label, r["n_edits"], *[cell(r, c) for c in GT], f"`{name}`"])
+    return ("## Many edits: soft against null-space preservation, on both worlds\n\n"
+            "Each evaluated case on a model carrying it with N − 1 other edits of the committed set (one stacked "
+            "solve, `batched`), all 24 cases evaluated, 1 seed, ground truth. `+preserve` keeps the preserve "
+            "captions' keys softly (UCE), `+nullspace` confines the update to the complement of their span (AlphaEdit "
+            f"/ SPEED). {NOTE}\n\n"
+            + table(["model", "method", "N", *HEAD, "run"], rows))
+
+
+def _interference(ref: Path, table: Callable) -> str:
+    found = [(p.parent.name, _load(p)) for p in sorted(ref.glob("interference_*/summary.json"))]
+    if not found:
+        return ""
+
+    def share(x: dict) -> str:
+        return "—" if not x["n"] else f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}] ({x['n']})"
+
+    rows, figs = [], []
+    for name, s in found:
+        w = s["worst_cell"]
+        worst = f"{w['edit']} on {w['concept']}: {w['value']:.2f}" if w["edit"] else "—"
+        rows.append([s["model"], s["method"], len(s["rows"]) - 1, len(s["columns"]), share(s["specificity_alone"]),
+                     share(s["specificity_together"]), worst])
+        figs.append(f"![interference, {s['method']} on {s['model']}](../results/reference/{name}/interference.png)")
+    return ("## The interference matrix\n\n"
+            "Rows: each edit of the largest conflict-free set, applied alone to the clean model, and last all of them "
+            "together; columns: each preserved concept (an attribute value that the cases' negative prompts hold "
+            "fixed, up to 3 prompts each, 1 seed); cells: ground-truth specificity. A cell whose prompts all name an "
+            "edited word is not a preserved concept on that model and is left out ('ed.'). Beside it, each edit's own "
+            "efficacy alone and among all. Sources: "
+            + ", ".join(f"`results/reference/{n}/`" for n, _ in found) + " (`python -m experiments.interference`).\n\n"
+            + table(["model", "method", "edits", "concepts", "specificity, each edit alone", "specificity, all together",
+                     "worst cell (alone)"], rows)
+            + "\n" + "\n".join(figs) + "\n")
+
+
+def _dit_diagnosis(ref: Path, table: Callable) -> str:
+    found = [(name, where, _load(ref / name / "diagnosis.json")) for name, where in
+             (("diagnosis_dit_text", "CLIP residual after layer 0 (`quickfix`'s site)"),
+              ("diagnosis_dit_entry", "text stream entering block 0 (`context_embedder`'s output)"))]
+    found = [f for f in found if f[2]]
+    if not found:
+        return ""
+    attribute = {(c["source"], c["target"]): c["attribute"]
+                 for c in map(json.loads, (ref.parents[1] / "experiments" / "cases" / "toy_edits.jsonl").read_text().splitlines())}
+    rows = []
+    for name, where, d in found:
+        tot: dict = {}
+        for c in d.get("cases", [d]):
+            a = attribute.get((c["source"], c["target"]), "?")
+            for cond, x in c["conditions"].items():
+                h, n = tot.setdefault(a, {}).get(cond, (0, 0))
+                tot[a][cond] = (h + x["hits"], n + x["n"])
+        for a in sorted(tot):
+            rows.append([where, a, *[f"{tot[a][k][0]}/{tot[a][k][1]}" for k in ("none", "subject", "after_subject", "all")]])
+    return ("## Diagnosis on toy-dit: where can the target be patched in?\n\n"
+            "Sources: " + ", ".join(f"`results/reference/{n}/`" for n, _, _ in found) + " (`diffloc diagnose --model toy-dit "
+            "--method quickfix|context-embedder --cases experiments/cases/toy_edits.jsonl --seeds 2 --max-prompts 4`). The "
+            "target prompt's own state, patched into the source prompt at the subject, after it, or everywhere, on "
+            "the unedited model; images in which ground truth reads the target (hits / n), summed over each "
+            "attribute's cases. The pooled text vector (adaLN) is not patched at either place: what only it "
+            "carries cannot appear.\n\n"
+            + table(["patched at", "attribute", "none", "subject", "after subject", "all positions"], rows))
+
+
+def dit_edit_sections(ref: Path, table: Callable, cell: Callable) -> str:
+    """The DiT edit sections, each present when its result files are."""
+    parts = (_dit_eval(ref, table, cell), _dit_diagnosis(ref, table), _many(ref, table, cell), _interference(ref, table))
+    return "\n".join(s for s in parts if s)
+
+
+def dit_swap_section(ref: Path, table: Callable) -> str:
+    s = _load(ref / "dit_swaps" / "summary.json")
+    if not s:
+        return ""
+    runs = list(s["runs"].values())
+    n_blocks = max(len(r["blocks"]) for r in runs)
+
+    def c(b):
+        return f"{b['effect'] + 0.0:.2f} [{b['interval'][0] + 0.0:.2f}, {b['interval'][1] + 0.0:.2f}]"
+
+    rows = [[r["attribute"], r["swap_input"], f"{r['n_informative']} / {r['n_pairs']}", *[c(b) for b in r["blocks"]],
+             ", ".join(map(str, r["controlling"])) or "none"] for r in runs]
+    return ("### Swaps on toy-dit: K/V input against text stream\n\n"
+            "Source: `results/reference/dit_swaps/` (`python -m experiments.dit_swaps`). One joint block at a time "
+            "reads, from the altered prompt, either its text-stream keys and values (`kv`, the cross-attention swap "
+            "LocoGen uses, which Staniszewski et al. call ineffective for joint attention) or its whole text-stream "
+            "input (`text-stream`); every other block and the pooled vector keep the original prompt. Effect by "
+            "ground truth, (row − original) / (altered − original), over informative pairs (prompt × altered value "
+            "whose two reference images differ by ground truth), 95 % bootstrap interval over prompt × seed; a block "
+            f"controls the attribute when the lower bound is ≥ {s['threshold']}.\n\n"
+            + table(["attribute", "swap input", "informative / pairs", *[f"block {i}" for i in range(n_blocks)], "controlling"],
+                    rows))
