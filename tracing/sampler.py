@@ -183,12 +183,17 @@ def _sample(model: Model, cond: Conditioning, latents: torch.Tensor, cfg: Sample
     names = [k for k in ("embeds", "pooled", "mask") if getattr(embeds, k) is not None]
     extra_keys = list(embeds.extra)
 
+    # Head probes replace an attention's output-projection input by a concatenation of slices; diffusers' per-block
+    # checkpointing would recompute the block after these hooks have exited, without that concatenation (under CFG
+    # a joint attention's input is a strided slice, and the saved tensors then differ): no block checkpointing there.
+    heads = any((Site.parse(k) if isinstance(k, str) else k).head is not None for k in fns)
+
     def guided_eps(x: torch.Tensor, i: int, t: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
         cond = embeds.with_(**dict(zip(names, flat)), extra=dict(zip(extra_keys, flat[len(names):]))) if flat else embeds
         step["i"] = i  # set here, so that a checkpoint's recomputation sees its own step
         # under checkpointing the hooks live inside the step: the backward pass's recomputation
         # (after this function has returned) must see the same hooks as the forward pass
-        with hooks(model.modules, fns) if recompute else nullcontext(), _block_checkpointing(model.denoiser, recompute):
+        with hooks(model.modules, fns) if recompute else nullcontext(), _block_checkpointing(model.denoiser, recompute and not heads):
             eps = family.denoise(model, x, t, cond, i)  # [2R or R, C, h, w]
         if guided:
             e_un, e_text = eps.chunk(2)
