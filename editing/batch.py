@@ -111,6 +111,8 @@ def apply_cases(model, method, cases: Sequence[dict], overrides: dict | None = N
     shared.pop("templates", None), shared.pop("targets", None)
     if method.uses_preserve and "preserve" not in shared:
         shared["preserve"] = batch_preserve(cases)
+    if method.nullspace:  # the one solve keeps the batch's preserve captions exactly
+        shared.setdefault("preserve_mode", "nullspace")
     return edit_many(editor, model, per_case, shared)
 
 

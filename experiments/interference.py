@@ -7,6 +7,7 @@ Usage::
     OMP_NUM_THREADS=1 python -m experiments.interference --model toy-dit --method context-embedder+nullspace \
         --nullspace-rtol 0.01 --out results/reference/interference_dit_nullspace
     python -m experiments.interference --out DIR --summarise-only          # rebuild summary.json and the heatmap
+    python -m experiments.interference --out DIR --method M --redo-together  # recompute only the all-N row
 
 The edit set is the largest conflict-free group of the cases file (:func:`editing.batch.filled_groups`:
 19 edits on the committed cases). A *preserved concept* is one (attribute, value) that the cases'
@@ -94,6 +95,30 @@ def _row(model, truth, name: str, edits: list[dict], concept_prompts: dict, seed
     return out
 
 
+def together(model, truth, method: Method, options, edits: list[dict], concept_prompts: dict, seeds, cfg) -> list[dict]:
+    """The ``all N`` row: every edit made in one solve, then undone."""
+    records = apply_cases(model, method, edits, options)
+    try:
+        return _row(model, truth, f"all {len(edits)}", edits, concept_prompts, seeds, cfg)
+    finally:
+        for rec in reversed(records):
+            undo_edit(model, rec)
+
+
+def redo_together(out: Path, method: Method, options: dict | None, cases_path: str, seeds: int, per_concept: int) -> pd.DataFrame:
+    """Recompute only the ``all N`` row of a finished run (``--redo-together``), keeping the single-edit rows."""
+    table = read_table(out / "rows.parquet")
+    model = load_model(str(table.model.iloc[0]))
+    truth, cases = world_of(model), load_cases(cases_path)
+    rows = together(model, truth, method, options, edit_set(cases), preserved(cases, truth, per_concept), list(range(seeds)),
+                    SamplerConfig.for_model(model))
+    keep = table[~table.row.str.startswith("all ")]
+    new = pd.DataFrame(rows).assign(model=table.model.iloc[0], method=method.label, seconds=float(table.seconds.iloc[0]))
+    table = pd.concat([keep, new], ignore_index=True)
+    write_table(table, out / "rows.parquet")
+    return table
+
+
 def run(out: Path, model_spec: str, cases_path: str, method: Method, options: dict | None, seeds: int, per_concept: int,
         say=print) -> pd.DataFrame:
     """Every edit alone, then all together; rows written once to ``out/rows.parquet``."""
@@ -117,12 +142,7 @@ def run(out: Path, model_spec: str, cases_path: str, method: Method, options: di
             for rec in reversed(records):
                 undo_edit(model, rec)
         say(f"{e['id']}: {time.perf_counter() - t0:.0f}s")
-    records = apply_cases(model, method, edits, options)
-    try:
-        rows += _row(model, truth, f"all {len(edits)}", edits, concept_prompts, seed_list, cfg)
-    finally:
-        for rec in reversed(records):
-            undo_edit(model, rec)
+    rows += together(model, truth, method, options, edits, concept_prompts, seed_list, cfg)
     table = pd.DataFrame(rows).assign(model=model_spec, method=method.label, seconds=time.perf_counter() - t0)
     out.mkdir(parents=True, exist_ok=True)
     write_table(table, path)
@@ -214,11 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--per-concept", type=int, default=3, help="negative prompts per preserved concept")
     p.add_argument("--summarise-only", action="store_true")
+    p.add_argument("--redo-together", action="store_true", help="recompute only the all-N row of a finished run")
     args = p.parse_args(argv)
     out, method = Path(args.out), as_method(args.method)
     options = {method.editor: {"nullspace_rtol": args.nullspace_rtol}} if args.nullspace_rtol is not None else None
     if args.summarise_only:
         table = read_table(out / "rows.parquet")
+    elif args.redo_together:
+        table = redo_together(out, method, options, args.cases, args.seeds, args.per_concept)
     else:
         table = run(out, args.model, args.cases, method, options, args.seeds, args.per_concept)
     meta = {"model": str(table.model.iloc[0]), "method": str(table.method.iloc[0]), "cases": args.cases, "seeds": args.seeds,

@@ -163,3 +163,22 @@ def test_cli_batch_edit_and_bad_input(tmp_path, model):
         r = _cli(*args)
         assert r.returncode == 2 and msg in r.stderr, (args, r.returncode, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_batched_nullspace_keeps_the_batch_preserve_keys(model):
+    """<editor>+nullspace in one stacked solve: the batch's preserve captions' outputs at the edited layer stay
+    (ΔW on their keys is zero up to the rank threshold), where +preserve (soft) moves them."""
+    from diffloc.editing.editors import Method
+
+    captions = list(batch_preserve(HAND[:2]))
+    Kp = qf.preserve_keys(model, SITE, captions).double()
+    W0 = model.module(SITE).weight.detach().double().clone()
+    moved = {}
+    for method in (Method("quickfix", preserve=True), Method("quickfix", preserve=True, nullspace=True)):
+        recs = apply_cases(model, method, HAND[:2], compose=False)
+        dW = model.module(SITE).weight.detach().double() - W0
+        moved[method.label] = float((Kp @ dW.T).norm() / (Kp @ W0.T).norm())
+        assert recs[0].info["preserve_mode"] == ("nullspace" if method.nullspace else "soft")
+        for r in reversed(recs):
+            undo_edit(model, r)
+    assert moved["quickfix+nullspace"] < 1e-5 < moved["quickfix+preserve"]
