@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from experiments.make_docs_dit import dit_edit_sections, dit_swap_section
+from experiments.make_docs_dit import dit_edit_sections, dit_swap_section, informative_section
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "results" / "reference"
@@ -341,7 +341,7 @@ def findings_page() -> str:
             "Every table on this page is generated from the committed result files. What the numbers mean, and how "
             "the protocols work, is in [tracing.md](tracing.md) (localisation and screens) and "
             "[editing.md](editing.md) (edits); the toy world itself is in [toy_world.md](toy_world.md).\n\n"
-            + "\n".join(s for s in [_localisation(), _screens(), _toy_fidelity(), _dit_findings(), dit_swap_section(REF, _table), _edits(), _diagnosis(),
+            + "\n".join(s for s in [_localisation(), informative_section(REF, _table), _screens(), _toy_fidelity(), _dit_findings(), dit_swap_section(REF, _table), _edits(), _diagnosis(),
                                      _many_edits(), dit_edit_sections(REF, _table, _cell)] if s))
 
 
