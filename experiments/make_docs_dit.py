@@ -76,10 +76,12 @@ def _many(ref: Path, table: Callable, cell: Callable) -> str:
         label = s["method"] + (f" (rtol {rtol:g})" if rtol is not None else "")
         for r in sorted(s["runs"].values(), key=lambda r: r["n_edits"]):
             if r["mode"] == "batched":
-                rows.append([s.get("model", "toy"), label, r["n_edits"], *[cell(r, c) for c in GT], f"`{name}`"])
+                rows.append([s.get("model", "toy"), label, r["n_edits"], *[cell(r, c) for c in GT], f"`results/reference/{name}/`"])
+    evaluated = {name: len(s["evaluated_cases"]) for name, s in found}
     return ("## Many edits: soft against null-space preservation, on both worlds\n\n"
-            "Each evaluated case on a model carrying it with N − 1 other edits of the committed set (one stacked "
-            "solve, `batched`), all 24 cases evaluated, 1 seed, ground truth. `+preserve` keeps the preserve "
+            "Sources: the folders in the last column (`python -m experiments.many_edits`). Each evaluated case on a model carrying it with N − 1 other edits of the committed set (one stacked "
+            "solve, `batched`), 1 seed, ground truth; cases evaluated per run: "
+            + ", ".join(f"`{n}` {k}" for n, k in evaluated.items()) + " (every case is edited in either way). `+preserve` keeps the preserve "
             "captions' keys softly (UCE), `+nullspace` confines the update to the complement of their span (AlphaEdit "
             f"/ SPEED). {NOTE}\n\n"
             + table(["model", "method", "N", *HEAD, "run"], rows))
