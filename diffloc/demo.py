@@ -12,7 +12,9 @@ Usage::
 3. edit from the colour trace (Diff-QuickFix with UCE's preserve term at layer-0 out_proj:
    red -> blue; keys, values and preserved captions from the edit case);
 4. evaluate the edited model (efficacy, generalization, specificity; CLIP and ground truth),
-5. write one HTML report with every figure, and return its path.
+5. on the toy world, trace colour on toy-dit too (the MM-DiT of the same world: every denoiser site,
+   counterfactual corruption red -> blue/green/yellow, seed 0): blocks × streams and the text -> image slice,
+6. write one HTML report with every figure, and return its path.
 """
 from __future__ import annotations
 
@@ -55,6 +57,15 @@ def demo_prompts(attribute: str, n: int) -> tuple[str, ...]:
     return tuple(ps[i].marked for i in order[:n])
 
 
+def _dit_trace(run: Path, prompts: int, progress: Callable | None) -> Path:
+    """Colour on toy-dit: every denoiser site, each prompt against the other colours, seed 0."""
+    cfg = TraceConfig(model="toy-dit", attribute="colour", prompts=demo_prompts("colour", prompts), seeds=(0,), batch_size=128,
+                      component="denoiser", corrupt="replace")
+    run_sweep(cfg, run, progress=progress)
+    plot_run(run, uncertainty=True)
+    return run
+
+
 def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 2, eval_seeds: int = 6,
              progress: Callable | None = None, say: Callable = print) -> Path:
     """Trace, localise, edit from the trace, evaluate, report; returns the report's path."""
@@ -85,6 +96,9 @@ def run_demo(out: Path, model: str = "toy", prompts: int = 2, seeds: int = 2, ev
         f"{opts.get('site', 'layer-0 out_proj')} -> {edited}")
     run_evaluate(str(edited), Path(DEMO["cases"]), out / "eval_quickfix", [], eval_seeds, None, "toy", progress=progress, say=say)
     say(f"[{time.perf_counter() - t0:5.0f}s] evaluated -> {out / 'eval_quickfix'}")
+    if m.world == "toy" and model == "toy":
+        runs.append(_dit_trace(out / "dit_colour", prompts, progress))
+        say(f"[{time.perf_counter() - t0:5.0f}s] exact colour on toy-dit (replace, every denoiser site) -> {runs[-1]}")
     report = write_report(runs + [edited, out / "eval_quickfix"], out / "report.html")
     say(f"[{time.perf_counter() - t0:5.0f}s] done.")
     return report
