@@ -307,8 +307,9 @@ def _dit_findings() -> str:
     contrib = [[a, ", ".join(map(str, c.get("blocks_by_contribution", []))), ", ".join(map(str, c.get("causal_slice_blocks", []))) or "none",
                 _f(c.get("spearman")), *[pr(c.get(f"top{k}")) for k in TOP_K]]
                for a, r in s.items() if (c := r.get("attn_contrib"))]
-    atp = [[a, _f(t.get("spearman")), _f(t.get("spearman_without_structural_zeros")), t.get("structural_zeros", "—"),
-            t.get("causal", "—"), t.get("k", "—"), _f(t.get("recall_top_k"))] for a, r in s.items() if (t := r.get("atp"))]
+    atp = [[a, _f(t.get("spearman")), _f(t.get("spearman_without_structural_zeros")) + _interval(t.get("spearman_without_structural_zeros_ci")),
+            t.get("structural_zeros", "—"), t.get("causal", "—"), t.get("k", "—"),
+            _f(t.get("recall_top_k")) + _interval(t.get("recall_top_k_ci")), t.get("n_pairs", "—")] for a, r in s.items() if (t := r.get("atp"))]
     out = ("## Localisation on toy-dit\n\n"
            "Source: `results/reference/dit_findings/summary.json` (`python -m experiments.dit_findings`). Exact causal "
            "tracing of every toy-dit denoiser site, restored at every step, with counterfactual corruption (each prompt "
@@ -330,9 +331,10 @@ def _dit_findings() -> str:
                           *[f"top-{k} precision / recall" for k in TOP_K]], contrib))
     if atp:
         out += ("\nAtP against exact patching, site by site: Spearman over all sites and without AtP's structural zeros, "
-                "and the recall of the exact causal set among AtP's top k = max(10, causal):\n\n"
+                "and the recall of the exact causal set among AtP's top k = max(10, causal), with 95 % bootstrap intervals "
+                "over the informative pairs (both tables resampled together; the causal set is the full data's):\n\n"
                 + _table(["attribute", "Spearman", "Spearman, no structural zeros", "structural zeros", "causal (exact)",
-                          "k", "recall in top k"], atp))
+                          "k", "recall in top k", "informative pairs"], atp))
     return out
 
 
