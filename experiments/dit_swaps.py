@@ -9,7 +9,7 @@ Per attribute and swap input, one LocoGen sweep on toy-dit (``diffloc trace --me
 --swap-input kv|text-stream --window 1``, 6 prompts, seed 0, each prompt against every other value):
 a single joint block reads either its text-stream keys and values (``kv``) or its whole text-stream
 input (``text-stream``) from the altered prompt, every other block the original; the pooled vector
-stays the original's. Effect by ground truth, (row − original) / (altered − original), over the
+stays the original's (``kv-pooled``: the K/V swap with the altered pooled vector in the window rows). Effect by ground truth, (row − original) / (altered − original), over the
 informative pairs (prompt × altered value whose altered image shows another value than the original's),
 with 95 % bootstrap intervals over prompt × seed; a block *controls* the attribute when its interval's lower bound is
 ≥ 0.5. Writes ``OUT/summary.json``.
@@ -26,7 +26,11 @@ from diffloc.tracing.io import read_trace, write_plain_json
 from diffloc.tracing.stats import bootstrap_effects
 
 ATTRIBUTES = ("colour", "viewpoint", "style")
-INPUTS = ("kv", "text-stream")
+#: Variant -> swap options. ``kv-pooled``: the K/V swap with the altered prompt's pooled vector in the window rows
+#: (with every block's K/V original except the window's), which tells what the pooled (adaLN) path carries.
+VARIANTS = {"kv": ("--swap-input", "kv"), "text-stream": ("--swap-input", "text-stream"),
+            "kv-pooled": ("--swap-input", "kv", "--pooled", "altered")}
+INPUTS = tuple(VARIANTS)
 THRESHOLD = 0.5
 
 
@@ -34,7 +38,7 @@ def run(out: Path, attribute: str, swap_input: str) -> Path:
     run_dir = out / f"{attribute}_{swap_input}"
     if not (run_dir / "trace.parquet").exists():
         subprocess.run([sys.executable, "-m", "diffloc", "trace", "--model", "toy-dit", "--attribute", attribute, "--method",
-                        "crossattn-swap", "--component", "denoiser", "--swap-input", swap_input, "--window", "1",
+                        "crossattn-swap", "--component", "denoiser", *VARIANTS[swap_input], "--window", "1",
                         "--max-prompts", "6", "--seed", "0", "--out", str(run_dir)], check=True)
     return run_dir
 
