@@ -14,9 +14,11 @@ The edit set is the largest conflict-free group of the cases file (:func:`editin
 negative prompts hold fixed ('colour = green'); its prompts are those negatives (at most
 ``--per-concept`` of them, in file order). Rows of the matrix:
 
+- ``unedited``: the clean model, the concept's own fidelity (what a cell is to be compared with);
 - one row per edit, applied **alone** to the clean model: cell (edit, concept) is the ground-truth
-  specificity of the concept's prompts (the image still shows the concept's value, or the value the
-  edit maps it to when the prompt names the edit's source words: :func:`diffloc.evaluate.expected`);
+  specificity of the concept's prompts (the image still shows the concept's value); a prompt in
+  which the model's edits map the concept's own word is not a preserved prompt there and is left out
+  (:func:`diffloc.evaluate.expected`), so a cell can be empty ('ed.');
 - one row ``all N``: the N edits made together (one solve, as ``diffloc edit --cases``).
 
 Beside the matrix, each edit's ground-truth efficacy on its own edit prompts, alone and in the
@@ -73,7 +75,7 @@ def _score(model, truth, texts, seeds, cfg, edits) -> list[dict]:
         want = expected(truth, text, edits)
         for i, s in enumerate(seeds):
             got = truth.read(images[j * len(seeds) + i])
-            rows.append({"prompt": text, "seed": int(s), "reading": got, "want": want, "edited": want != dict(truth.parse_caption(text))})
+            rows.append({"prompt": text, "seed": int(s), "reading": got, "want": want, "own": dict(truth.parse_caption(text))})
     return rows
 
 
@@ -83,7 +85,7 @@ def _row(model, truth, name: str, edits: list[dict], concept_prompts: dict, seed
     for concept, prompts in concept_prompts.items():
         attribute = concept.split("=")[0]
         for r in _score(model, truth, prompts, seeds, cfg, edits):
-            if r["edited"]:  # the caption names an edited word: not a preserved prompt on this model
+            if r["want"].get(attribute) != r["own"].get(attribute):  # an edit maps this concept's word: not preserved here
                 continue
             out.append({"row": name, "kind": "specificity", "column": concept, "prompt": r["prompt"], "seed": r["seed"],
                         "success": float(r["reading"].get(attribute) == r["want"].get(attribute))})
@@ -132,8 +134,8 @@ def run(out: Path, model_spec: str, cases_path: str, method: Method, options: di
     edits = edit_set(cases)
     concept_prompts = preserved(cases, truth, per_concept)
     cfg, seed_list = SamplerConfig.for_model(model), list(range(seeds))
-    rows: list[dict] = []
     t0 = time.perf_counter()
+    rows = _row(model, truth, "unedited", [], concept_prompts, seed_list, cfg)  # the model's own fidelity on each concept
     for e in edits:
         records = edit_case(method, model, e, options)
         try:
@@ -163,14 +165,15 @@ def summarise(out: Path, table: pd.DataFrame, meta: dict) -> dict:
     rows = list(dict.fromkeys(table.row))
     together = rows[-1]
     spec = table[table.kind == "specificity"]
-    alone = spec[spec.row != together]
+    alone = spec[(spec.row != together) & (spec.row != "unedited")]
     def share(part: pd.DataFrame) -> dict:
         k, n = float(part.success.sum()), int(len(part))
         return {"value": round(k / n, 4) if n else None, "ci": list(wilson(k, n)), "n": n}
 
-    worst = min(((r, col, v["value"]) for r, cols in c["specificity"].items() if r != together for col, v in cols.items()),
+    worst = min(((r, col, v["value"]) for r, cols in c["specificity"].items() if r not in (together, "unedited") for col, v in cols.items()),
                 key=lambda x: x[2], default=(None, None, None))
     result = {**meta, "rows": rows, "columns": list(dict.fromkeys(spec.column)), "cells": c,
+              "specificity_unedited": share(spec[spec.row == "unedited"]),
               "specificity_alone": share(alone), "specificity_together": share(spec[spec.row == together]),
               "worst_cell": {"edit": worst[0], "concept": worst[1], "value": worst[2]},
               "intervals": "95 % Wilson over images; n per cell in cells[...]['n']"}
@@ -189,8 +192,9 @@ def plot(result: dict, path: Path) -> Path:
     rows, cols = result["rows"], result["columns"]
     spec, eff = result["cells"]["specificity"], result["cells"]["efficacy"]
     M = np.array([[spec.get(r, {}).get(c, {}).get("value", np.nan) for c in cols] for r in rows])
-    E = np.array([[eff[r][r]["value"], eff[rows[-1]][r]["value"]] for r in rows[:-1]]
-                 + [[np.mean([eff[r][r]["value"] for r in rows[:-1]]), np.mean(list(v["value"] for v in eff[rows[-1]].values()))]])
+    edits = [r for r in rows[:-1] if r in eff]
+    E = np.array([[eff[r][r]["value"], eff[rows[-1]][r]["value"]] if r in eff else [np.nan, np.nan] for r in rows[:-1]]
+                 + [[np.mean([eff[r][r]["value"] for r in edits]), np.mean(list(v["value"] for v in eff[rows[-1]].values()))]])
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(0.42 * len(cols) + 4.5, 0.32 * len(rows) + 2.2),
                                  gridspec_kw={"width_ratios": [len(cols), 2.4]}, layout="constrained")
     im = ax.imshow(M, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
@@ -202,7 +206,8 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_xticks(range(len(cols)), cols, rotation=70, fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.axhline(len(rows) - 1.5, color="black", lw=1.2)
-    ax.set_title(f"specificity per preserved concept (GT; ≤{n_cell} images per cell;\n'ed.': every prompt names an edited word)",
+    ax.axhline(0.5, color="black", lw=1.2)
+    ax.set_title(f"specificity per preserved concept (GT; ≤{n_cell} images per cell;\n'ed.': the edits map this concept's word; top row: unedited)",
                  fontsize=8)
     bx.imshow(E, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
     for i in range(len(rows)):
@@ -217,7 +222,7 @@ def plot(result: dict, path: Path) -> Path:
     def fmt(x: dict) -> str:
         return f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}] (n={x['n']})" if x["n"] else "— (n=0)"
 
-    fig.suptitle(f"{result['method']} on {result['model']}: {len(rows) - 1} edits, each alone and all together\n"
+    fig.suptitle(f"{result['method']} on {result['model']}: {len(rows) - 2} edits, each alone and all together\n"
                  f"specificity alone {fmt(a)}, together {fmt(t)}", fontsize=9)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

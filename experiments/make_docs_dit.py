@@ -99,17 +99,18 @@ def _interference(ref: Path, table: Callable) -> str:
     for name, s in found:
         w = s["worst_cell"]
         worst = f"{w['edit']} on {w['concept']}: {w['value']:.2f}" if w["edit"] else "—"
-        rows.append([s["model"], s["method"], len(s["rows"]) - 1, len(s["columns"]), share(s["specificity_alone"]),
-                     share(s["specificity_together"]), worst])
+        rows.append([s["model"], s["method"], len(s["rows"]) - 2, len(s["columns"]), share(s["specificity_unedited"]),
+                     share(s["specificity_alone"]), share(s["specificity_together"]), worst])
         figs.append(f"![interference, {s['method']} on {s['model']}](../results/reference/{name}/interference.png)")
     return ("## The interference matrix\n\n"
-            "Rows: each edit of the largest conflict-free set, applied alone to the clean model, and last all of them "
+            "Rows: the unedited model (each concept's own fidelity, the reference for every cell below it), each edit of the largest conflict-free set, applied alone to the clean model, and last all of them "
             "together; columns: each preserved concept (an attribute value that the cases' negative prompts hold "
-            "fixed, up to 3 prompts each, 1 seed); cells: ground-truth specificity. A cell whose prompts all name an "
-            "edited word is not a preserved concept on that model and is left out ('ed.'). Beside it, each edit's own "
+            "fixed, up to 3 prompts each, 1 seed); cells: ground-truth specificity. Prompts in which the model's edits "
+            "map the concept's own word are not preserved prompts there and are left out; a cell left with none is "
+            "'ed.' (with all 19 edits together most concepts' words are edited). Beside it, each edit's own "
             "efficacy alone and among all. Sources: "
             + ", ".join(f"`results/reference/{n}/`" for n, _ in found) + " (`python -m experiments.interference`).\n\n"
-            + table(["model", "method", "edits", "concepts", "specificity, each edit alone", "specificity, all together",
+            + table(["model", "method", "edits", "concepts", "unedited model", "specificity, each edit alone", "specificity, all together",
                      "worst cell (alone)"], rows)
             + "\n" + "\n".join(figs) + "\n")
 
