@@ -48,7 +48,33 @@ def _dit_eval(ref: Path, table: Callable, cell: Callable) -> str:
             "(the unedited model given the target in its prompt) is toy-dit's own ceiling: an edit cannot make the model "
             f"draw what it does not draw when asked directly. {NOTE}\n\n"
             + table(["method", *HEAD, "n images"], rows)
-            + "\nEfficacy by attribute (edit prompts; Wilson interval, n images):\n\n" + _per_attribute(runs, table))
+            + "\nEfficacy by attribute (edit prompts; Wilson interval, n images):\n\n" + _per_attribute(runs, table)
+            + _drawn(ref, runs, table))
+
+
+def _drawn(ref: Path, runs: list, table: Callable) -> str:
+    """The rates pooled over the attributes toy-dit itself draws when asked (oracle efficacy ≥ 0.95 by attribute)."""
+    import pandas as pd
+
+    from diffloc.evaluate import wilson
+
+    oracle = runs[0][1].get("per_attribute_gt_ci", {})
+    drawn = sorted(k.split("/")[1] for k, v in oracle.items() if k.startswith("oracle/") and v["edit"]["value"] >= 0.95)
+    if not drawn:
+        return ""
+    rows = []
+    for i, (name, _) in enumerate(runs):
+        t = pd.read_parquet(ref / name / "eval.parquet")
+        t = t[t.attribute.isin(drawn) & (~t.method.isin(["unedited", "oracle"]) | (i == 0))]
+        for m, g in t.groupby("method", sort=False):
+            cells = []
+            for split in ("edit", "positive", "negative"):
+                x = g[g.split == split].gt_success
+                lo, hi = wilson(float(x.sum()), len(x))
+                cells.append(f"{x.mean():.3f} [{lo:.3f}, {hi:.3f}] ({len(x)})")
+            rows.append([m, *cells])
+    return (f"\nPooled over the attributes toy-dit draws when asked ({', '.join(drawn)}: oracle efficacy ≥ 0.95 each), "
+            "ground truth, Wilson interval, n images:\n\n" + table(["method", "efficacy", "generalization", "specificity"], rows))
 
 
 def _per_attribute(runs: list, table: Callable) -> str:
