@@ -402,6 +402,11 @@ def _bench_edit() -> str:
         ["`refact_s_toy`", f"**{b['refact_s_toy']}** s ({b['refact_toy_opt_steps']} optimiser steps)", t["refact_s_toy"],
          _met(b["refact_s_toy"], t["refact_s_toy"])],
     ]
+    for key, what in (("nullspace_ms_sd_sized", "null-space solve, {K_preserve[0]} preserved keys"),
+                      ("context_embedder_ms_flux_sized", "FLUX-sized `context_embedder` closed form, W0 {W0[0]} × {W0[1]}")):
+        if key in b:
+            shape = b[key.replace("_ms_sd_sized", "_shape").replace("_ms_flux_sized", "_shape")]
+            rows.append([f"`{key}` ({what.format(**shape)})", f"**{b[key]}** ms", t[key], _met(b[key], t[key])])
     return ("## Editing on the CPU\n\n"
             f"Source: `results/reference/refact_fix/bench_edit.json` (`diffloc bench edit`). {b['device']}, "
             f"{b['torch_threads']} thread(s), torch {b['torch']}, {b['repeats']} repeats (medians). SD-sized shapes: "
