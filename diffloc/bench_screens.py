@@ -114,7 +114,7 @@ def bench_screens(spec: str = "toy", model=None, scorer=None, attribute: str = "
 
 def screen_scopes(model, heads: bool = True) -> dict[str, dict]:
     """The scopes :func:`bench_screens` times for ``model``, each as TraceConfig overrides (module docstring)."""
-    if model.family.denoiser == "unet":
+    if model.family.screen_scope == "text_encoder":
         return {"text_encoder": {}, **({"heads": {"component": "all", "heads": True}} if heads and _has_heads(model) else {})}
     den = {"component": "denoiser"}
     return {"denoiser": den, **({"heads": {**den, "heads": True}} if heads and model.sites.heads(model.family.denoiser) else {})}

@@ -89,6 +89,7 @@ class Family(Protocol):
 
     name: str
     denoiser: str                       # the pipeline's component name: 'unet' | 'transformer'
+    screen_scope: str                   # what `diffloc bench` screens time: 'text_encoder' (UNets) or 'denoiser' (DiTs)
     text_components: tuple[str, ...]    # in pipeline order
     pipeline: str                       # the stock diffusers pipeline class of the family
 

@@ -50,6 +50,7 @@ class DiTFamily:
     clip_prefixes: Mapping[str, str] | None = None   # 'text_model.' for CLIPTextModelWithProjection towers
     required: int = 1                     # leading text components a model must have (SD3: both CLIPs; T5 optional)
     denoiser: str = "transformer"
+    screen_scope: str = "denoiser"        # what `diffloc bench` screens time: every block state of the transformer
     slice_sites: bool = False             # MM-DiT: open the text->image slice of joint attention as sites
     stream_blocks: tuple[str, ...] = ()   # module lists of blocks that read a text stream, in execution order
 

@@ -67,6 +67,7 @@ class UNetFamily:
     zero_uncond: bool = False            # SDXL: the negative prompt is zeros
     fallback: bool = False               # toy: any small UNet matching no published family
     denoiser: str = "unet"
+    screen_scope: str = "text_encoder"  # what `diffloc bench` screens time: the text encoder (the UNet is cheap to trace exactly)
     pipeline: str = "StableDiffusionPipeline"
 
     @property
