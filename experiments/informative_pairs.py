@@ -34,7 +34,7 @@ from diffloc.tracing.corruption import CORRUPTIONS
 from diffloc.tracing.exact import score_rows
 from diffloc.tracing.io import write_plain_json
 from diffloc.tracing.models import load_model
-from diffloc.tracing.sampler import hooked_generate, initial_latents
+from diffloc.tracing.sampler import corruption_hooks, hooked_generate, initial_latents
 from diffloc.tracing.scoring import default_scorer, load_scorer
 from diffloc.tracing.sweep import unit_context
 from diffloc.tracing.trace_config import TraceConfig
@@ -69,7 +69,7 @@ def replacement(cfg: TraceConfig, ctx) -> dict:
             corruption = mode.make(cfg, model, prompt, 0, ci)
             for s in cfg.seeds:
                 latents = initial_latents(model, torch.Generator().manual_seed(s)).expand(2, -1, -1, -1)
-                images = hooked_generate(model, prompt.text, latents, ctx.scfg, text_hooks=auto_noise.ladder_hooks(model, [corruption]))
+                images = hooked_generate(model, prompt.text, latents, ctx.scfg, text_hooks=corruption_hooks(model, corruption, first_row=1))
                 gt = score_rows(images, [prompt.text] * 2, ctx)["gt"]
                 flips += bool(gt[0] > gt[1])
                 n += 1
