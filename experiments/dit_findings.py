@@ -3,7 +3,13 @@
 Usage::
 
     python -m experiments.dit_findings --out results/reference/dit_findings --attributes colour,style,viewpoint
+    python -m experiments.dit_findings --out results/reference/dit_findings --attributes object,count --fresh 10 --screens
     python -m experiments.dit_findings --out results/reference/dit_findings --summarise-only
+
+``--fresh N`` traces N fresh prompts (not in the shipped set) chosen by a clean/corrupted pre-pass
+to hold at least one informative counterfactual (:func:`informative_prompts`; the pre-pass is kept
+in ``<attr>_prefilter.json``): toy-dit draws object and count unreliably (30-42 % of replace pairs
+flip), and style loses every 'checkered' pair, so the shipped prompts give too few informative pairs.
 
 Per attribute, three sweeps on the same pairs (counterfactual corruption, ``--corrupt replace``:
 each prompt against every other value of its attribute), denoiser only:
@@ -17,7 +23,8 @@ which blocks and streams carry the attribute and how concentrated the effect is 
 total positive effect held by the top 3 sites); whether attention contribution's top-K blocks
 are the blocks whose text->image slice is causal (precision, recall, Spearman of the block
 ranking against the slices' exact effects); and how AtP's ranking agrees with exact patching
-(Spearman without structural zeros, recall of the exact causal set in its top max(10, |C|)).
+(:func:`experiments.screen_stats.compare`, the evidence protocol: Spearman and Pearson without
+structural zeros, recall of the exact causal set in its top max(10, |C|), bootstrap intervals).
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import pandas as pd
 from diffloc.tracing.causal import pair_signal
 from diffloc.tracing.io import read_trace
 from diffloc.tracing.stats import bootstrap_effects
+from experiments.screen_stats import compare
 
 METRIC = "gt"          # ground truth of the clean value (the exact readers)
 THRESHOLD = 0.5
@@ -83,49 +91,6 @@ def contrib_vs_exact(contrib: pd.DataFrame, boot: pd.DataFrame) -> dict:
     return out
 
 
-def screen_vs_exact(screen: pd.DataFrame, boot: pd.DataFrame, metric: str = "clip") -> dict:
-    """AtP's site ranking against exact effects: Spearman (structural zeros out) and recall of the causal set."""
-    est = screen[~screen.kind.isin(["clean", "corrupted"])].groupby("site")[f"effect_{metric}"].mean()
-    exact = pd.Series(boot.effect.values, index=boot.site.values)
-    nonzero = est[est.abs() > 1e-12].index
-    causal = set(boot.loc[boot.lower >= THRESHOLD, "site"])
-    k = max(10, len(causal))
-    top = set(est.sort_values(ascending=False, kind="stable").index[:k])
-    return {"spearman": _spearman(est, exact), "spearman_without_structural_zeros": _spearman(est[nonzero], exact),
-            "structural_zeros": int(len(est) - len(nonzero)), "causal": len(causal),
-            "recall_top_k": round(len(top & causal) / len(causal), 3) if causal else None, "k": k}
-
-
-def screen_intervals(screen: pd.DataFrame, exact: pd.DataFrame, boot: pd.DataFrame, n: int = 200, seed: int = 0,
-                     metric: str = "clip") -> dict:
-    """95 % percentile intervals of :func:`screen_vs_exact`'s Spearman and recall, resampling the informative pairs
-    (prompt × seed × corruption) of both tables together; the causal set stays the full data's."""
-    import numpy as np
-
-    from diffloc.tracing.causal import site_effects
-
-    keys = ["prompt_index", "seed", "noise_index"]
-    pairs = exact.merge(pair_signal(exact, "clip").loc[lambda p: p.informative, keys])[keys].drop_duplicates().to_records(index=False)
-    ex_groups = {tuple(k): g for k, g in exact.groupby(keys)}
-    sc_groups = {tuple(k): g for k, g in screen.groupby(keys)}
-    causal = set(boot.loc[boot.lower >= THRESHOLD, "site"])
-    rng, rhos, recalls = np.random.default_rng(seed), [], []
-    for _ in range(n):
-        pick = [tuple(pairs[i]) for i in rng.integers(0, len(pairs), len(pairs))]
-        ex = site_effects(pd.concat([ex_groups[k] for k in pick]), METRIC)
-        fake = boot.assign(effect=boot.site.map(dict(zip(ex.site, ex.effect))), lower=boot.site.map(lambda x: 1.0 if x in causal else 0.0))
-        r = screen_vs_exact(pd.concat([sc_groups[k] for k in pick if k in sc_groups]), fake, metric)
-        if r["spearman_without_structural_zeros"] is not None:
-            rhos.append(r["spearman_without_structural_zeros"])
-        if r["recall_top_k"] is not None:
-            recalls.append(r["recall_top_k"])
-
-    def ci(v):
-        return [round(float(np.percentile(v, 2.5)), 3), round(float(np.percentile(v, 97.5)), 3)] if v else None
-
-    return {"spearman_without_structural_zeros_ci": ci(rhos), "recall_top_k_ci": ci(recalls), "n_bootstrap": n, "n_pairs": len(pairs)}
-
-
 def summarise(root: Path, attributes: list[str]) -> dict:
     out = {}
     for attr in attributes:
@@ -138,25 +103,60 @@ def summarise(root: Path, attributes: list[str]) -> dict:
             res["attn_contrib"] = contrib_vs_exact(read_trace(root / f"{attr}_contrib" / "trace.parquet"), boot)
         if (root / f"{attr}_atp" / "trace.parquet").exists():
             atp = read_trace(root / f"{attr}_atp" / "trace.parquet")
-            res["atp"] = {**screen_vs_exact(atp, boot), **screen_intervals(atp, read_trace(ex), boot)}
+            res["atp"] = compare(atp, read_trace(ex))
         out[attr] = res
     (root / "summary.json").write_text(json.dumps(out, indent=2, default=lambda v: None if v != v else v))
     return out
 
 
-def run(root: Path, attributes: list[str], prompts: int, seeds: int, screens: bool) -> None:
+def run(root: Path, attributes: list[str], prompts: int, seeds: int, screens: bool, fresh: int = 0) -> None:
     from diffloc.tracing.models import load_model
     from diffloc.tracing.sweep import run_sweep
     from diffloc.tracing.trace_config import TraceConfig
 
     model = load_model("toy-dit")
-    common = dict(model="toy-dit", component="denoiser", corrupt="replace", max_prompts=prompts, seeds=tuple(range(seeds)), batch_size=64)
+    common = dict(model="toy-dit", component="denoiser", corrupt="replace", seeds=tuple(range(seeds)), batch_size=64)
     for attr in attributes:
-        run_sweep(TraceConfig(attribute=attr, **common), root / f"{attr}_exact", model=model)
-        run_sweep(TraceConfig(attribute=attr, method="attn-contrib", **common), root / f"{attr}_contrib", model=model)
+        chosen = dict(max_prompts=prompts)
+        if fresh:
+            chosen = dict(prompts=informative_prompts(model, attr, fresh, root / f"{attr}_prefilter.json"))
+        run_sweep(TraceConfig(attribute=attr, **chosen, **common), root / f"{attr}_exact", model=model)
+        run_sweep(TraceConfig(attribute=attr, method="attn-contrib", **chosen, **common), root / f"{attr}_contrib", model=model)
         if screens:
-            run_sweep(TraceConfig(attribute=attr, method="atp", **common), root / f"{attr}_atp", model=model)
+            run_sweep(TraceConfig(attribute=attr, method="atp", **chosen, **common), root / f"{attr}_atp", model=model)
         summarise(root, attributes)
+
+
+def informative_prompts(model, attribute: str, n: int, record: Path) -> tuple[str, ...]:
+    """The first ``n`` fresh prompts (:func:`experiments.evidence.fresh_prompts`, 6·n drawn) with at least one informative
+    counterfactual at seed 0, by a clean/corrupted pre-pass (nothing restored). For attributes toy-dit draws
+    unreliably (object, count: 30-42 % of replace pairs flip) this spends the exact sweep on prompts whose pairs
+    carry signal; the kept prompts' other counterfactuals stay in the sweep and count as uninformative pairs.
+    The pre-pass (every candidate, its flips) is written to ``record``; a rerun reads it."""
+    import json
+
+    from diffloc.tracing.scoring import default_scorer, load_scorer
+    from diffloc.tracing.sweep import unit_context
+    from diffloc.tracing.trace_config import TraceConfig
+    from experiments.evidence import fresh_prompts
+    from experiments.informative_pairs import prompt_flips
+
+    if record.exists():
+        return tuple(json.loads(record.read_text())["chosen"])
+    pool = fresh_prompts(attribute, 6 * n)
+    cfg = TraceConfig(model=model.name, attribute=attribute, prompts=pool, seeds=(0,), corrupt="replace")
+    ctx = unit_context(cfg, model, load_scorer(default_scorer("auto", model)))
+    seen, chosen = [], []
+    for i, prompt in enumerate(pool):
+        flips = prompt_flips(cfg, ctx, i, seed=0)
+        seen.append({"prompt": prompt, "flips": flips})
+        if any(flips.values()):
+            chosen.append(prompt)
+        if len(chosen) == n:
+            break
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"seed": 0, "candidates": seen, "chosen": chosen}, indent=1))
+    return tuple(chosen)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,11 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompts", type=int, default=6)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--screens", action="store_true")
+    p.add_argument("--fresh", type=int, default=0, help="instead of the shipped prompts: N fresh prompts with an informative pair")
     p.add_argument("--summarise-only", action="store_true")
     a = p.parse_args(argv)
     attrs = a.attributes.split(",")
     if not a.summarise_only:
-        run(a.out, attrs, a.prompts, a.seeds, a.screens)
+        run(a.out, attrs, a.prompts, a.seeds, a.screens, a.fresh)
     print(json.dumps(summarise(a.out, attrs), indent=1))
 
 

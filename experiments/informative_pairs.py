@@ -65,15 +65,23 @@ def replacement(cfg: TraceConfig, ctx) -> dict:
     flips = n = skipped = 0
     for pi, prompt in enumerate(ctx.prompts):
         skipped += len(mode.skipped(cfg, model, prompt)) * len(cfg.seeds)
-        for ci in range(mode.samples(cfg, model, prompt)):
-            corruption = mode.make(cfg, model, prompt, 0, ci)
-            for s in cfg.seeds:
-                latents = initial_latents(model, torch.Generator().manual_seed(s)).expand(2, -1, -1, -1)
-                images = hooked_generate(model, prompt.text, latents, ctx.scfg, text_hooks=corruption_hooks(model, corruption, first_row=1))
-                gt = score_rows(images, [prompt.text] * 2, ctx)["gt"]
-                flips += bool(gt[0] > gt[1])
-                n += 1
+        for s in cfg.seeds:
+            hits = prompt_flips(cfg, ctx, pi, s)
+            flips, n = flips + sum(hits.values()), n + len(hits)
     return {**_share(flips, n), "skipped_counterfactual_pairs": int(skipped)}
+
+
+@torch.no_grad()
+def prompt_flips(cfg: TraceConfig, ctx, index: int, seed: int = 0) -> dict[str, bool]:
+    """{counterfactual index: whether ground truth flips} for prompt ``index`` of ``ctx`` at ``seed`` (replace, kept values)."""
+    mode, prompt, out = CORRUPTIONS.get("replace"), ctx.prompts[index], {}
+    for ci in range(mode.samples(cfg, ctx.model, prompt)):
+        corruption = mode.make(cfg, ctx.model, prompt, 0, ci)
+        latents = initial_latents(ctx.model, torch.Generator().manual_seed(seed)).expand(2, -1, -1, -1)
+        images = hooked_generate(ctx.model, prompt.text, latents, ctx.scfg, text_hooks=corruption_hooks(ctx.model, corruption, first_row=1))
+        gt = score_rows(images, [prompt.text] * 2, ctx)["gt"]
+        out[str(ci)] = bool(gt[0] > gt[1])
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """Gradient screens (AtP, IG) against independent references: finite differences, exact patching."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,26 @@ def test_atp_equals_finite_difference_of_partial_restoration(setup):
         fd = float((up - down).sum()) / (2 * eps)
         assert abs(fd) > 1e-5, f"{row.site}: vacuous case"
         assert est == pytest.approx(fd, rel=1e-5, abs=1e-9), row.site
+
+
+def test_per_step_contributions_are_finite_differences_of_one_step_and_sum_to_the_estimate(setup):
+    """row_steps[k] of a UNet row = d/dε score with the row nudged at step k only; the steps sum to the estimate,
+    are 0 outside a step window, and text rows have none (the cancellation evidence of screen validation)."""
+    model, fn, corr, pos = setup
+    rows = _fd_rows(pos)
+    res = _screen(setup, rows, method="atp")
+    assert res.row_steps[0] is None and res.row_steps[1] is None
+    full, windowed = res.row_steps[2], res.row_steps[3]
+    assert full.shape == (CFG.num_inference_steps,) and np.count_nonzero(full) == CFG.num_inference_steps
+    assert windowed[0] == 0 and windowed[3] == 0 and np.count_nonzero(windowed[1:3]) == 2
+    for steps, est in ((full, res.estimates[2]), (windowed, res.estimates[3])):
+        assert steps.sum() == pytest.approx(est, rel=1e-9, abs=1e-12)
+    eps, k = 1e-4, 2
+    one_step = Restore(rows[2].restore.sites, window=(k, k + 1))
+    fd = float((fn(_nudged_images(model, corr, one_step, eps), [PROMPT.text])
+                - fn(_nudged_images(model, corr, one_step, -eps), [PROMPT.text])).sum()) / (2 * eps)
+    assert abs(fd) > 1e-7, "vacuous case"
+    assert full[k] == pytest.approx(fd, rel=1e-5, abs=1e-9)
 
 
 def test_nudge_at_one_is_exact_patching_with_both_cfg_halves(setup):

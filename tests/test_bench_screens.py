@@ -32,8 +32,9 @@ class ScriptedClock:
 class FakeMethod:
     """Plans units of known sizes; each unit's table has known no-op and duplicate flags."""
 
-    def __init__(self, units: list[tuple[list[bool], list[bool]]]):
+    def __init__(self, units: list[tuple[list[bool], list[bool]]], bench_scopes: tuple[str, ...] = ()):
         self.units = units  # per unit: (skipped_noop, skipped_duplicate) of its restored rows
+        self.bench_scopes = bench_scopes
 
     def options(self, cfg):
         return types.SimpleNamespace(ig_steps=8)
@@ -50,13 +51,14 @@ class FakeMethod:
 
 # exact: unit 0 has 3 restored rows (2 no-ops), unit 1 has 2 (1 duplicate): 5 rows, 3 skipped
 EXACT = FakeMethod([([True, True, False], [False, False, False]), ([False, False], [False, True])])
-SCREEN = FakeMethod([([False] * 5, [False] * 5)])
+SCREEN = FakeMethod([([False] * 5, [False] * 5)], ("text_encoder", "denoiser", "heads"))
+CONTRIB = FakeMethod([([False] * 5, [False] * 5)], ("denoiser",))  # attn-contrib: timed on a DiT's block states only
 
 
 @pytest.fixture
 def faked(monkeypatch, pixel_model):
-    methods = {"exact": EXACT, "atp": SCREEN, "ig": SCREEN}
-    monkeypatch.setattr(bs, "TRACE_METHODS", types.SimpleNamespace(get=methods.__getitem__))
+    methods = {"exact": EXACT, "atp": SCREEN, "ig": SCREEN, "attn-contrib": CONTRIB}
+    monkeypatch.setattr(bs, "TRACE_METHODS", types.SimpleNamespace(get=methods.__getitem__, names=lambda: tuple(methods)))
     naive_calls: list = []
     monkeypatch.setattr(bs, "patched_generate", lambda model, text, restores, *a, **k: naive_calls.append(restores))
     monkeypatch.setattr(bs, "make_corruption", lambda *a, **k: None)
@@ -125,17 +127,19 @@ def faked_dit(monkeypatch, faked):
 
 
 def test_dit_screens_time_every_block_state(faked_dit):
-    # clock reads: denoiser exact 5 s, atp 0.25 s, ig 2 s; heads exact 10 s, atp 0.4 s, ig 3 s; no naive text rows
-    clock = ScriptedClock(0, 5, 10, 10.25, 20, 22, 30, 40, 50, 50.4, 60, 63)
+    # clock reads: denoiser exact 5 s, atp 0.25 s, ig 2 s, attn-contrib 0.05 s; heads exact 10 s, atp 0.4 s, ig 3 s;
+    # no naive text rows
+    clock = ScriptedClock(0, 5, 10, 10.25, 20, 22, 25, 25.05, 30, 40, 50, 50.4, 60, 63)
     peaks = iter([{"tensors": 9 * MiB, "rss": None}, {"tensors": 4 * MiB, "rss": None}])  # atp screen, then plain
     r = bs.bench_screens(model=object(), scorer=object(), heads=True, steps=2, clock=clock, peak=lambda fn, repeats: next(peaks))
     assert not clock.readings and faked_dit == [], "every timed block read the clock twice; no naive call"
     assert r["screen_scopes"] == ["denoiser", "heads"]
-    # 0.25 / 5, 2 / 5, 0.4 / 10, 3 / 10
-    assert r["screen_over_exact"] == {"atp": {"denoiser": 0.05, "heads": 0.04}, "ig": {"denoiser": 0.4, "heads": 0.3}}
+    # 0.25 / 5, 2 / 5, 0.05 / 5, 0.4 / 10, 3 / 10
+    assert r["screen_over_exact"] == {"atp": {"denoiser": 0.05, "heads": 0.04}, "ig": {"denoiser": 0.4, "heads": 0.3},
+                                      "attn-contrib": {"denoiser": 0.01}}
     assert r["rows_denoiser"] == r["rows_heads"] == 5 and "naive_over_sweep_text" not in r
     assert r["peak_mem_ratio_screen"] == 2.25 and r["peak_mem_mb_screen"] == {"screen": 9.0, "plain": 4.0}
-    assert r["screen_targets"]["atp denoiser"] == "<= 0.1"
+    assert r["screen_targets"]["atp denoiser"] == "<= 0.1" and r["screen_targets"]["attn-contrib denoiser"] == "<= 0.02"
 
 
 def test_dit_scopes_are_the_denoisers_sites_and_heads(pixel_model):

@@ -42,6 +42,10 @@ def test_screen_covers_exactly_the_exact_sweeps_sites(tmp_path, pixel_model, sco
     assert got.gt_score.isna().all() if "gt_score" in got else True, "no gradient for ground truth: left empty"
     est = got.clip_corrupted + got.effect_clip * (got.clip_clean - got.clip_corrupted)
     np.testing.assert_allclose(got.clip_score, est, rtol=1e-9, atol=1e-9)
+    den = got[got.component != "text_encoder"]
+    assert len(den) and (got[got.component == "text_encoder"].screen_steps == "").all(), "per-step output: denoiser rows only"
+    per_step = den.screen_steps.map(lambda t: sum(float(v) for v in t.split(";")))
+    np.testing.assert_allclose(per_step, den.effect_clip, rtol=1e-3, atol=1e-6)  # the steps sum to the effect (4 digits kept)
 
 
 def test_confirm_top_traces_the_best_screened_sites_exactly(tmp_path, pixel_model, scorer, exact):

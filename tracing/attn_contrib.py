@@ -79,6 +79,7 @@ class AttnContribMethod(BaseMethod):
     Options: type = ContribOptions
     measures = False        # rows are a ranking, not restored runs
     restores_tokens = False
+    bench_scopes = ("denoiser",)  # one forward per prompt against exact patching of every block state
 
     def plan(self, cfg, model, prompts, n_steps: int) -> list[Unit]:
         sites = contribution_sites(model)

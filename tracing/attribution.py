@@ -67,6 +67,7 @@ class ScreenResult:
     checkpoint: bool = True
     site_values: dict = field(default_factory=dict, repr=False)
     estimates_abs: np.ndarray | None = None  # Σ |per-token or per-step contribution| of each row
+    row_steps: tuple = ()  # per row: its contributions per denoising step [S] (denoiser rows), None (text rows)
 
 
 def clip_score_fn(scorer) -> ScoreFn:
@@ -164,6 +165,16 @@ def _row_estimate(row: RowSpec, values: dict[Site, torch.Tensor]) -> tuple[float
     return total, absolute
 
 
+def _row_steps(row: RowSpec, values: dict[Site, torch.Tensor]) -> np.ndarray | None:
+    """A denoiser row's contributions per denoising step [S] (zero outside its step window); None for a text row."""
+    if any(_is_text(site) for site in row.restore.sites):
+        return None
+    out = sum(values[site].double() for site in row.restore.sites).numpy().copy()
+    a, b = row.restore.window or (0, len(out))
+    out[:a], out[b:] = 0.0, 0.0
+    return out
+
+
 def _check_args(ig_steps: int | None) -> None:
     if ig_steps is None:
         return
@@ -245,4 +256,5 @@ def screen(model, prompt: MarkedPrompt, rows: Sequence[RowSpec], corruption: Cor
     effects = estimates / denom if denom != 0 else np.full(len(rows), np.nan)
     seconds = {"clean": t1 - t0, "corrupted": t2 - t1, "gradient": t3 - t1 if ig_steps is None else t3 - t2, "total": t3 - t0}
     return ScreenResult(tuple(rows), estimates, effects, clean, corrupted, seconds, ig_steps, checkpoint,
-                        {str(s): v.numpy() for s, v in taps.values.items()}, absolute)
+                        {str(s): v.numpy() for s, v in taps.values.items()}, absolute,
+                        tuple(_row_steps(r, taps.values) for r in rows))

@@ -54,6 +54,7 @@ class BaseMethod:
     measures = True
     skips_rows = False
     restores_tokens = True
+    bench_scopes: tuple[str, ...] = ()  # bench screen scopes it is timed on against exact patching (diffloc.bench_screens)
 
     def options(self, cfg) -> Any:
         """``cfg.method_options`` as this method's options (one-line error for an unknown name or a bad value)."""

@@ -74,6 +74,7 @@ class ScreenMethod(BaseMethod):
 
     Options: type = ScreenOptions
     measures = False  # rows are first-order estimates
+    bench_scopes = ("text_encoder", "denoiser", "heads")
 
     def ig_steps(self, opts) -> int | None:
         """Points of the integrated-gradients path; None: the gradient at the corrupted run (AtP)."""
@@ -154,11 +155,19 @@ def _key(r: RowSpec, words: EncoderWords | None) -> tuple:
     return (r.site, role, w[0], w[1])
 
 
+def _steps_text(values, denom: float) -> str:
+    """A denoiser row's per-step contributions on the effect scale, ';'-separated ("" for text rows or a zero denominator)."""
+    if values is None or not denom:
+        return ""
+    return ";".join(f"{v / denom:.4g}" for v in values)
+
+
 def _table(name: str, unit: Unit, ctx: UnitContext, cfg, res, metric: str) -> pd.DataFrame:
     n = len(unit.rows)
     scores = [res.clean_score, res.corrupted_score] + list(res.corrupted_score + res.estimates)
     denom = res.clean_score - res.corrupted_score
     absolute = [np.nan, np.nan] + list(res.estimates_abs / abs(denom) if denom else np.full(n, np.nan))
-    extra = [dict(screen_abs_effect=float(a), screen_seconds=float(res.seconds["total"])) for a in absolute]
+    steps = ["", ""] + [_steps_text(v, denom) for v in (res.row_steps or (None,) * n)]
+    extra = [dict(screen_abs_effect=float(a), screen_seconds=float(res.seconds["total"]), screen_steps=t) for a, t in zip(absolute, steps)]
     labels = reference_labels() + [Label.of(r) for r in unit.rows]
     return build_rows(unit, ctx, cfg, name, labels, {metric: scores}, extra=extra)
