@@ -24,6 +24,8 @@ Usage::
 
 Every heatmap and effect-chart title states the run's clean/corrupted pairs and how many of them
 are informative (:func:`pair_counts`: from ``causal_sites.json`` when it has them, else the table).
+:func:`plot_run` draws effects and intervals over the informative pairs, as ``causal_sites.json``
+computes them (over all pairs only when none informs).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 import diffloc.plots_dit as plots_dit  # noqa: E402
-from diffloc.tracing.causal import site_effects  # noqa: E402
+from diffloc.tracing.causal import informative_rows, metric_names, site_effects  # noqa: E402
 from diffloc.tracing.errors import DifflocInputError  # noqa: E402
 from diffloc.tracing.io import read_meta, read_strip, read_trace  # noqa: E402
 from diffloc.tracing.methods import method_of  # noqa: E402
@@ -290,14 +292,17 @@ def plot_run(run_dir: str | Path, metric: str = "clip", uncertainty: bool = Fals
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     counts = pair_counts(table, run_dir)
+    # effects and intervals over the informative pairs, as causal_sites.json (all pairs when none informs)
+    used = informative_rows(table, metric_names(table)[0], float(cfg.get("min_drop", 5.0)))
+    rows = used if len(used) else table
     paths = []
     for comp in sorted(c for c in table.component.unique() if is_text(c)):
-        paths += text_heatmap(table, out, metric, comp, uncertainty=uncertainty, bootstrap=boot, counts=counts)
-    paths += block_heatmap(table, out, metric, counts=counts)
-    paths += txt2img_chart(table, out, metric, bootstrap=boot, counts=counts)
-    paths += contrib_chart(table, out, bootstrap=boot, counts=counts, metric=metric)
-    paths += denoiser_chart(table, out, metric, bootstrap=boot, counts=counts)
-    paths += head_heatmap(table, out, metric, counts=counts)
+        paths += text_heatmap(rows, out, metric, comp, uncertainty=uncertainty, bootstrap=boot, counts=counts)
+    paths += block_heatmap(rows, out, metric, counts=counts)
+    paths += txt2img_chart(rows, out, metric, bootstrap=boot, counts=counts)
+    paths += contrib_chart(rows, out, bootstrap=boot, counts=counts, metric=metric)
+    paths += denoiser_chart(rows, out, metric, bootstrap=boot, counts=counts)
+    paths += head_heatmap(rows, out, metric, counts=counts)
     paths += image_strip(run_dir, table, out, metric=metric)
     return paths
 

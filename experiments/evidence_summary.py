@@ -133,8 +133,14 @@ def summarise(root: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("results/reference/evidence_v1"))
+    p.add_argument("--figures", action="store_true", help="also draw every run's figures by ground truth (figures/)")
     a = p.parse_args(argv)
     res = summarise(a.out)
+    if a.figures:
+        from diffloc.plots import plot_run
+
+        for run in sorted(a.out.glob("*_*/trace.parquet")):
+            plot_run(run.parent, metric="gt")
     np.set_printoptions(precision=3)
     for attr, protos in res["findings"].items():
         for proto, by in protos.items():

@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from experiments.make_docs_dit import dit_edit_sections, dit_swap_section, informative_section
+from experiments.make_docs_dit import dit_bench_section, dit_edit_sections, dit_swap_section, informative_section
 from experiments.make_docs_evidence import evidence_sections
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,7 +310,8 @@ def _dit_findings() -> str:
                for a, r in s.items() if (c := r.get("attn_contrib"))]
     atp = [[a, t["n_pairs"], f"{t.get('n_sites', '—')} ({t.get('structural_zeros', '—')})", t.get("n_causal", "—"), t.get("k", "—"),
             _f(t.get("spearman")) + _interval(t.get("spearman_ci")), _f(t.get("pearson")) + _interval(t.get("pearson_ci")),
-            _f(t.get("recall")) + _interval(t.get("recall_ci")), "**yes**" if t.get("recommended") else "no"]
+            _f(t.get("recall")) + _interval(t.get("recall_ci")),
+            f"{_f(t.get('recall_clip'))}{_interval(t.get('recall_clip_ci'))} ({t.get('n_causal_clip', '—')})", "**yes**" if t.get("recommended") else "no"]
            for a, r in s.items() if (t := r.get("atp")) and "spearman" in t]
     out = ("## Localisation on toy-dit\n\n"
            "Source: `results/reference/dit_findings/summary.json` (`python -m experiments.dit_findings`). Exact causal "
@@ -337,7 +338,7 @@ def _dit_findings() -> str:
                 "the exact causal set C in AtP's top max(10, |C|) with ties sharing the places left, 95 % bootstrap "
                 "intervals over pairs; recommended when recall ≥ 0.9 with lower bound ≥ 0.7):\n\n"
                 + _table(["attribute", "pairs", "sites (structural zeros)", "\\|C\\|", "k", "Spearman", "Pearson",
-                          "recall of C in top k", "recommended"], atp))
+                          "recall of C in top k", "recall of C by CLIP (\\|C\\|)", "recommended"], atp))
     return out
 
 
@@ -472,7 +473,8 @@ def benchmarks_page() -> str:
     return (HEADER + "# Benchmarks\n\n"
             "Every table on this page is generated from the committed result files. What limits each figure, and "
             "the measurements behind the choices, is in [speed.md](speed.md); the hooks engine comparison is in "
-            "[hooks.md](hooks.md).\n\n" + "\n".join([_bench_trace(), _bench_edit(), _sampler(), _gpu()]))
+            "[hooks.md](hooks.md).\n\n" + "\n".join(s for s in [_bench_trace(), dit_bench_section(REF, _table, _met), _bench_edit(),
+                                                         _sampler(), _gpu()] if s))
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -225,3 +225,26 @@ def informative_section(ref: Path, table: Callable) -> str:
             "counterfactuals that tokenise to another length are skipped and counted). Only clean and corrupted "
             "images are made; these are the counts a trace's `causal_sites.json` reports as `n_gt_flips`.\n\n"
             + table(["model", "attribute", "prompts", "gaussian 3σ", "gaussian 8σ", "auto", "replace", "skipped (replace)"], rows))
+
+
+def dit_bench_section(ref: Path, table: Callable, met: Callable) -> str:
+    """`diffloc bench trace --model toy-dit`: the sweep, naive and memory ratios and the screens' time over exact."""
+    b = _load(ref / "bench_trace_toy_dit.json")
+    if not b:
+        return ""
+    su, sec, t, st, so = b["setup"], b["seconds"], b["targets"], b["screen_targets"], b["screen_over_exact"]
+    rows = [[f"`{k}`", f"**{b[k]}**", t[k], met(b[k], t[k])] for k in ("sweep_over_plain", "naive_over_sweep", "peak_mem_ratio")]
+    for name, target in (("atp", st.get("atp denoiser")), ("ig", None), ("attn-contrib", st.get("attn-contrib denoiser"))):
+        if name in so:
+            v = so[name]["denoiser"]
+            rows.append([f"`screen_over_exact` {name}, every block state", f"**{v}** ({sec[f'{name}_denoiser']:.2f} s vs "
+                         f"{sec['exact_denoiser']:.2f} s)", target or "(reported)", met(v, target) if target else ""])
+    rows.append(["`peak_mem_ratio_screen` (atp ÷ plain generation)", f"{b['peak_mem_ratio_screen']}", st["peak_mem_ratio_screen"],
+                 met(b["peak_mem_ratio_screen"], st["peak_mem_ratio_screen"])])
+    n_rows = b.get("rows_denoiser", "—")
+    return ("## Tracing toy-dit on the CPU\n\n"
+            f"Source: `results/reference/bench_trace_toy_dit.json` (`diffloc bench trace --model toy-dit --no-heads`). "
+            f"{su['steps']} steps, guidance {su['guidance']}, {su['images_per_call']} images per call, {su['threads']} thread(s), "
+            f"{su['repeats']} repeats; screens over the {n_rows} block states of one prompt × seed. Ratios are measured within "
+            "one run; this run shared the 2-core CPU with three experiment jobs.\n\n"
+            + table(["figure", "measured", "target", ""], rows))

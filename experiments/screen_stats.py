@@ -16,7 +16,8 @@ Pure functions of two trace tables (rows of the same prompts, seeds and counterf
   is exactly 0 in every pair. They agree by construction, so they are left out of the correlations
   and counted apart;
 - the exact causal set C: sites whose ground-truth effect has a 95 % lower bound ≥ 0.5
-  (1000 bootstrap resamples, ≥ 8 informative pairs);
+  (1000 bootstrap resamples, ≥ 8 informative pairs); ``recall_clip`` uses the set by CLIP instead,
+  the score the screen differentiates (the two sets differ where CLIP misreads the attribute);
 - recall: the share of C in the screen's top k = max(10, |C|). **Tie rule**: sites tied with the
   k-th estimate share the remaining places, each counting (places left) / (sites tied), which is
   the expected recall over a random order of the ties; no ordering of the site table decides;
@@ -87,6 +88,15 @@ def _miss(site: dict, screen_rows: pd.DataFrame) -> dict:
             "cancelled_share": round(1 - total / absolute, 3) if absolute > 0 else None}
 
 
+def _causal(exact: pd.DataFrame, sites: pd.DataFrame, metric: str, n_informative: int) -> np.ndarray:
+    """[sites]: exact patching's causal set by ``metric`` (lower bound ≥ 0.5 over the informative pairs; none below 8)."""
+    if n_informative < MIN_INFORMATIVE:
+        return np.zeros(len(sites), dtype=bool)
+    boot = bootstrap_effects(informative_rows(exact, "clip"), metric, n=1000, seed=0, keys=KEYS)
+    hit = sites[KEYS].merge(boot.loc[boot.lower >= THRESHOLD, KEYS].assign(c=True), on=KEYS, how="left").c
+    return hit.fillna(False).to_numpy(dtype=bool)
+
+
 def compare(screen: pd.DataFrame, exact: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """The screen against exact patching on their common informative pairs (see the module docstring)."""
     inf = pair_signal(exact, "clip").loc[lambda p: p.informative, PAIR_KEYS]
@@ -108,19 +118,17 @@ def compare(screen: pd.DataFrame, exact: pd.DataFrame, n_boot: int = N_BOOT, see
         flags = flags.zero | flags.skipped_noop.fillna(False).astype(bool)
     structural = sites[KEYS].merge(flags.rename("s").reset_index(), on=KEYS, how="left").s.fillna(False).to_numpy(dtype=bool)
     keys = [tuple(r) for r in sites[KEYS].itertuples(index=False)]
-    boot = bootstrap_effects(informative_rows(ex, "clip"), "gt", n=1000, seed=0, keys=KEYS) if "gt_score" in ex else None
-    causal = np.zeros(len(keys), dtype=bool)
-    if boot is not None and len(inf) >= MIN_INFORMATIVE:
-        hit = sites[KEYS].merge(boot.loc[boot.lower >= THRESHOLD, KEYS].assign(c=True), on=KEYS, how="left").c
-        causal = hit.fillna(False).to_numpy(dtype=bool)
+    causal = _causal(ex, sites, "gt" if "gt_score" in ex else "clip", len(inf))
+    causal_clip = _causal(ex, sites, "clip", len(inf))
     k = max(10, int(causal.sum()))
+    k_clip = max(10, int(causal_clip.sum()))
 
     def stats(w: np.ndarray) -> tuple:
         e, s = pe.effect(w)[ie], ps.effect(w)[js]
         m = ~structural
-        return _corr(s[m], e[m], True), _corr(s[m], e[m], False), recall_at(s, causal, k)
+        return _corr(s[m], e[m], True), _corr(s[m], e[m], False), recall_at(s, causal, k), recall_at(s, causal_clip, k_clip)
 
-    rho, r, rec = stats(ones)
+    rho, r, rec, rec_clip = stats(ones)
     rng = np.random.default_rng(seed)
     draws = [stats(np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters).astype(float)) for _ in range(n_boot)]
     est = ps.effect(ones)[js]
@@ -136,6 +144,8 @@ def compare(screen: pd.DataFrame, exact: pd.DataFrame, n_boot: int = N_BOOT, see
     out.update({"n_prompt_seeds": int(n_clusters), "n_sites": int(len(keys)), "structural_zeros": int(structural.sum()), "n_causal": int(causal.sum()), "k": k,
                 "spearman": None if rho is None else round(rho, 3), "spearman_ci": _ci([d[0] for d in draws]),
                 "pearson": None if r is None else round(r, 3), "pearson_ci": _ci([d[1] for d in draws]),
-                "recall": None if rec is None else round(rec, 3), "recall_ci": rec_ci, "n_bootstrap": n_boot, "misses": misses,
+                "recall": None if rec is None else round(rec, 3), "recall_ci": rec_ci, "n_causal_clip": int(causal_clip.sum()),
+                "recall_clip": None if rec_clip is None else round(rec_clip, 3), "recall_clip_ci": _ci([d[3] for d in draws]),
+                "n_bootstrap": n_boot, "misses": misses,
                 "recommended": bool(rec is not None and rec >= RECOMMEND_RECALL and rec_ci is not None and rec_ci[0] >= RECOMMEND_LOWER)})
     return out

@@ -218,3 +218,23 @@ def test_pixart_rows_in_block_order():
     mat = dit_block_matrix(pd.DataFrame(recs), "clip", COMP)
     assert list(mat.index) == ["attn1", "attn2", "ff"] and list(mat.columns) == [0, 1]
     np.testing.assert_allclose(mat.to_numpy(), [[0.1, 0.2], [0.2, 0.3], [0.3, 0.4]])
+
+
+def test_plot_run_draws_effects_over_the_informative_pairs_only(tmp_path, captured):
+    """The txt2img bars of plot_run are the effects of pair (0, 0) alone: pair (1, 0) drops 1 point (< min_drop 5)."""
+    from matplotlib.container import BarContainer
+
+    from diffloc.tracing.io import write_trace
+
+    run = tmp_path / "run"
+    run.mkdir()
+    table = synthetic_table(blocks=3)
+    write_trace(table, run / "trace.parquet")
+    plot_run(run)
+    ax = captured["transformer_txt2img"].axes[0]
+    bars = [b.get_height() for b in next(c for c in ax.containers if isinstance(c, BarContainer))]
+    clean, corrupted = PAIRS[(0, 0)]
+    one_pair = [(_score(0, "txt2img", b) - corrupted) / (clean - corrupted) for b in (0, 2)]
+    np.testing.assert_allclose(bars, one_pair)
+    assert not np.allclose(bars, [hand_effect("txt2img", 0), hand_effect("txt2img", 2)]), "vacuous: both pairs agree"
+    assert "over 1 prompt × seed pairs" in _titles(captured["transformer_txt2img"])
