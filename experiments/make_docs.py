@@ -9,9 +9,9 @@ Usage::
 Every number in the two generated pages is read from results/reference/ here, so the pages
 cannot drift from the files: change a result, rerun this command, commit both. Hand-written
 prose in this module stays free of numbers; the interpretation of the numbers lives in
-docs/tracing.md, docs/editing.md, docs/speed.md and docs/gpu_runbook.md. The tables reuse the
-formatters of the study scripts that wrote the files (experiments.findings.markdown,
-experiments.screen_validation.markdown).
+docs/tracing.md, docs/editing.md, docs/speed.md and docs/gpu_runbook.md. The localisation,
+screen and UNet-beside-DiT sections are in experiments.make_docs_evidence, the DiT sections in
+experiments.make_docs_dit.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from experiments.make_docs_dit import dit_bench_section, dit_edit_sections, dit_swap_section, informative_section
-from experiments.make_docs_evidence import evidence_sections
+from experiments.make_docs_evidence import MISS_HEAD, MISS_NOTE, evidence_sections, miss_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "results" / "reference"
@@ -55,44 +55,6 @@ def _met(value: float, target: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- findings
-
-
-def _localisation() -> str:
-    from experiments.findings import markdown
-
-    rows = _load("findings_v4/findings.json")
-    return ("## Localisation: four protocols per attribute\n\n"
-            "Source: `results/reference/findings_v4/` (`python -m experiments.findings --out results/findings_v4`, "
-            "then `--summarise-only`; UNet runs extended with `run_until_stable`). Every effect is the ratio of means "
-            "over prompt × seed pairs with its 95 % bootstrap interval over pairs; *pairs* is each row's n. "
-            "GT is the ground-truth reader's match rate in place of the CLIP score. Tables: UNet exact (restored at "
-            "every step); text encoder in `token` and `suffix` modes; LocoGen's cross-attention swap windows.\n\n"
-            + markdown(rows) + "\n"
-            "![colour UNet trace with intervals](figures/colour_unet.png)\n"
-            "![style: LocoGen windows](figures/style_swap.png)\n"
-            "![colour, suffix mode](figures/colour_text_suffix.png)\n"
-            "![object, suffix mode](figures/object_text_suffix.png)\n\n"
-            "More UNet charts: [object](figures/object_unet.png), [count](figures/count_unet.png), "
-            "[style](figures/style_unet.png).\n")
-
-
-def _screens() -> str:
-    from experiments.screen_validation import markdown
-
-    two, six = _load("screen_validation/summary.json"), _load("screen_validation_6pairs/summary.json")
-    strict = next(k for k in two if k.startswith("drop_ge_"))
-    drop = strict.removeprefix("drop_ge_")
-    return ("## Screens against exact patching\n\n"
-            "Source: `results/reference/screen_validation/` and `results/reference/screen_validation_6pairs/` "
-            "(`python -m experiments.screen_validation`; the `ig32` columns from `python -m experiments.ig_path`). "
-            "`atp` and `ig` over every text-encoder and UNet site, compared site by site with exact patching on the "
-            "same prompt × seed pairs (*pairs* is the n). Top-5 is the recall of exact's five strongest sites among "
-            "the screen's; a miss is an exact top-5 site the screen ranks below tenth, with its reason.\n\n"
-            "All pairs of the exact text-encoder runs' first seed:\n\n" + markdown(two["all_pairs"]) + "\n"
-            f"Only the pairs whose corruption lowers the CLIP score by at least {drop} points:\n\n"
-            + markdown(two[strict]) + "\n"
-            "More pairs (the exact runs' prompts × their seeds):\n\n" + markdown(six["all_pairs"]) + "\n"
-            "![score along ig's path](../results/reference/screen_validation/path_profile.png)\n")
 
 
 EDIT_LABELS = {"unedited": "unedited", "oracle": "oracle (target in the prompt)", "quickfix": "Diff-QuickFix",
@@ -339,7 +301,23 @@ def _dit_findings() -> str:
                 "intervals over pairs; recommended when recall ≥ 0.9 with lower bound ≥ 0.7):\n\n"
                 + _table(["attribute", "pairs", "sites (structural zeros)", "\\|C\\|", "k", "Spearman", "Pearson",
                           "recall of C in top k", "recall of C by CLIP (\\|C\\|)", "recommended"], atp))
+        miss = [r for a, v in s.items() for r in miss_rows(a, "transformer", "atp", (v.get("atp") or {}).get("misses", []))]
+        if miss:
+            out += "\nAtP's misses on toy-dit: " + MISS_NOTE + "\n\n" + _table(MISS_HEAD, miss)
     return out
+
+
+def _figures() -> str:
+    return ("Figures (by ground truth, informative pairs; `python -m experiments.make_docs --figures` redraws them from "
+            "`results/reference/evidence_v1/` and `results/reference/dit_findings/`):\n\n"
+            "![colour UNet trace with intervals](figures/colour_unet.png)\n"
+            "![object: LocoGen windows](figures/object_swap.png)\n"
+            "![colour, suffix mode](figures/colour_text_suffix.png)\n"
+            "![object, suffix mode](figures/object_text_suffix.png)\n"
+            "![toy-dit object, blocks × streams](figures/dit_object_blocks.png)\n"
+            "![toy-dit colour, blocks × streams](figures/dit_colour_blocks.png)\n\n"
+            "More UNet charts: [object](figures/object_unet.png), [count](figures/count_unet.png), "
+            "[style](figures/style_unet.png).\n")
 
 
 def findings_page() -> str:
@@ -347,9 +325,7 @@ def findings_page() -> str:
             "Every table on this page is generated from the committed result files. What the numbers mean, and how "
             "the protocols work, is in [tracing.md](tracing.md) (localisation and screens) and "
             "[editing.md](editing.md) (edits); the toy world itself is in [toy_world.md](toy_world.md).\n\n"
-            + "\n".join(s for s in [evidence_sections(REF, _table) or _localisation(), informative_section(REF, _table),
-                                     _screens() if not (REF / "evidence_v1" / "summary.json").exists() else "",
-                                     _toy_fidelity(), _dit_findings(), dit_swap_section(REF, _table), _edits(), _diagnosis(),
+            + "\n".join(s for s in [evidence_sections(REF, _table), _figures(), informative_section(REF, _table), _toy_fidelity(), _dit_findings(), dit_swap_section(REF, _table), _edits(), _diagnosis(),
                                      _many_edits(), dit_edit_sections(REF, _table, _cell)] if s))
 
 
@@ -481,13 +457,15 @@ def benchmarks_page() -> str:
 
 # docs figure -> (committed run, figure that diffloc.plots.plot_run draws there)
 FIGURES = {
-    "colour_unet.png": ("findings_v4/colour_unet", "unet_effects.png"),
-    "object_unet.png": ("findings_v4/object_unet", "unet_effects.png"),
-    "count_unet.png": ("findings_v4/count_unet", "unet_effects.png"),
-    "style_unet.png": ("findings_v4/style_unet", "unet_effects.png"),
-    "style_swap.png": ("findings_v4/style_swap", "unet_effects.png"),
-    "colour_text_suffix.png": ("findings_v4/colour_text_suffix", "text_encoder_heatmap.png"),
-    "object_text_suffix.png": ("findings_v4/object_text_suffix", "text_encoder_heatmap.png"),
+    "colour_unet.png": ("evidence_v1/colour_unet", "unet_effects.png"),
+    "object_unet.png": ("evidence_v1/object_unet", "unet_effects.png"),
+    "count_unet.png": ("evidence_v1/count_unet", "unet_effects.png"),
+    "style_unet.png": ("evidence_v1/style_unet", "unet_effects.png"),
+    "object_swap.png": ("evidence_v1/object_swap", "unet_effects.png"),
+    "colour_text_suffix.png": ("evidence_v1/colour_text_suffix", "text_encoder_heatmap.png"),
+    "object_text_suffix.png": ("evidence_v1/object_text_suffix", "text_encoder_heatmap.png"),
+    "dit_object_blocks.png": ("dit_findings/object_exact", "transformer_blocks.png"),
+    "dit_colour_blocks.png": ("dit_findings/colour_exact", "transformer_blocks.png"),
 }
 
 
@@ -506,7 +484,7 @@ def draw_figures(dest: Path) -> list[Path]:
                 copy.mkdir()
                 for f in ("trace.parquet", "meta.json"):
                     shutil.copy(REF / run / f, copy / f)
-                plot_run(copy)
+                plot_run(copy, metric="gt")  # the toy's ground truth, as the findings tables
             shutil.copy(copy / "figures" / fig, dest / name)
             written.append(dest / name)
     return written

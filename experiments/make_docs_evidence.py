@@ -12,6 +12,7 @@ files; what they mean is in docs/tracing.md.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -33,8 +34,9 @@ def _ci(v, d: int = 2) -> str:
 
 
 def _short(site: str) -> str:
-    return (site.replace("transformer_blocks.0.", "").replace("attentions.", "att").replace("encoder.layers.", "L")
-            .replace("self_attn.out_proj", "attn"))
+    """UNet attention sites without their one transformer block (`up_blocks.1.att1.attn2`); DiT blocks kept."""
+    site = re.sub(r"(attentions\.\d+)\.transformer_blocks\.0\.", r"\1.", site)
+    return site.replace("attentions.", "att").replace("encoder.layers.", "L").replace("self_attn.out_proj", "attn")
 
 
 def _top(s: dict, n: int = 3) -> str:
@@ -88,6 +90,24 @@ def localisation(ev: dict, table: Callable) -> str:
                      "strongest sites, effect [95 % CI]", "top-3 share", "split-half"], rows))
 
 
+MISS_HEAD = ["attribute", "component", "screen", "site", "exact (CLIP)", "screen (CLIP)", "reason", "cancelled", "per-step contributions"]
+MISS_NOTE = ("*cancelled* is 1 − |Σ contributions| / Σ |contributions| (over denoising steps for a denoiser site; over tokens and "
+             "pairs for a text site); *not causal by CLIP* when exact patching's own CLIP effect is below 0.5 (the screens "
+             "differentiate CLIP); else *cancellation* when *cancelled* exceeds ½; else *outranked* when the screen estimates at least half "
+             "the site's exact effect (other sites' estimates overshoot above it); else *first-order* (the linear estimate "
+             "falls short without cancelling). Per-step: the mean contribution at each of the 20 steps, on the effect scale.")
+
+
+def miss_rows(attr: str, comp: str, screen: str, misses: list[dict]) -> list[list]:
+    """Table rows of a screen's misses (:func:`experiments.screen_stats.compare`)."""
+    out = []
+    for m in misses:
+        steps = "—" if not m.get("per_step") else ", ".join(f"{x:.2f}" for x in m["per_step"])
+        site = f"`{_short(m['site'])}`" + (f" @{m['token_role']}" if m.get("token_role") else "")
+        out.append([attr, comp, screen, site, _f(m["exact_clip"]), _f(m["screen_clip"]), m["reason"], _f(m.get("cancelled_share")), steps])
+    return out
+
+
 def screens(ev: dict, table: Callable) -> str:
     rows, misses, recommended = [], [], []
     for attr, comps in ev["screens"].items():
@@ -101,10 +121,7 @@ def screens(ev: dict, table: Callable) -> str:
                              "**yes**" if s["recommended"] else "no"])
                 if s["recommended"]:
                     recommended.append(f"{SCREEN_NAMES.get(name, name)} for {attr} ({comp})")
-                for m in s["misses"]:
-                    steps = "—" if not m.get("per_step") else ", ".join(f"{x:.2f}" for x in m["per_step"])
-                    misses.append([attr, comp, SCREEN_NAMES.get(name, name), f"`{_short(m['site'])}`" + (f" @{m['token_role']}" if m.get("token_role") else ""),
-                                   _f(m["exact_clip"]), _f(m["screen_clip"]), m["reason"], _f(m.get("cancelled_share")), steps])
+                misses += miss_rows(attr, comp, SCREEN_NAMES.get(name, name), s["misses"])
     out = ("## Screens against exact patching\n\n"
            "Source: `results/reference/evidence_v1/summary.json` (`python -m experiments.evidence`; statistics in "
            "`experiments/screen_stats.py`). Each screen ran on the same fresh prompts, seeds and counterfactuals as the "
@@ -121,12 +138,7 @@ def screens(ev: dict, table: Callable) -> str:
                     "Pearson", "recall of C in top k", "recall of C by CLIP (\\|C\\|)", "recommended"], rows))
     out += "\nRecommended by the rule: " + ("; ".join(recommended) if recommended else "none") + ".\n"
     if misses:
-        out += ("\nMisses: sites of C outside the screen's top k, with the measured reason. *cancelled* is "
-                "1 − |Σ contributions| / Σ |contributions| (over denoising steps for a UNet site; over tokens and pairs "
-                "for a text site); *cancellation* when it exceeds ½, else *first-order* (the linear estimate falls short "
-                "without cancelling). Per-step: the mean contribution at each of the 20 steps, on the effect scale.\n\n"
-                + table(["attribute", "component", "screen", "site", "exact (CLIP)", "screen (CLIP)", "reason", "cancelled",
-                         "per-step contributions"], misses))
+        out += "\nMisses: sites of C outside the screen's top k, with the measured reason. " + MISS_NOTE + "\n\n" + table(MISS_HEAD, misses)
     return out
 
 

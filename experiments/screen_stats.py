@@ -25,9 +25,12 @@ Pure functions of two trace tables (rows of the same prompts, seeds and counterf
   are resampled together, as :class:`tracing.stats.PairSums` groups them), C held fixed;
 - misses: each site of C outside the top k, with its exact and screened effect, the screen's
   sum of |contributions|, the mean contribution per denoising step (denoiser sites) and the
-  measured reason: ``cancellation`` when |Σ contributions| < ½ Σ |contributions| (steps for a
-  denoiser site, tokens and pairs for a text site), else ``first-order`` (the screen's linear
-  estimate is below exact patching's effect without cancelling);
+  measured reason: ``not causal by CLIP`` when exact patching's own CLIP effect is below 0.5 (the
+  screens differentiate CLIP, which does not see the site); ``cancellation`` when
+  |Σ contributions| < ½ Σ |contributions| (steps for a
+  denoiser site, tokens and pairs for a text site); else ``outranked`` when the screen estimates
+  at least half its exact effect (other sites' estimates overshoot above it); else
+  ``first-order`` (the linear estimate falls short without cancelling);
 - ``recommended``: recall ≥ 0.9 and its interval's lower bound ≥ 0.7.
 """
 from __future__ import annotations
@@ -83,7 +86,14 @@ def _miss(site: dict, screen_rows: pd.DataFrame) -> dict:
         total, absolute = abs(sum(steps)), sum(abs(x) for x in steps)
     else:  # text site: its tokens and pairs
         total, absolute = abs(float(screen_rows.effect_clip.sum())), float(screen_rows.screen_abs_effect.abs().sum())
-    reason = "cancellation" if absolute > 0 and total < 0.5 * absolute else "first-order"
+    if site["exact_clip"] < THRESHOLD:
+        reason = "not causal by CLIP"  # exact patching's CLIP effect is below the rule: the screened score cannot see it
+    elif absolute > 0 and total < 0.5 * absolute:
+        reason = "cancellation"
+    elif site["screen_clip"] >= 0.5 * site["exact_clip"]:
+        reason = "outranked"      # estimated near its effect; other sites' estimates overshoot above it
+    else:
+        reason = "first-order"    # the linear estimate falls short without cancelling
     return {**site, "per_step": steps, "reason": reason,
             "cancelled_share": round(1 - total / absolute, 3) if absolute > 0 else None}
 

@@ -90,6 +90,25 @@ def test_informative_pairs_are_gt_flips_or_drops_of_min_drop():
     assert pair_signal(_pairs_table(), "clip", min_drop=0.5).informative.tolist() == [True, True, True, False]  # a rise is no drop
 
 
+def test_swap_pairs_are_one_per_altered_value_and_inform_when_the_references_differ():
+    """LocoGen's swap: prompt 0 against 'blue' (the altered image reads another value: 1 -> 0) and 'green' (no change),
+    prompt 1 against 'blue' (CLIP moves 8 points the other way): one pair per altered value, either direction informs."""
+    import pandas as pd
+
+    from diffloc.tracing.causal import informative_rows, pair_signal
+
+    recs = []
+    for (p, alt), (c, k, gc, gk) in {(0, "blue"): (80, 90, 0, 1), (0, "green"): (85, 86, 1, 1), (1, "blue"): (90, 82, 1, 1)}.items():
+        for kind in ("clean", "corrupted", "swap"):
+            recs.append(dict(prompt_index=p, seed=0, noise_index=0, alt_value=alt, kind=kind, site="" if kind != "swap" else "unet:x",
+                             clip_score=c, clip_clean=c, clip_corrupted=k, gt_score=gc, gt_clean=gc, gt_corrupted=gk))
+    table = pd.DataFrame(recs)
+    pairs = pair_signal(table, "clip", min_drop=5.0)
+    assert list(zip(pairs.prompt_index, pairs.alt_value)) == [(0, "blue"), (0, "green"), (1, "blue")]
+    assert pairs.gt_flip.tolist() == [True, False, False] and pairs.informative.tolist() == [True, False, True]
+    assert sorted(set(zip(informative_rows(table).prompt_index, informative_rows(table).alt_value))) == [(0, "blue"), (1, "blue")]
+
+
 def test_causal_sites_counts_informative_pairs_and_refuses_to_call_on_too_few(tmp_path):
     import json
 

@@ -44,25 +44,39 @@ RULE = ("effect = (mean restored - mean corrupted) / (mean clean - mean corrupte
 PAIR_KEYS = ["prompt_index", "seed", "noise_index"]  # one clean/corrupted pair
 
 
+def pair_keys(table: pd.DataFrame) -> list[str]:
+    """The columns that name one clean/corrupted pair: prompt × seed × corruption sample, and, in a table whose
+    references carry an altered value (LocoGen's swap: the original prompt against each altered one), that value."""
+    return PAIR_KEYS + ["alt_value"] if "alt_value" in table.columns and table.alt_value.notna().any() else PAIR_KEYS
+
+
 def pair_signal(table: pd.DataFrame, scorer: str = "clip", min_drop: float = 5.0) -> pd.DataFrame:
-    """One row per clean/corrupted pair: the scorer's clean and corrupted scores, its drop, whether
-    ground truth flipped (NaN without a gt metric), and ``informative``."""
+    """One row per clean/corrupted pair (:func:`pair_keys`): the scorer's clean and corrupted scores, its drop, whether
+    ground truth flipped (NaN without a gt metric), and ``informative``.
+
+    A corruption pair flips when ground truth reads the clean image above the corrupted one and informs when it
+    flips or the scorer drops by ``min_drop``. A swap pair (altered value set) informs when its two references
+    differ, either way: the altered prompt's image shows another value than the original's."""
+    keys = pair_keys(table)
     refs = table[table.kind == "clean"] if "kind" in table.columns else table
     cols = [c for c in (f"{scorer}_clean", f"{scorer}_corrupted", "gt_clean", "gt_corrupted") if c in table.columns]
-    pairs = refs.groupby(PAIR_KEYS, sort=True)[cols].first().reset_index()
+    pairs = refs.groupby(keys, sort=True)[cols].first().reset_index()
     drop = pairs[f"{scorer}_clean"] - pairs[f"{scorer}_corrupted"]
+    swap = len(keys) > len(PAIR_KEYS)
     pairs["drop"] = drop
-    flip = (pairs.gt_clean > pairs.gt_corrupted) if "gt_clean" in pairs else pd.Series(False, index=pairs.index)
-    pairs["gt_flip"] = flip if "gt_clean" in pairs else np.nan
-    pairs["informative"] = flip.fillna(False).astype(bool) | (drop >= min_drop)
+    has_gt = "gt_clean" in pairs
+    flip = (pairs.gt_clean != pairs.gt_corrupted if swap else pairs.gt_clean > pairs.gt_corrupted) if has_gt \
+        else pd.Series(False, index=pairs.index)
+    pairs["gt_flip"] = flip if has_gt else np.nan
+    pairs["informative"] = flip.fillna(False).astype(bool) | ((drop.abs() if swap else drop) >= min_drop)
     return pairs
 
 
 def informative_rows(table: pd.DataFrame, scorer: str = "clip", min_drop: float = 5.0) -> pd.DataFrame:
     """The rows of the informative pairs only."""
-    pairs = pair_signal(table, scorer, min_drop)
-    keep = pairs.loc[pairs.informative, PAIR_KEYS]
-    return table.merge(keep, on=PAIR_KEYS, how="inner")
+    pairs, keys = pair_signal(table, scorer, min_drop), pair_keys(table)
+    keep = pairs.loc[pairs.informative, keys]
+    return table.merge(keep, on=keys, how="inner")
 
 
 def site_effects(table: pd.DataFrame, metric: str = "clip") -> pd.DataFrame:
