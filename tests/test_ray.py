@@ -46,12 +46,26 @@ def _stamps(out):
 
 
 def _wait_dead(ray, workers, timeout=30.0):
-    """Block until every killed actor answers with RayActorError, so no shard can appear afterwards."""
-    from ray.exceptions import RayActorError
+    """Block until every killed actor answers with RayActorError, so no shard can appear afterwards.
 
+    ``ray.kill`` is asynchronous: on a loaded machine a call made just after it may still be answered,
+    so the actor is asked again until it is gone; still answering after ``timeout`` seconds fails."""
+    import time
+
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    deadline = time.monotonic() + timeout
     for w in workers:
-        with pytest.raises(RayActorError):
-            ray.get(w.info.remote(), timeout=timeout)
+        while True:
+            try:
+                ray.get(w.info.remote(), timeout=max(0.1, deadline - time.monotonic()))
+            except RayActorError:
+                break
+            except GetTimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"a killed Ray worker still answered after {timeout:g} s")
+            time.sleep(0.2)
 
 
 def test_ray_table_equals_local(ray, tmp_path, models, local_table):
