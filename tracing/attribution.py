@@ -101,10 +101,10 @@ class _Taps:
                        for s in self.sites}
 
     def hooks(self) -> tuple[dict, dict]:
-        """(text hooks, UNet hooks) for :func:`tracing.sampler.hooked_generate`."""
+        """(text hooks, denoiser hooks) for :func:`tracing.sampler.hooked_generate`."""
         text = {s: self._fn(s) for s in self.sites if _is_text(s)}
-        unet = {s: self._fn(s) for s in self.sites if not _is_text(s)}
-        return text, unet
+        denoiser = {s: self._fn(s) for s in self.sites if not _is_text(s)}
+        return text, denoiser
 
     def _fn(self, site: Site):
         text = _is_text(site)

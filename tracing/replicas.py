@@ -64,9 +64,12 @@ def replica_configs(family: str, widths: Widths = WIDTHS) -> dict:
     Published consistency is asserted on the way (cross_attention_dim is the sum of the
     text widths; SDXL's added-embedding input is pooled width + n_time_ids * time dim).
     """
+    from diffloc.tracing.families import FAMILIES as FAMILY_OBJECTS
+
     cfgs = _model_configs(family)
     texts = text_components(cfgs)
-    pub_unet = dict(cfgs["unet/config.json"])
+    den = f"{FAMILY_OBJECTS.get(family).denoiser}/config.json"  # the family names its denoiser's folder
+    pub_unet = dict(cfgs[den])
     pub_hidden = [cfgs[f"{t}/config.json"]["hidden_size"] for t in texts]
     if sum(pub_hidden) != pub_unet["cross_attention_dim"]:
         raise AssertionError(f"{family}: cross_attention_dim != sum of text widths {pub_hidden}")
@@ -98,7 +101,7 @@ def replica_configs(family: str, widths: Widths = WIDTHS) -> dict:
             raise AssertionError(f"{family}: unexpected text_time layout ({n_ids} time ids)")
         unet.update(addition_time_embed_dim=widths.time_ids_dim,
                     projection_class_embeddings_input_dim=pooled["projection_dim"] + n_ids * widths.time_ids_dim)
-    cfgs["unet/config.json"] = unet
+    cfgs[den] = unet
 
     vae = dict(cfgs["vae/config.json"])
     m = len(vae["block_out_channels"])
