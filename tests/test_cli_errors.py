@@ -58,6 +58,11 @@ def _cli(*args):
       "--source", "red", "--target", "blue", "--out", "OUT"], "head 9 out of range; transformer_blocks.0.attn has heads 0..3"),
     (["edit", "--method", "dit-crossattn", "--model", "tiny-pixart", "--site", "transformer:transformer_blocks.0.attn2.heads.99",
       "--source", "red", "--target", "blue", "--out", "OUT"], "head 99 out of range"),
+    # toy-dit training: recipe fields and warm starts
+    (["toy", "train", "--family", "dit", "--set", "speed=3", "--out", "OUT"], "--set 'speed=3': expected KEY=VALUE with KEY one of seed,"),
+    (["toy", "train", "--family", "dit", "--set", "lr=fast", "--out", "OUT"], "--set 'lr=fast': lr takes a float"),
+    (["toy", "train", "--family", "dit", "--set", "uniform_t_share=2", "--out", "OUT"], "uniform_t_share must be in [0, 1], got 2.0"),
+    (["toy", "train", "--family", "dit", "--init-from", "OUT/none.pt", "--out", "OUT"], "no such checkpoint"),
     # T5 sites on a CLIP-only model
     (["edit", "--method", "quickfix", "--model", "toy", "--site", "text_encoder:encoder.block.0.layer.0.SelfAttention.o",
       "--source", "red", "--target", "blue", "--out", "OUT"], "not a T5 encoder"),

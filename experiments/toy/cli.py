@@ -29,6 +29,24 @@ def _say(msg: str) -> None:
         typer.echo(msg)
 
 
+def _dit_fields(cls, pairs: list[str]) -> dict:
+    """``["lr=5e-4", "warmup=100"]`` -> typed overrides of the dataclass ``cls``; a bad pair is a UsageError."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or key not in fields:
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        kind = type(fields[key].default)
+        try:
+            out[key] = kind(raw)
+        except ValueError:
+            raise UsageError(f"--set {pair!r}: {key} takes a {kind.__name__}") from None
+    return out
+
+
 @toy_app.command("train")
 def toy_train(
     out: Path = typer.Option(Path("results/toy_retrain"), "--out", "-o", help="Output folder (model/, scorer/, train_log.jsonl); resumes if it exists."),
@@ -38,11 +56,14 @@ def toy_train(
     device: str = typer.Option("cpu", help="cpu, or cuda[:N] to train on a GPU (same recipe; not bit-identical to CPU)."),
     family: str = typer.Option("unet", help="unet: the SD-shaped toy (CLIP, scorer, UNet); dit: toy-dit, an SD3-style MM-DiT on the shipped frozen CLIP tower."),
     steps: Optional[int] = typer.Option(None, help="--family dit: training steps (default: the recipe's)."),
+    init_from: Optional[Path] = typer.Option(None, help="--family dit: start from an earlier run's ckpt/dit.pt on a new schedule."),
+    dit_set: list[str] = typer.Option([], "--set", help="--family dit: a recipe field, KEY=VALUE (repeatable), e.g. --set lr=5e-4."),
 ) -> None:
     """Train the toy world's CLIP (frozen text tower), open_clip scorer and UNet from scratch, or (--family dit) toy-dit.
 
     Example: diffloc toy train --out results/toy_retrain
     Example: diffloc toy train --family dit --out results/toy_dit     # resumable; about 1 s per step on one core
+    Example: diffloc toy train --family dit --out results/toy_dit2 --init-from results/toy_dit/ckpt/dit.pt --steps 5000 --set lr=5e-4
     """
     import dataclasses
 
@@ -57,8 +78,10 @@ def toy_train(
     if family == "dit":
         from .train_dit import DitTrainConfig, train_dit
 
+        over = _dit_fields(DitTrainConfig, dit_set)
+        over.update({k: v for k, v in (("steps", steps), ("init_from", init_from and str(init_from))) if v is not None})
         try:
-            dcfg = DitTrainConfig(seed=seed, **({"steps": steps} if steps is not None else {}))
+            dcfg = DitTrainConfig(**{"seed": seed, **over})
         except ValueError as e:
             raise UsageError(str(e)) from None
         import torch

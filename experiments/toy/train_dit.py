@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from diffloc.tracing.errors import ConfigError
+
 from . import world
 from .train_base import Data, ToyTrainConfig, _bar, _lr, _seed_all, ema_update, state_hash
 
@@ -57,6 +59,9 @@ class DitTrainConfig:
     export_every: int = 500
     guidance_scale: float = 3.0
     num_inference_steps: int = 20
+    uniform_t_share: float = 0.0   # share of each batch whose sigma is uniform(0, 1) instead of logit-normal (more low-noise steps)
+    init_from: str = ""            # a dit.pt checkpoint: start from its weights (model, EMA, Adam moments) on a new schedule
+
 
     def __post_init__(self):
         if world.SIZE % self.patch_size:
@@ -64,6 +69,8 @@ class DitTrainConfig:
         for name in ("steps", "batch", "num_layers", "num_heads", "head_dim", "n_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.uniform_t_share <= 1:
+            raise ValueError(f"uniform_t_share must be in [0, 1], got {self.uniform_t_share}")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
 
@@ -115,12 +122,21 @@ def _export(out: Path, cfg: DitTrainConfig, ema, step: int, text_dir: Path) -> N
     (dest / "diffloc.json").write_text(json.dumps(meta, indent=2))
 
 
+def _warm_start(model, ema, opt, ckpt: Path) -> None:
+    """Load weights, EMA and Adam moments of an earlier run's ``dit.pt``; the schedule starts again at step 0."""
+    state = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
+    print(f"warm start from {ckpt} (its step {state['step']}, EMA {state_hash(ema)})", flush=True)
+
+
 def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Path:
     """Train (or resume) into ``out``; ``text_dir`` holds the frozen ``text_encoder``/``tokenizer``."""
     from diffusers import SD3Transformer2DModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     out, text_dir = Path(out), Path(text_dir)
+    if cfg.init_from and not Path(cfg.init_from).is_file():
+        raise ConfigError(f"--init-from {cfg.init_from}: no such checkpoint; give an earlier run's ckpt/dit.pt")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     tokenizer = CLIPTokenizer.from_pretrained(text_dir, subfolder="tokenizer")
@@ -139,6 +155,8 @@ def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Pat
         model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
         g.set_state(state["gen"]); start = state["step"]
         print(f"resumed at step {start}", flush=True)
+    elif cfg.init_from:
+        _warm_start(model, ema, opt, Path(cfg.init_from))
     _log(out, event="start", step=start, params=sum(p.numel() for p in model.parameters()), config=dataclasses.asdict(cfg))
     t0, run = time.time(), 0.0
     bar = _bar(cfg.steps, start, "toy dit")
@@ -148,6 +166,9 @@ def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Pat
         x0, _, cap = data.batch(g, cfg.batch)                        # [B, 3, 32, 32] in [-1, 1]
         drop = torch.rand(len(x0), generator=g) < cfg.caption_dropout
         sigma = torch.sigmoid(torch.randn(len(x0), generator=g))     # logit-normal(0, 1), as SD3
+        if cfg.uniform_t_share:                                      # drawn only when asked: the default run's stream is unchanged
+            uni = torch.rand(len(x0), generator=g) < cfg.uniform_t_share
+            sigma = torch.where(uni, torch.rand(len(x0), generator=g), sigma)
         noise = torch.randn(x0.shape, generator=g)
         c = torch.where(drop[:, None, None], un_seq.expand(len(x0), -1, -1), seq[cap])   # [B, 77, D]
         p = torch.where(drop[:, None], un_pooled.expand(len(x0), -1), pooled[cap])       # [B, D]
