@@ -81,7 +81,7 @@ def toy_train(
         over = _dit_fields(DitTrainConfig, dit_set)
         over.update({k: v for k, v in (("steps", steps), ("init_from", init_from and str(init_from))) if v is not None})
         try:
-            dcfg = DitTrainConfig(**{"seed": seed, **over})
+            dcfg = DitTrainConfig(**{"seed": seed, "device": device, **over})
         except ValueError as e:
             raise UsageError(str(e)) from None
         import torch

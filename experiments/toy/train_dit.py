@@ -60,6 +60,7 @@ class DitTrainConfig:
     guidance_scale: float = 3.0
     num_inference_steps: int = 20
     uniform_t_share: float = 0.0   # share of each batch whose sigma is uniform(0, 1) instead of logit-normal (more low-noise steps)
+    device: str = "cpu"            # "cuda" trains on a GPU (draws stay on the CPU generator; not bit-identical to CPU)
     init_from: str = ""            # a dit.pt checkpoint: start from its weights (model, EMA, Adam moments) on a new schedule
 
 
@@ -69,6 +70,8 @@ class DitTrainConfig:
         for name in ("steps", "batch", "num_layers", "num_heads", "head_dim", "n_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if not 0 <= self.uniform_t_share <= 1:
             raise ValueError(f"uniform_t_share must be in [0, 1], got {self.uniform_t_share}")
         if not 0 <= self.caption_dropout < 1:
@@ -122,9 +125,28 @@ def _export(out: Path, cfg: DitTrainConfig, ema, step: int, text_dir: Path) -> N
     (dest / "diffloc.json").write_text(json.dumps(meta, indent=2))
 
 
+def _batch_loss(model, cfg: DitTrainConfig, g: torch.Generator, data: Data, text: list[torch.Tensor]) -> torch.Tensor:
+    """Rectified-flow loss of one batch; every draw comes from the CPU generator ``g`` (same stream on any device)."""
+    seq, pooled, un_seq, un_pooled = text                         # [N, 77, D], [N, D], [1, 77, D], [1, D]
+    x0, _, cap = data.batch(g, cfg.batch)                          # [B, 3, 32, 32] in [-1, 1]
+    drop = torch.rand(len(x0), generator=g) < cfg.caption_dropout
+    sigma = torch.sigmoid(torch.randn(len(x0), generator=g))       # logit-normal(0, 1), as SD3
+    if cfg.uniform_t_share:                                        # drawn only when asked: the default run's stream is unchanged
+        uni = torch.rand(len(x0), generator=g) < cfg.uniform_t_share
+        sigma = torch.where(uni, torch.rand(len(x0), generator=g), sigma)
+    noise = torch.randn(x0.shape, generator=g)
+    x0, cap, drop, sigma, noise = (v.to(cfg.device) for v in (x0, cap, drop, sigma, noise))
+    c = torch.where(drop[:, None, None], un_seq.expand(len(x0), -1, -1), seq[cap])   # [B, 77, D]
+    p = torch.where(drop[:, None], un_pooled.expand(len(x0), -1), pooled[cap])       # [B, D]
+    s = sigma.view(-1, 1, 1, 1)
+    xt = (1 - s) * x0 + s * noise
+    pred = model(xt, encoder_hidden_states=c, pooled_projections=p, timestep=sigma * 1000).sample
+    return F.mse_loss(pred, noise - x0)
+
+
 def _warm_start(model, ema, opt, ckpt: Path) -> None:
     """Load weights, EMA and Adam moments of an earlier run's ``dit.pt``; the schedule starts again at step 0."""
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")
     model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
     print(f"warm start from {ckpt} (its step {state['step']}, EMA {state_hash(ema)})", flush=True)
 
@@ -142,16 +164,15 @@ def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Pat
     tokenizer = CLIPTokenizer.from_pretrained(text_dir, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(text_dir, subfolder="text_encoder").eval().requires_grad_(False)
     data = Data(ToyTrainConfig(seed=cfg.seed, n_images=cfg.n_images))
-    seq, pooled = encode(text_encoder, tokenizer, data.captions)
-    un_seq, un_pooled = encode(text_encoder, tokenizer, [""])
+    text = [t.to(cfg.device) for t in (*encode(text_encoder, tokenizer, data.captions), *encode(text_encoder, tokenizer, [""]))]
     _seed_all(cfg.seed + 5)
-    model = SD3Transformer2DModel(**transformer_config(cfg, text_encoder.config.hidden_size))
+    model = SD3Transformer2DModel(**transformer_config(cfg, text_encoder.config.hidden_size)).to(cfg.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(cfg.seed + 7)
     ck, start = out / "ckpt" / "dit.pt", 0
     if ck.exists():
-        state = torch.load(ck, weights_only=False)
+        state = torch.load(ck, weights_only=False, map_location="cpu")
         model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
         g.set_state(state["gen"]); start = state["step"]
         print(f"resumed at step {start}", flush=True)
@@ -163,19 +184,7 @@ def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Pat
     for step in range(start, cfg.steps):
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, cfg.steps, cfg.lr, cfg.warmup)
-        x0, _, cap = data.batch(g, cfg.batch)                        # [B, 3, 32, 32] in [-1, 1]
-        drop = torch.rand(len(x0), generator=g) < cfg.caption_dropout
-        sigma = torch.sigmoid(torch.randn(len(x0), generator=g))     # logit-normal(0, 1), as SD3
-        if cfg.uniform_t_share:                                      # drawn only when asked: the default run's stream is unchanged
-            uni = torch.rand(len(x0), generator=g) < cfg.uniform_t_share
-            sigma = torch.where(uni, torch.rand(len(x0), generator=g), sigma)
-        noise = torch.randn(x0.shape, generator=g)
-        c = torch.where(drop[:, None, None], un_seq.expand(len(x0), -1, -1), seq[cap])   # [B, 77, D]
-        p = torch.where(drop[:, None], un_pooled.expand(len(x0), -1), pooled[cap])       # [B, D]
-        s = sigma.view(-1, 1, 1, 1)
-        xt = (1 - s) * x0 + s * noise
-        pred = model(xt, encoder_hidden_states=c, pooled_projections=p, timestep=sigma * 1000).sample
-        loss = F.mse_loss(pred, noise - x0)
+        loss = _batch_loss(model, cfg, g, data, text)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
