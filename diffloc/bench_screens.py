@@ -176,8 +176,9 @@ def _setup(cfg: TraceConfig, ctx, naive_sample: int | None) -> dict:
 
 def _ig_steps(base: TraceConfig) -> int | None:
     """The ``ig`` screen's path points, from its own options (``base.method_options`` when base is an ig sweep)."""
-    cfg = base if base.method == "ig" else replace(base, method="ig", method_options={})
-    return getattr(TRACE_METHODS.get("ig").options(cfg), "ig_steps", None)
+    ig = TRACE_METHODS.get("ig")
+    cfg = base if TRACE_METHODS.get(base.method) is ig else replace(base, method="ig", method_options={})
+    return getattr(ig.options(cfg), "ig_steps", None)
 
 
 def _has_heads(model) -> bool:

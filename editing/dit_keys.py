@@ -30,16 +30,13 @@ LATENT_SEED = 0
 
 
 def sequence_segments(model) -> list[tuple[str, int]]:
-    """(text component, offset) of each tokenised segment of the denoiser's prompt sequence."""
-    arch = model.arch
-    if arch == "flux":
-        return [("text_encoder_2", 0)]
-    if arch == "pixart":
-        return [("text_encoder", 0)]
-    segs = [("text_encoder", 0)]
-    if "text_encoder_3" in model.modules:
-        segs.append(("text_encoder_3", model.family.text_length(model, "text_encoder")))
-    return segs
+    """(text component, offset) of each tokenised segment of the denoiser's prompt sequence, from the family's
+    ``sequence_offsets``: encoders that share positions (SD3's two CLIP towers, side by side along features) are
+    one segment, tokenised by the first of them."""
+    first: dict[int, str] = {}
+    for comp, offset in model.family.sequence_offsets(model).items():
+        first.setdefault(offset, comp)
+    return [(comp, offset) for offset, comp in sorted(first.items())]
 
 
 def t5_component(model) -> str:

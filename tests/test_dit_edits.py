@@ -231,3 +231,13 @@ def test_nullspace_method_labels():
         as_method("refact+nullspace")
     with pytest.raises(EditError, match="needs preserve captions"):
         case_options(m, {"id": "c", "source": "red", "target": "blue"})
+
+
+@pytest.mark.parametrize("fam, expected", [("sd3", [("text_encoder", 0), ("text_encoder_3", 77)]),
+                                           ("flux", [("text_encoder_2", 0)]), ("pixart", [("text_encoder", 0)])])
+def test_sequence_segments_are_where_each_pipeline_puts_its_encoders(fam, expected):
+    """SD3: CLIP-L and CLIP-G side by side along features at 0 (one segment), T5 after CLIP's 77 tokens; FLUX: T5 only
+    (CLIP enters through the pooled vector); PixArt: its one T5."""
+    from diffloc.editing.dit_keys import sequence_segments
+
+    assert sequence_segments(tiny(fam)) == expected
