@@ -9,7 +9,7 @@ as ``r<run>_<step>``) with ``eval/toy_eval.json`` inside (``python -m diffloc_to
 SNAP/eval --model SNAP --n-per-value 25``). Each snapshot's recipe comes from its own
 ``diffloc.json``; a warm-started run's steps are counted on top of its parent's (``init_from``'s
 run, read from the shipped model's ``steps_trained``). The shipped model's evaluation
-(``results/reference/toy_dit_eval/toy_eval.json``) is the first point of every run. Writes
+(``results/reference/toy_dit_eval/toy_eval.json``) is the first point of every warm-started run. Writes
 ``curve.json`` (fidelity per attribute with Wilson 95 % intervals and n) and ``curve.png``.
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ def _point(run: str, step: int, ev: dict, recipe: dict) -> dict:
 
 
 def collect(snaps: Path) -> list[dict]:
-    """One point per evaluated snapshot, plus the shipped model as every run's start, sorted by run and step."""
+    """One point per evaluated snapshot, plus the shipped model as the start of every warm-started run, sorted by run
+    and step."""
     base_steps = json.loads(SHIPPED_META.read_text())["steps_trained"]
     points, runs = [], set()
     for d in sorted(snaps.glob("r*_*")):
@@ -44,7 +45,8 @@ def collect(snaps: Path) -> list[dict]:
             continue
         cfg = json.loads((d / "diffloc.json").read_text())["train_config"]
         run = d.name.split("_")[0]
-        runs.add(run)
+        if cfg.get("init_from"):
+            runs.add(run)
         recipe = {k: cfg[k] for k in ("seed", "lr", "warmup", "steps", "batch", "patch_size", "uniform_t_share", "init_from")
                   if k in cfg}
         start = base_steps if cfg.get("init_from") else 0
