@@ -248,3 +248,26 @@ def dit_bench_section(ref: Path, table: Callable, met: Callable) -> str:
             f"{su['repeats']} repeats; screens over the {n_rows} block states of one prompt × seed. Ratios are measured within "
             "one run; this run shared the 2-core CPU with three experiment jobs.\n\n"
             + table(["figure", "measured", "target", ""], rows))
+
+
+def dit_training_section(ref: Path, table: Callable) -> str:
+    """toy-dit fidelity along longer training (``toy_dit_continue/curve.json``, ``python -m experiments.dit_training_curve``)."""
+    points = _load(ref / "toy_dit_continue" / "curve.json")
+    if not points:
+        return ""
+
+    def cell(p, attr):
+        f = p["fidelity"][attr]
+        return f"{f['rate']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]"
+
+    rows = []
+    for p in points:
+        r = p["recipe"]
+        how = "shipped run" if r.get("shipped") else f"lr {r['lr']:g}, warm-up {r['warmup']}, uniform-t share {r.get('uniform_t_share', 0):g}"
+        rows.append([p["run"], how, p["steps_total"], *[cell(p, a) for a in ("object", "count", "style", "all")], p["n"]])
+    return ("### toy-dit fidelity along longer training\n\n"
+            "Source: `results/reference/toy_dit_continue/curve.json` (`python -m experiments.dit_training_curve`): runs "
+            "warm-started from the shipped checkpoint on a new warm-up + cosine schedule, each exported snapshot scored as "
+            "above (exact readers, seed 0; Wilson 95 % intervals, n samples). Colour and viewpoint stay at 1.00 "
+            "throughout. Figure: [curve.png](../results/reference/toy_dit_continue/curve.png).\n\n"
+            + table(["run", "recipe", "steps in all", "object", "count", "style", "all five", "n"], rows))
