@@ -72,3 +72,14 @@ def test_uniform_t_share_outside_0_1_is_refused(share):
 
     with pytest.raises(ValueError, match="uniform_t_share must be in"):
         DitTrainConfig(uniform_t_share=share)
+
+
+def test_cli_trains_then_warm_starts_with_recipe_fields(tmp_path):
+    from diffloc.cli.app import main
+
+    tiny = ["--set", "n_images=64", "--set", "batch=4", "--set", "num_layers=1", "--set", "num_heads=2", "--set", "head_dim=8"]
+    main(["toy", "train", "--family", "dit", "--out", str(tmp_path / "a"), "--steps", "2", *tiny])
+    main(["toy", "train", "--family", "dit", "--out", str(tmp_path / "b"), "--steps", "1", *tiny,
+          "--init-from", str(tmp_path / "a" / "ckpt" / "dit.pt"), "--set", "lr=2.5e-4"])
+    meta = json.loads((tmp_path / "b" / "dit" / "diffloc.json").read_text())["train_config"]
+    assert meta["init_from"] == str(tmp_path / "a" / "ckpt" / "dit.pt") and meta["lr"] == 2.5e-4 and meta["num_layers"] == 1
