@@ -234,19 +234,23 @@ def dit_bench_section(ref: Path, table: Callable, met: Callable) -> str:
         return ""
     su, sec, t, st, so = b["setup"], b["seconds"], b["targets"], b["screen_targets"], b["screen_over_exact"]
     rows = [[f"`{k}`", f"**{b[k]}**", t[k], met(b[k], t[k])] for k in ("sweep_over_plain", "naive_over_sweep", "peak_mem_ratio")]
-    for name, target in (("atp", st.get("atp denoiser")), ("ig", None), ("attn-contrib", st.get("attn-contrib denoiser"))):
-        if name in so:
-            v = so[name]["denoiser"]
-            rows.append([f"`screen_over_exact` {name}, every block state", f"**{v}** ({sec[f'{name}_denoiser']:.2f} s vs "
-                         f"{sec['exact_denoiser']:.2f} s)", target or "(reported)", met(v, target) if target else ""])
+    for scope in b.get("screen_scopes", ["denoiser"]):
+        for name in so:
+            if scope not in so[name]:
+                continue
+            v, target = so[name][scope], st.get(f"{name} {scope}")
+            what = "every block state" if scope == "denoiser" else "every block state and head"
+            rows.append([f"`screen_over_exact` {name}, {what}", f"**{v}** ({sec[f'{name}_{scope}']:.2f} s vs "
+                         f"{sec[f'exact_{scope}']:.2f} s)", target or "(reported)", met(v, target) if target else ""])
     rows.append(["`peak_mem_ratio_screen` (atp ÷ plain generation)", f"{b['peak_mem_ratio_screen']}", st["peak_mem_ratio_screen"],
                  met(b["peak_mem_ratio_screen"], st["peak_mem_ratio_screen"])])
-    n_rows = b.get("rows_denoiser", "—")
+    scopes = " and ".join(f"the {b.get(f'rows_{sc}', '—')} rows of its `{sc}` scope" for sc in b.get("screen_scopes", ["denoiser"]))
+    flag = "" if "heads" in b.get("screen_scopes", []) else " --no-heads"
     return ("## Tracing toy-dit on the CPU\n\n"
-            f"Source: `results/reference/bench_trace_toy_dit.json` (`diffloc bench trace --model toy-dit --no-heads`). "
+            f"Source: `results/reference/bench_trace_toy_dit.json` (`diffloc bench trace --model toy-dit{flag}`). "
             f"{su['steps']} steps, guidance {su['guidance']}, {su['images_per_call']} images per call, {su['threads']} thread(s), "
-            f"{su['repeats']} repeats; screens over the {n_rows} block states of one prompt × seed. Ratios are measured within "
-            "one run; this run shared the 2-core CPU with three experiment jobs.\n\n"
+            f"{su['repeats']} repeats; screens over {scopes}, one prompt × seed. Ratios are measured within "
+            "one run, on the shared 2-core CPU (other jobs running beside it).\n\n"
             + table(["figure", "measured", "target", ""], rows))
 
 
