@@ -264,6 +264,9 @@ def dit_training_section(ref: Path, table: Callable) -> str:
         f = p["fidelity"][attr]
         return f"{f['rate']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]"
 
+    def low(attr):
+        return min(p["fidelity"][attr]["rate"] for p in points)
+
     rows = []
     for p in points:
         r = p["recipe"]
@@ -272,6 +275,6 @@ def dit_training_section(ref: Path, table: Callable) -> str:
     return ("### toy-dit fidelity along longer training\n\n"
             "Source: `results/reference/toy_dit_continue/curve.json` (`python -m experiments.dit_training_curve`): runs "
             "warm-started from the shipped checkpoint on a new warm-up + cosine schedule, each exported snapshot scored as "
-            "above (exact readers, seed 0; Wilson 95 % intervals, n samples). Colour and viewpoint stay at 1.00 "
-            "throughout. Figure: [curve.png](../results/reference/toy_dit_continue/curve.png).\n\n"
+            "above (exact readers, seed 0; Wilson 95 % intervals, n samples). Lowest colour and viewpoint fidelity over "
+            f"these snapshots: {low('colour'):.2f} and {low('viewpoint'):.2f}. Figure: [curve.png](../results/reference/toy_dit_continue/curve.png).\n\n"
             + table(["run", "recipe", "steps in all", "object", "count", "style", "all five", "n"], rows))
