@@ -356,7 +356,7 @@ def _load_hub(spec: str, dtype: torch.dtype) -> Model:
 
 
 def _from_parts(parts: dict, name: str, source: str | None = None, defaults: dict | None = None) -> Model:
-    """A Model from pipeline components (``{'unet' or 'transformer', 'text_encoder', 'tokenizer', ...}``)."""
+    """A Model from pipeline components (``{family.denoiser: ..., 'text_encoder': ..., 'tokenizer': ..., ...}``)."""
     from .families import denoiser_slots, detect
 
     texts = {k: v.config for k, v in sorted(parts.items()) if k.startswith("text_encoder") and v is not None}

@@ -2,7 +2,7 @@
 
 Usage::
 
-    parts = build_replica("sd1", seed=0)   # {'unet', 'text_encoder', 'tokenizer', 'vae', 'scheduler'}
+    parts = build_replica("sd1", seed=0)   # {FAMILIES.get('sd1').denoiser, 'text_encoder', 'tokenizer', 'vae', 'scheduler'}
     parts = build_replica("sdxl")          # ... plus 'text_encoder_2', 'tokenizer_2'
     save_replica("sd2", "/tmp/tiny-sd2")   # StableDiffusionPipeline.from_pretrained opens it
     real = build_published("sdxl")         # the full published model, on the meta device
@@ -80,11 +80,11 @@ def replica_configs(family: str, widths: Widths = WIDTHS) -> dict:
                  intermediate_size=widths.text_mlp_ratio * hidden, projection_dim=hidden)
         cfgs[f"{t}/config.json"] = c
 
-    unet = dict(pub_unet)
-    n = len(unet["block_out_channels"])
+    den_cfg = dict(pub_unet)
+    n = len(den_cfg["block_out_channels"])
     channels = list(widths.unet_channels[:n])
     heads = [c // widths.unet_head_dim for c in channels]
-    unet.update(
+    den_cfg.update(
         block_out_channels=channels,
         norm_num_groups=widths.norm_groups,
         # SD1 spells "8 heads everywhere" as an int; SD2/SDXL give heads per block as a list.
@@ -92,16 +92,16 @@ def replica_configs(family: str, widths: Widths = WIDTHS) -> dict:
         cross_attention_dim=sum(widths.text_hidden[: len(texts)]),
         sample_size=widths.latent_size,
     )
-    if unet.get("addition_embed_type") == "text_time":
+    if den_cfg.get("addition_embed_type") == "text_time":
         pooled = cfgs[f"{texts[-1]}/config.json"]
         pub_pooled = published(family)[f"{texts[-1]}/config.json"]["projection_dim"]
         n_ids, rest = divmod(pub_unet["projection_class_embeddings_input_dim"] - pub_pooled,
                              pub_unet["addition_time_embed_dim"])
         if rest or n_ids != 6:
             raise AssertionError(f"{family}: unexpected text_time layout ({n_ids} time ids)")
-        unet.update(addition_time_embed_dim=widths.time_ids_dim,
-                    projection_class_embeddings_input_dim=pooled["projection_dim"] + n_ids * widths.time_ids_dim)
-    cfgs[den] = unet
+        den_cfg.update(addition_time_embed_dim=widths.time_ids_dim,
+                       projection_class_embeddings_input_dim=pooled["projection_dim"] + n_ids * widths.time_ids_dim)
+    cfgs[den] = den_cfg
 
     vae = dict(cfgs["vae/config.json"])
     m = len(vae["block_out_channels"])

@@ -6,7 +6,7 @@ Usage::
 
     cfg = TraceConfig(model="toy", attribute="count", component="denoiser", seeds=(0, 1), min_informative=8, min_drop=5)
     table, history = run_until_stable(cfg, "results/count", target=0.9, max_seeds=8)
-    # history: [{'n_seeds': 2, 'n_pairs': 24, 'n_informative': 7, 'spearman': {'clip': {'unet': 0.71}, ...}, 'met': False}, ...]
+    # history: [{'n_seeds': 2, 'n_pairs': 24, 'n_informative': 7, 'spearman': {'clip': {'text_encoder': 0.71}, ...}, 'met': False}, ...]
 
 Each round runs (or resumes) :func:`tracing.sweep.run_sweep` with the seeds so far; units are
 keyed by seed, so a round only computes the new seeds' units (every new seed adds a pair per

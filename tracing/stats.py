@@ -4,7 +4,7 @@ Usage::
 
     boot = bootstrap_effects(table, "clip", n=1000, seed=0)   # site keys, effect, lower, upper, n_pairs
     real = real_effects(boot)                                  # sites whose 95% interval excludes 0
-    split_half(table, "clip", sites=real)                      # {'n_pairs': 8, 'spearman': {'unet': 0.93}, ...}
+    split_half(table, "clip", sites=real)                      # {'n_pairs': 8, 'spearman': {'text_encoder': 0.93}, ...}
 
 The resampling unit is a *prompt × seed pair*: all noise samples and all rows of a pair go
 together, because they share the pair's clean and corrupted images. A resample draws as many

@@ -3,7 +3,7 @@
 Usage::
 
     family = FAMILIES.get("sdxl")              # a registered Family object
-    family.denoiser                            # 'unet' (a DiT family says 'transformer')
+    family.denoiser                            # the denoiser's component name, as the family's pipeline folder spells it
     fam = detect(denoiser_config, {"text_encoder": cfg})   # the family whose structure matches
     table = fam.site_table(denoiser_config, text_configs)
     cond = fam.encode(model, ids, hook_fns)    # Conditioning: embeds [B, T, D] (+ pooled, mask)

@@ -88,7 +88,7 @@ class Family(Protocol):
     """One architecture family. Implementations: :mod:`.unet` (sd1, sd2, sdxl, toy)."""
 
     name: str
-    denoiser: str                       # the pipeline's component name: 'unet' | 'transformer'
+    denoiser: str                       # the pipeline's component (folder) name of the denoiser; each family says its own
     screen_scope: str                   # what `diffloc bench` screens time: 'text_encoder' (UNets) or 'denoiser' (DiTs)
     text_components: tuple[str, ...]    # in pipeline order
     pipeline: str                       # the stock diffusers pipeline class of the family
