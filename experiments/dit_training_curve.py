@@ -86,15 +86,15 @@ def draw(points: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from diffloc.tracing.io import write_plain_json
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--snaps", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args(argv)
     points = collect(a.snaps)
     a.out.mkdir(parents=True, exist_ok=True)
-    tmp = a.out / "curve.json.tmp"
-    tmp.write_text(json.dumps(points, indent=1))
-    tmp.replace(a.out / "curve.json")
+    write_plain_json(points, a.out / "curve.json")
     draw(points, a.out / "curve.png")
     print(a.out / "curve.json", a.out / "curve.png")
 

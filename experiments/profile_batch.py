@@ -50,6 +50,7 @@ def profile(model, batches: list[int], repeats: int = 5) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from diffloc.tracing.io import write_plain_json
     from diffloc.tracing.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -65,10 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     res = {"model": a.model, "ms_per_sequence": ms, "best_batch": best,
            "sweep_batch_over_best": round(ms[max(ms)] / ms[best], 2), "threads": 1, "repeats": a.repeats,
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(a.out)
+    write_plain_json(res, a.out)
     print(json.dumps(res))
 
 

@@ -63,7 +63,6 @@ class DitTrainConfig:
     device: str = "cpu"            # "cuda" trains on a GPU (draws stay on the CPU generator; not bit-identical to CPU)
     init_from: str = ""            # a dit.pt checkpoint: start from its weights (model, EMA, Adam moments) on a new schedule
 
-
     def __post_init__(self):
         if world.SIZE % self.patch_size:
             raise ValueError(f"patch_size must divide {world.SIZE}, got {self.patch_size}")
@@ -144,11 +143,11 @@ def _batch_loss(model, cfg: DitTrainConfig, g: torch.Generator, data: Data, text
     return F.mse_loss(pred, noise - x0)
 
 
-def _warm_start(model, ema, opt, ckpt: Path) -> None:
-    """Load weights, EMA and Adam moments of an earlier run's ``dit.pt``; the schedule starts again at step 0."""
+def _load_state(model, ema, opt, ckpt: Path) -> dict:
+    """Load weights, EMA and Adam moments of a ``dit.pt`` into ``model``, ``ema``, ``opt``; returns the whole state."""
     state = torch.load(ckpt, weights_only=False, map_location="cpu")
     model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
-    print(f"warm start from {ckpt} (its step {state['step']}, EMA {state_hash(ema)})", flush=True)
+    return state
 
 
 def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Path:
@@ -172,12 +171,12 @@ def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Pat
     g = torch.Generator().manual_seed(cfg.seed + 7)
     ck, start = out / "ckpt" / "dit.pt", 0
     if ck.exists():
-        state = torch.load(ck, weights_only=False, map_location="cpu")
-        model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
+        state = _load_state(model, ema, opt, ck)
         g.set_state(state["gen"]); start = state["step"]
         print(f"resumed at step {start}", flush=True)
-    elif cfg.init_from:
-        _warm_start(model, ema, opt, Path(cfg.init_from))
+    elif cfg.init_from:                                          # warm start: the schedule starts again at step 0
+        parent = _load_state(model, ema, opt, Path(cfg.init_from))
+        print(f"warm start from {cfg.init_from} (its step {parent['step']}, EMA {state_hash(ema)})", flush=True)
     _log(out, event="start", step=start, params=sum(p.numel() for p in model.parameters()), config=dataclasses.asdict(cfg))
     t0, run = time.time(), 0.0
     bar = _bar(cfg.steps, start, "toy dit")
