@@ -57,32 +57,17 @@ def collect(snaps: Path) -> list[dict]:
 
 
 def draw(points: list[dict], path: Path) -> None:
-    import matplotlib
+    from experiments.fidelity_plot import draw_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = sorted({p["run"] for p in points})
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
-    for ax, attr in zip(axes, ("object", "count", "style")):
-        for run in runs:
-            pts = [p for p in points if p["run"] == run]
-            x = [p["steps_total"] for p in pts]
-            y = [p["fidelity"][attr]["rate"] for p in pts]
-            lo = [p["fidelity"][attr]["rate"] - p["fidelity"][attr]["ci"][0] for p in pts]
-            hi = [p["fidelity"][attr]["ci"][1] - p["fidelity"][attr]["rate"] for p in pts]
-            r = next(p["recipe"] for p in pts if "shipped" not in p["recipe"])
-            label = f"{run}: lr {r.get('lr')}, uniform t {r.get('uniform_t_share', 0)}"
-            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label)
-        ax.axhline(0.95, color="grey", ls="--", lw=1)
-        ax.set_title(f"{attr} fidelity (exact reader, n = {points[0]['n']} per point, Wilson 95 %)", fontsize=9)
-        ax.set_xlabel("training steps in all (shipped run: 3,500)")
-        ax.set_ylim(0, 1.02)
-    axes[0].set_ylabel("fidelity")
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    series = []
+    for run in sorted({p["run"] for p in points}):
+        pts = [p for p in points if p["run"] == run]
+        r = next(p["recipe"] for p in pts if "shipped" not in p["recipe"])
+        start = "warm start" if r.get("init_from") else "from scratch"
+        label = f"{run}: {start}, patch {r.get('patch_size', 4)}, lr {r.get('lr')}, uniform t {r.get('uniform_t_share', 0)}"
+        series.append((label, [p["steps_total"] for p in pts], [p["fidelity"] for p in pts]))
+    draw_curves(series, ("object", "count", "style"), path, xlabel="training steps in all (shipped run: 3,500)",
+                title="{attr} fidelity (exact reader, n = %d per point, Wilson 95 %%)" % points[0]["n"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -270,11 +270,42 @@ def dit_training_section(ref: Path, table: Callable) -> str:
     rows = []
     for p in points:
         r = p["recipe"]
-        how = "shipped run" if r.get("shipped") else f"lr {r['lr']:g}, warm-up {r['warmup']}, uniform-t share {r.get('uniform_t_share', 0):g}"
+        start = "warm start" if r.get("init_from") else "from scratch"
+        how = ("shipped run" if r.get("shipped") else
+               f"{start}, patch {r.get('patch_size', 4)}, lr {r['lr']:g}, warm-up {r['warmup']}, uniform-t share {r.get('uniform_t_share', 0):g}")
         rows.append([p["run"], how, p["steps_total"], *[cell(p, a) for a in ("object", "count", "style", "all")], p["n"]])
     return ("### toy-dit fidelity along longer training\n\n"
             "Source: `results/reference/toy_dit_continue/curve.json` (`python -m experiments.dit_training_curve`): runs "
-            "warm-started from the shipped checkpoint on a new warm-up + cosine schedule, each exported snapshot scored as "
+            "warm-started from the shipped checkpoint on a new warm-up + cosine schedule, or trained from scratch with another "
+            "recipe (a cosine schedule over that run's own steps), each exported snapshot scored as "
             "above (exact readers, seed 0; Wilson 95 % intervals, n samples). Lowest colour and viewpoint fidelity over "
             f"these snapshots: {low('colour'):.2f} and {low('viewpoint'):.2f}. Figure: [curve.png](../results/reference/toy_dit_continue/curve.png).\n\n"
             + table(["run", "recipe", "steps in all", "object", "count", "style", "all five", "n"], rows))
+
+
+def dit_denoise_section(ref: Path, table: Callable) -> str:
+    """Where toy-dit loses object and count along the sampling path (``toy_dit_denoise/probe.json``,
+    ``python -m experiments.dit_denoise_probe``)."""
+    probe = _load(ref / "toy_dit_denoise" / "probe.json")
+    if not probe:
+        return ""
+    res = probe["results"]
+    sigmas = sorted({r["sigma0"] for x in res for r in x["rows"]})
+    rows = []
+    for x in res:
+        for mode in dict.fromkeys(r["mode"] for r in x["rows"]):
+            by = {r["sigma0"]: r["fidelity"] for r in x["rows"] if r["mode"] == mode}
+            for attr in ("object", "count", "all"):
+                rows.append([x["model"], mode, attr, *[(lambda f: f"{f['rate']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]")(by[s][attr])
+                                                       if s in by else "—" for s in sigmas]])
+    first = res[0]
+    return ("### Where along the sampling path toy-dit loses an attribute\n\n"
+            "Source: `results/reference/toy_dit_denoise/probe.json` (`python -m experiments.dit_denoise_probe`): each of "
+            f"{first['n_prompts']} balanced prompts' exact render is noised to σ₀ and denoised by the model "
+            f"({first['steps']} Euler steps on σ₀ … 0, the shipped σ's scaled by σ₀; σ₀ = 1 is plain generation), then read "
+            f"exactly. Guidance: `none` (scale 1), `full` ({first['guidance_scale']:g} at every step, the shipped sampler), "
+            f"`interval` ({first['guidance_scale']:g} only while σ > {first['interval_below']:g}). Cells: rate [Wilson 95 %]; "
+            f"n = {first['n_prompts']} per cell. Colour, style and viewpoint are in the file. Figure: "
+            "[probe.png](../results/reference/toy_dit_denoise/probe.png); samples (render, then one row per σ₀): "
+            "[full](../results/reference/toy_dit_denoise/samples_full.png).\n\n"
+            + table(["model", "guidance", "attribute", *[f"σ₀ = {s:g}" for s in sigmas]], rows))
