@@ -18,12 +18,14 @@ limited interval, Kynkäänniemi et al., NeurIPS 2024). Prompts are ``evaluate.b
 (every value of every attribute ``--n-per-value`` times), each with a random caption template.
 
 Writes ``OUT/probe.json`` (fidelity per attribute with Wilson 95 % intervals and n, per σ₀ and mode),
-``OUT/probe.png`` and ``OUT/samples_<mode>.png`` (the first 16 prompts at every σ₀, rows by σ₀).
+``OUT/probe.png`` and ``OUT/samples_<mode>.png`` (the first 16 prompts at every σ₀, rows by σ₀; another
+``--label`` writes ``samples_<label>_<mode>.png``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +101,8 @@ def run(model_spec: str, label: str, sigmas, modes, steps: int, n_per_value: int
             res["rows"].append({"mode": mode, "sigma0": s0, "fidelity": fidelity(img, attrs)})
             strips.append(img[:16])
             print(json.dumps(res["rows"][-1]["fidelity"]["object"]), mode, s0, flush=True)
-        _save_strips(out / f"samples_{mode}.png", (world.to_float(world.render_batch(attrs[:16], seed=1)), *strips))
+        name = f"samples_{mode}.png" if label == "shipped" else f"samples_{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}_{mode}.png"
+        _save_strips(out / name, (world.to_float(world.render_batch(attrs[:16], seed=1)), *strips))
     return res
 
 
@@ -120,7 +123,7 @@ def draw(results: list[dict], path: Path) -> None:
             rows = [r for r in res["rows"] if r["mode"] == mode]
             series.append((f"{res['model']}, guidance {mode}", [r["sigma0"] for r in rows], [r["fidelity"] for r in rows]))
     draw_curves(series, ("object", "count", "all"), path, xlabel="start noise level σ₀ (1 = generation from pure noise)",
-                title="{attr}: kept from start level σ₀ (n = %d, Wilson 95 %%)" % results[0]["n_prompts"], legend_loc="lower left")
+                title="{attr}: kept from start level σ₀ (n = %d, Wilson 95 %%)" % results[0]["n_prompts"], legend_loc="below")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,8 @@ Usage::
     draw_curves([("r2: lr 5e-4", [3500, 4000], [fid_a, fid_b])], ("object", "count"), "out.png",
                 xlabel="training steps", title="{attr} fidelity (n = 100, Wilson 95 %)")
 
-Each ``fid`` maps an attribute to ``{"rate": r, "ci": [lo, hi]}``; one panel per attribute, the 0.95 target dashed.
+Each ``fid`` maps an attribute to ``{"rate": r, "ci": [lo, hi]}``; one panel per attribute, the 0.95 target dashed;
+``legend_loc="below"`` puts one legend under the panels.
 """
 from __future__ import annotations
 
@@ -31,7 +32,13 @@ def draw_curves(series: list[tuple[str, list[float], list[dict]]], attrs, path: 
         ax.set_xlabel(xlabel)
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("exact-reader fidelity")
-    axes[0].legend(fontsize=7, loc=legend_loc)
-    fig.tight_layout()
+    if legend_loc == "below":                                    # many series: one legend under the panels
+        rows = -(-len(series) // 3)
+        fig.set_size_inches(13, 3.8 + 0.25 * rows)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7)
+        fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))
+    else:
+        axes[0].legend(fontsize=7, loc=legend_loc)
+        fig.tight_layout()
     fig.savefig(path, dpi=115)
     plt.close(fig)
