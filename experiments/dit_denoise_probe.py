@@ -36,7 +36,6 @@ from diffloc.tracing.io import write_plain_json
 
 SIGMAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 MODES = ("none", "full", "interval")
-ATTRS = ("object", "colour", "style", "viewpoint", "count")
 
 
 @torch.no_grad()
@@ -67,15 +66,12 @@ def denoise_from(model, prompts: list[str], x0: torch.Tensor, sigma0: float, ste
 
 
 def fidelity(images: torch.Tensor, attrs: list[dict]) -> dict:
-    """Per attribute (and all five): rate, Wilson 95 % interval, n."""
-    from diffloc_toy import world
+    """Per attribute (and all five): rate, Wilson 95 % interval, n; the readings are ``diffloc_toy.evaluate.fidelity``'s."""
+    from diffloc_toy.evaluate import fidelity as rates
 
-    reads = [world.read(im) for im in images]
-    out = {}
-    for a in (*ATTRS, "all"):
-        k = sum(all(r[b] == t[b] for b in ATTRS) if a == "all" else r[a] == t[a] for r, t in zip(reads, attrs))
-        out[a] = {"rate": round(k / len(attrs), 3), "ci": [round(c, 3) for c in wilson(k, len(attrs))], "n": len(attrs)}
-    return out
+    n = len(attrs)
+    return {a: {"rate": round(r, 3), "ci": [round(c, 3) for c in wilson(round(r * n), n)], "n": n}
+            for a, r in rates(images, attrs)[0].items()}
 
 
 def run(model_spec: str, label: str, sigmas, modes, steps: int, n_per_value: int, below: float, out: Path) -> dict:
@@ -137,11 +133,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-per-value", type=int, default=25)
     p.add_argument("--interval-below", type=float, default=0.4)
     a = p.parse_args(argv)
+    modes, sigmas = a.modes.split(","), a.sigmas.split(",")
+    if not set(modes) <= set(MODES):
+        p.error(f"--modes: {a.modes!r} names an unknown mode; choose from {', '.join(MODES)}")
+    try:
+        sigmas = [float(s) for s in sigmas]
+    except ValueError:
+        p.error(f"--sigmas must be comma-separated numbers in (0, 1], got {a.sigmas!r}")
+    if not all(0 < s <= 1 for s in sigmas):
+        p.error(f"--sigmas must lie in (0, 1], got {a.sigmas!r}")
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "probe.json"
     old = json.loads(path.read_text())["results"] if path.exists() else []
-    res = run(a.model, a.label, [float(s) for s in a.sigmas.split(",")], a.modes.split(","), a.steps, a.n_per_value,
+    res = run(a.model, a.label, sigmas, modes, a.steps, a.n_per_value,
               a.interval_below, a.out)
     results = [r for r in old if r["model"] != a.label] + [res]
     write_plain_json({"version": 1, "results": results}, path)

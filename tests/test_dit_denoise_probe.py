@@ -57,3 +57,14 @@ def test_fidelity_counts_reader_agreement_with_wilson_intervals():
     wrong = [dict(a, object="diamond" if a["object"] != "diamond" else "circle") if i < 2 else a for i, a in enumerate(attrs)]
     got = fidelity(imgs, wrong)
     assert got["object"]["rate"] == 0.75 and got["colour"]["rate"] == 1.0 and got["all"]["rate"] == 0.75
+
+
+@pytest.mark.parametrize("args, said", [(["--modes", "full,bogus"], "--modes"), (["--sigmas", "0.4,1.5"], "(0, 1]"),
+                                        (["--sigmas", "half"], "--sigmas")])
+def test_bad_options_exit_2_naming_what_is_allowed(tmp_path, capsys, args, said):
+    from experiments.dit_denoise_probe import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path), *args])
+    assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "probe.json").exists()
