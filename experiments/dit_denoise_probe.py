@@ -98,7 +98,7 @@ def run(model_spec: str, label: str, sigmas, modes, steps: int, n_per_value: int
             strips.append(img[:16])
             print(json.dumps(res["rows"][-1]["fidelity"]["object"]), mode, s0, flush=True)
         name = f"samples_{mode}.png" if label == "shipped" else f"samples_{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}_{mode}.png"
-        _save_strips(out / name, (world.to_float(world.render_batch(attrs[:16], seed=1)), *strips))
+        _save_strips(out / name, (x0[:16] / 2 + 0.5, *strips))                     # the renders, then a row per σ₀
     return res
 
 

@@ -254,15 +254,16 @@ def dit_bench_section(ref: Path, table: Callable, met: Callable) -> str:
             + table(["figure", "measured", "target", ""], rows))
 
 
+def _rate_ci(f: dict) -> str:
+    """'0.40 [0.31, 0.50]' from a fidelity entry ``{"rate": r, "ci": [lo, hi]}``."""
+    return f"{f['rate']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]"
+
+
 def dit_training_section(ref: Path, table: Callable) -> str:
     """toy-dit fidelity along longer training (``toy_dit_continue/curve.json``, ``python -m experiments.dit_training_curve``)."""
     points = _load(ref / "toy_dit_continue" / "curve.json")
     if not points:
         return ""
-
-    def cell(p, attr):
-        f = p["fidelity"][attr]
-        return f"{f['rate']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]"
 
     def low(attr):  # from 1,000 steps on: early from-scratch snapshots have not yet learnt the layout
         return min(p["fidelity"][attr]["rate"] for p in points if p["steps_total"] >= 1000)
@@ -273,7 +274,7 @@ def dit_training_section(ref: Path, table: Callable) -> str:
         start = "warm start" if r.get("init_from") else "from scratch"
         how = ("shipped run" if r.get("shipped") else
                f"{start}, patch {r.get('patch_size', 4)}, lr {r['lr']:g}, warm-up {r['warmup']}, uniform-t share {r.get('uniform_t_share', 0):g}")
-        rows.append([p["run"], how, p["steps_total"], *[cell(p, a) for a in ("object", "count", "style", "all")], p["n"]])
+        rows.append([p["run"], how, p["steps_total"], *[_rate_ci(p["fidelity"][a]) for a in ("object", "count", "style", "all")], p["n"]])
     return ("### toy-dit fidelity along longer training\n\n"
             "Source: `results/reference/toy_dit_continue/curve.json` (`python -m experiments.dit_training_curve`): runs "
             "warm-started from the shipped checkpoint on a new warm-up + cosine schedule, or trained from scratch with another "
@@ -296,8 +297,7 @@ def dit_denoise_section(ref: Path, table: Callable) -> str:
         for mode in dict.fromkeys(r["mode"] for r in x["rows"]):
             by = {r["sigma0"]: r["fidelity"] for r in x["rows"] if r["mode"] == mode}
             for attr in ("object", "count", "all"):
-                rows.append([x["model"], mode, attr, *[(lambda f: f"{f['rate']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]")(by[s][attr])
-                                                       if s in by else "—" for s in sigmas]])
+                rows.append([x["model"], mode, attr, *[_rate_ci(by[s][attr]) if s in by else "—" for s in sigmas]])
     first = res[0]
     return ("### Where along the sampling path toy-dit loses an attribute\n\n"
             "Source: `results/reference/toy_dit_denoise/probe.json` (`python -m experiments.dit_denoise_probe`): each of "
