@@ -309,3 +309,29 @@ def dit_denoise_section(ref: Path, table: Callable) -> str:
             "[probe.png](../results/reference/toy_dit_denoise/probe.png); samples (render, then one row per σ₀): "
             "[full](../results/reference/toy_dit_denoise/samples_full.png).\n\n"
             + table(["model", "guidance", "attribute", *[f"σ₀ = {s:g}" for s in sigmas]], rows))
+
+
+def dit_sampler_section(ref: Path, table: Callable) -> str:
+    """Whether sampler settings rescue toy-dit's shapes (``toy_dit_eval/sampler_sweep.json`` and
+    ``guidance_sweep.json``, ``python -m diffloc_toy.evaluate --steps-sweep/--shift-sweep/--sweep``)."""
+    from diffloc.evaluate import wilson
+
+    steps, guid = _load(ref / "toy_dit_eval" / "sampler_sweep.json"), _load(ref / "toy_dit_eval" / "guidance_sweep.json")
+    if not steps:
+        return ""
+
+    def cells(f: dict, n: int) -> list[str]:
+        return [_rate_ci({"rate": f[a], "ci": wilson(round(f[a] * n), n)}) for a in ("object", "count", "style", "all")]
+
+    rows = []
+    for key, f in steps["fidelity"].items():
+        n_steps, shift = (part.split("=")[1] for part in key.split(","))
+        rows.append([n_steps, shift, f"{steps['guidance_scale']:g}", *cells(f, steps["n_samples"]), steps["n_samples"]])
+    for scale, f in (guid or {}).get("fidelity", {}).items():
+        rows.append([guid["num_inference_steps"], "1.0", f"{float(scale):g}", *cells(f, guid["n_samples"]), guid["n_samples"]])
+    return ("### Sampler settings do not rescue toy-dit's shapes\n\n"
+            "Source: `results/reference/toy_dit_eval/sampler_sweep.json` (`python -m diffloc_toy.evaluate --model toy-dit "
+            "--n-per-value 25 --steps-sweep 20,50,100 --shift-sweep 0.5,3`: evaluate's prompts and seed 0, Euler steps at "
+            "shift 1, then the shift at 20 steps) and `guidance_sweep.json` (`--sweep 2,3,5,7`, seed 100). Shipped weights; "
+            "cells: rate [Wilson 95 %]. Colour and viewpoint are 1.00 in every row (in the files).\n\n"
+            + table(["Euler steps", "shift", "guidance", "object", "count", "style", "all five", "n"], rows))

@@ -28,6 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from diffloc.tracing.errors import ConfigError
+
 from . import world
 from .scorer import image_features, load_toy_scorer, text_features
 
@@ -43,6 +45,14 @@ def balanced_attrs(n_per_value: int, seed: int) -> list[dict[str, str]]:
         rng.shuffle(col)
         cols[k] = col
     return [{k: cols[k][i] for k in world.ATTRIBUTES} for i in range(n)]
+
+
+def eval_prompts(n_per_value: int, seed: int) -> tuple[list[dict[str, str]], list[str]]:
+    """The evaluation's balanced attributes and their captions (a random template each, from ``seed + 1``)."""
+    attrs = balanced_attrs(n_per_value, seed)
+    rng = np.random.default_rng(seed + 1)
+    templates = [int(t) for t in rng.integers(len(world.TEMPLATES), size=len(attrs))]
+    return attrs, [world.caption(a, t) for a, t in zip(attrs, templates)]
 
 
 # ---------------------------------------------------------------------------- generation
@@ -156,10 +166,7 @@ def evaluate(out_dir: str | Path, model_dir: str | Path | None = None, n_per_val
     model = model if model is not None else load(model_dir)
     g = float(guidance_scale if guidance_scale is not None else model.defaults.get("guidance_scale", 2.0))
     steps = int(num_inference_steps or model.defaults.get("num_inference_steps", 20))
-    attrs = balanced_attrs(n_per_value, seed)
-    rng = np.random.default_rng(seed + 1)
-    templates = [int(t) for t in rng.integers(len(world.TEMPLATES), size=len(attrs))]
-    prompts = [world.caption(a, t) for a, t in zip(attrs, templates)]
+    attrs, prompts = eval_prompts(n_per_value, seed)
     t0 = time.time()
     images = generate(model, prompts, seed=seed, num_inference_steps=steps, guidance_scale=g)
     gen_s = time.time() - t0
@@ -216,6 +223,31 @@ def sweep_guidance(out_dir: str | Path, scales: Sequence[float], model_dir: str 
     return res
 
 
+def sweep_sampler(out_dir: str | Path, steps: Sequence[int], shifts: Sequence[float], model_dir: str | Path | None = None,
+                  n_per_value: int = 25, seed: int = 0) -> dict:
+    """Fidelity over sampler settings, on ``evaluate``'s own prompts and seeds: each number of
+    steps at the scheduler's own shift, then each flow-matching ``shift`` at the model's default
+    steps (guidance stays the model's). Writes ``sampler_sweep.json``: ``{"steps=N,shift=S": rates}``."""
+    model = load(model_dir)
+    if shifts and "shift" not in model.scheduler.config:
+        raise ConfigError(f"a shift sweep needs a flow-matching scheduler; {model.name}'s is {type(model.scheduler).__name__}")
+    base, sched = dict(model.scheduler.config), type(model.scheduler)
+    default_steps, g = int(model.defaults.get("num_inference_steps", 20)), float(model.defaults.get("guidance_scale", 2.0))
+    settings = [(n, base.get("shift")) for n in steps] + [(default_steps, s) for s in shifts]
+    attrs, prompts = eval_prompts(n_per_value, seed)
+    res = {}
+    for n, shift in settings:
+        if shift is not None:
+            model.scheduler = sched.from_config(base, shift=shift)
+        res[f"steps={n},shift={shift}"] = fidelity(generate(model, prompts, seed, n, g), attrs)[0]
+        print(n, shift, json.dumps(res[f"steps={n},shift={shift}"]), flush=True)
+    record = {"n_samples": len(attrs), "seed": seed, "guidance_scale": g, "scheduler": sched.__name__, "fidelity": res}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sampler_sweep.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Evaluate the toy model and scorer.")
     p.add_argument("--out", required=True)
@@ -226,9 +258,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scorer", default=None, help="open_clip scorer folder (default: the shipped toy scorer)")
     p.add_argument("--sweep", default=None, help="comma-separated guidance scales to compare instead")
     p.add_argument("--write-default", action="store_true", help="with --sweep: store the best scale in the model's diffloc.json")
+    p.add_argument("--steps-sweep", default=None, help="comma-separated numbers of sampling steps to compare instead")
+    p.add_argument("--shift-sweep", default=None, help="comma-separated flow-matching shifts to compare (with or without --steps-sweep)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    if a.sweep:
+    if a.steps_sweep or a.shift_sweep:
+        try:
+            steps = [int(s) for s in a.steps_sweep.split(",")] if a.steps_sweep else []
+            shifts = [float(s) for s in a.shift_sweep.split(",")] if a.shift_sweep else []
+        except ValueError:
+            p.error("--steps-sweep takes integers and --shift-sweep numbers, comma-separated, e.g. 20,50,100 and 0.5,3")
+        if any(n < 1 for n in steps) or any(not s > 0 for s in shifts):
+            p.error("--steps-sweep values must be >= 1 and --shift-sweep values > 0")
+        try:
+            sweep_sampler(a.out, steps, shifts, a.model, a.n_per_value, a.seed)
+        except ConfigError as e:
+            p.error(str(e))
+    elif a.sweep:
         sweep_guidance(a.out, [float(s) for s in a.sweep.split(",")], a.model, write_default=a.write_default)
     else:
         print(json.dumps(evaluate(a.out, a.model, a.n_per_value, a.seed, a.guidance, scorer_dir=a.scorer), indent=2))
