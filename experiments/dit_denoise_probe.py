@@ -41,11 +41,12 @@ MODES = ("none", "full", "interval")
 @torch.no_grad()
 def denoise_from(model, prompts: list[str], x0: torch.Tensor, sigma0: float, steps: int, scale_of,
                  noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Images [B, 3, H, W] in [0, 1]: ``x0`` [B, 3, H, W] in [-1, 1] noised to ``sigma0``, then ``steps`` Euler steps to 0.
+    """Images [B, 3, H, W] in [0, 1]: ``x0`` [B, 3, H, W] in [-1, 1] (encoded first if the model is latent) noised to
+    ``sigma0``, then ``steps`` Euler steps to 0.
 
     The σ's are the shipped sampler's ``steps`` levels scaled by ``sigma0`` (at ``sigma0`` = 1 this is plain
     generation from ``noise``, step for step). ``scale_of(sigma)`` is the guidance scale at noise level ``sigma``."""
-    from diffloc.tracing.sampler import decode, encode
+    from diffloc.tracing.sampler import decode, encode, encode_images
 
     family = model.family
     sched = type(model.scheduler).from_config(model.scheduler.config)
@@ -53,6 +54,8 @@ def denoise_from(model, prompts: list[str], x0: torch.Tensor, sigma0: float, ste
         raise ValueError("the probe scales the shipped σ's and needs an unshifted FlowMatchEuler scheduler (toy-dit's)")
     sched.set_timesteps(steps)
     sched.set_timesteps(sigmas=(sched.sigmas[:-1] * sigma0).numpy())           # [steps] levels from sigma0 down
+    if model.vae is not None:                                                   # a latent model's x0 is its VAE's latent
+        x0 = encode_images(model, x0 / 2 + 0.5)
     if noise is None:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     x = sched.scale_noise(x0, sched.timesteps[:1].expand(len(x0)), noise)      # (1 − σ₀)·x₀ + σ₀·ε

@@ -25,6 +25,7 @@ from experiments.make_docs_bench import benchmarks_page
 from experiments.make_docs_dit import (
     dit_denoise_section,
     dit_edit_sections,
+    dit_latent_section,
     dit_sampler_section,
     dit_swap_section,
     dit_training_section,
@@ -294,7 +295,7 @@ def findings_page() -> str:
             "the protocols work, is in [tracing.md](tracing.md) (localisation and screens) and "
             "[editing.md](editing.md) (edits); the toy world itself is in [toy_world.md](toy_world.md).\n\n"
             + "\n".join(s for s in [evidence_sections(REF, md_table), _figures(), informative_section(REF, md_table), _toy_fidelity(), dit_training_section(REF, md_table),
-                                     dit_sampler_section(REF, md_table), dit_denoise_section(REF, md_table), _dit_findings(), dit_swap_section(REF, md_table), _edits(), _diagnosis(),
+                                     dit_sampler_section(REF, md_table), dit_latent_section(REF, md_table), dit_denoise_section(REF, md_table), _dit_findings(), dit_swap_section(REF, md_table), _edits(), _diagnosis(),
                                      _many_edits(), dit_edit_sections(REF, md_table, _cell)] if s))
 
 

@@ -200,8 +200,10 @@ def _toy_dit_dir() -> Path:
 
 def _load_toy_dit(folder: Path, dtype: torch.dtype, name: str) -> Model:
     """A toy-dit export: ``transformer/``, ``scheduler/``, ``diffloc.json`` whose ``text_encoder_from``
-    (relative to the folder) holds the frozen toy ``text_encoder/`` and ``tokenizer/``."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    (relative to the folder) holds the frozen toy ``text_encoder/`` and ``tokenizer/``; with a ``vae/``
+    (an ``AutoencoderKL`` whose config carries ``scaling_factor`` and ``shift_factor``, as SD3's) it is
+    a latent model and samples are decoded by it, else it draws pixels."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     defaults = _read_defaults(folder)
@@ -216,7 +218,8 @@ def _load_toy_dit(folder: Path, dtype: torch.dtype, name: str) -> Model:
                           "transformer": SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", dtype=dtype)},
                  tokenizers={"text_encoder": CLIPTokenizer.from_pretrained(text_dir, subfolder="tokenizer")},
                  scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
-                 defaults=defaults, source=str(folder), corpus=corpus, world=world if world in WORLDS else "sd")
+                 defaults=defaults, source=str(folder), corpus=corpus, world=world if world in WORLDS else "sd",
+                 vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype) if (folder / "vae").is_dir() else None)
 
 
 # Sampling defaults of a hub id / folder / file, as its stock diffusers pipeline has them (FLUX.1-schnell: 4 steps, no guidance)

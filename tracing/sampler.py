@@ -252,6 +252,20 @@ def _windowed(rows: list[tuple[int, tuple[int, int] | None]], R: int, guided: bo
 
 
 @torch.no_grad()
+def encode_images(model: Model, images: torch.Tensor) -> torch.Tensor:
+    """``decode``'s inverse: float images [B, 3, H, W] in [0, 1] to what the denoiser samples (the VAE's
+    posterior mean, shifted and scaled as ``decode`` undoes it; pixels in [-1, 1] for pixel-space models)."""
+    x = images.to(model.device) * 2 - 1
+    if model.vae is None:
+        return x
+    vae = model.vae
+    z = vae.encode(x.to(vae.dtype)).latent_dist.mean
+    if getattr(vae.config, "shift_factor", None) is not None:
+        z = z - vae.config.shift_factor
+    return z * vae.config.scaling_factor
+
+
+@torch.no_grad()
 def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
     """Latents (or pixels, for pixel-space models) to float images [B, 3, H, W] in [0, 1]."""
     return _decode(model, latents)
