@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -138,7 +139,6 @@ class LatentDit:
 def export(lat: LatentDit, net, dest: Path, steps_trained: int) -> Path:
     """A toy-dit folder ``load_model`` opens as a latent model: ``transformer/``, ``vae/`` (its config carrying
     the latent ``scaling_factor`` and ``shift_factor``, as SD3's), ``scheduler/``, ``diffloc.json``."""
-    import os
     import shutil
 
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -177,15 +177,32 @@ def score(lat: LatentDit, net, step: int, out: Path) -> dict:
     return row
 
 
+def _latent_loss(model, lat: LatentDit, data, g: torch.Generator, seq, pooled, device: str) -> torch.Tensor:
+    """Rectified-flow loss of one batch of 64 on the VAE's latents; every draw from the CPU generator ``g``."""
+    x0, _, cap = data.batch(g, 64)
+    z0 = lat.latents(x0)                                                          # [64, 8, 8, 8], unit std
+    drop = torch.rand(len(z0), generator=g) < 0.1                                 # draws on the CPU generator, on any device
+    sigma = torch.sigmoid(torch.randn(len(z0), generator=g))                      # logit-normal, as SD3
+    noise = torch.randn(z0.shape, generator=g)
+    cap, drop, sigma, noise = (v.to(device) for v in (cap, drop, sigma, noise))
+    c = torch.where(drop[:, None, None], lat.un_seq.expand(len(z0), -1, -1), seq[cap])   # [64, 77, 64]
+    p = torch.where(drop[:, None], lat.un_pooled.expand(len(z0), -1), pooled[cap])       # [64, 64]
+    s = sigma.view(-1, 1, 1, 1)
+    pred = model((1 - s) * z0 + s * noise, encoder_hidden_states=c, pooled_projections=p, timestep=sigma * 1000).sample
+    return F.mse_loss(pred, noise - z0)
+
+
 def train_latent_dit(out: Path, vae_dir: str, steps: int, every: int = 500, device: str = "cpu",
-                     init_from: str | None = None, lr: float = 1e-3, warmup: int = 200) -> None:
-    """From scratch, or (``init_from``: an earlier run's OUT/transformer) warm-started on a new warm-up + cosine."""
+                     init_from: str | None = None, lr: float = 1e-3, warmup: int = 200, ckpt_every: int = 100,
+                     n_images: int = 60_000) -> None:
+    """From scratch, or (``init_from``: an earlier run's OUT/transformer) warm-started on a new warm-up + cosine.
+    Resumable: ``OUT/ckpt.pt`` (weights, EMA, Adam, generator) every ``ckpt_every`` steps; a rerun goes on from it."""
     from diffusers import SD3Transformer2DModel
 
     from diffloc_toy.train_base import Data, ToyTrainConfig, _lr, _seed_all, ema_update
     from diffloc_toy.train_dit import encode
 
-    data = Data(ToyTrainConfig(seed=0, n_images=60_000))
+    data = Data(ToyTrainConfig(seed=0, n_images=n_images))
     lat = LatentDit(vae_dir, data.images[:2000], device)
     seq, pooled = (t.to(device) for t in encode(lat.te, lat.tok, data.captions))   # [C, 77, 64], [C, 64]
     _seed_all(5)
@@ -197,27 +214,26 @@ def train_latent_dit(out: Path, vae_dir: str, steps: int, every: int = 500, devi
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(7 if not init_from else 8)
+    g, first, ck = torch.Generator().manual_seed(7 if not init_from else 8), 0, out / "ckpt.pt"
+    if ck.exists():
+        state = torch.load(ck, weights_only=False, map_location=device)
+        model.load_state_dict(state["model"]); ema.load_state_dict(state["ema"]); opt.load_state_dict(state["opt"])
+        g.set_state(state["gen"]); first = state["step"]
+        print(f"resumed at step {first}", flush=True)
     (out / "latent_norm.json").write_text(json.dumps({"shift": lat.shift, "scale": lat.scale, "vae": str(vae_dir)}))
-    for step in range(steps):
+    for step in range(first, steps):
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, steps, lr, warmup)
-        x0, _, cap = data.batch(g, 64)
-        z0 = lat.latents(x0)                                                      # [64, 8, 8, 8], unit std
-        drop = torch.rand(len(z0), generator=g) < 0.1                             # draws on the CPU generator, on any device
-        sigma = torch.sigmoid(torch.randn(len(z0), generator=g))                  # logit-normal, as SD3
-        noise = torch.randn(z0.shape, generator=g)
-        cap, drop, sigma, noise = (v.to(device) for v in (cap, drop, sigma, noise))
-        c = torch.where(drop[:, None, None], lat.un_seq.expand(len(z0), -1, -1), seq[cap])
-        p = torch.where(drop[:, None], lat.un_pooled.expand(len(z0), -1), pooled[cap])
-        s = sigma.view(-1, 1, 1, 1)
-        pred = model((1 - s) * z0 + s * noise, encoder_hidden_states=c, pooled_projections=p, timestep=sigma * 1000).sample
-        loss = F.mse_loss(pred, noise - z0)
+        loss = _latent_loss(model, lat, data, g, seq, pooled, device)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema_update(ema, model, step, 0.999)
+        if (step + 1) % ckpt_every == 0 or step + 1 == steps:
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "gen": g.get_state(),
+                        "step": step + 1}, str(ck) + ".tmp")
+            os.replace(str(ck) + ".tmp", ck)
         if (step + 1) % every == 0 or step + 1 == steps:
             score(lat, ema.eval(), step + 1, out)
             ema.save_pretrained(out / "transformer")

@@ -106,3 +106,46 @@ def test_encode_images_inverts_decode_and_the_probe_keeps_a_lightly_noised_laten
     near = denoise_from(model, prompts, images * 2 - 1, 0.02, 4, lambda s: 3.0)
     far = denoise_from(model, prompts, images * 2 - 1, 1.0, 4, lambda s: 3.0)
     assert (near - recon).abs().mean() < 0.5 * (far - recon).abs().mean()
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_weights(tmp_path, monkeypatch):
+    """Killed after its checkpoint at step 2 and rerun, a 4-step run ends with the weights, EMA and Adam state of
+    one that ran straight through, bit for bit (every draw comes from the generator held in the checkpoint)."""
+    import experiments.dit_latent as dl
+
+    torch.set_num_threads(1)
+    torch.manual_seed(3)
+    dl.new_vae().save_pretrained(tmp_path / "vae")
+    monkeypatch.setattr(dl, "score", lambda *a, **k: None)
+    monkeypatch.setattr(dl, "export", lambda *a, **k: None)
+    kw = dict(vae_dir=str(tmp_path / "vae"), steps=4, every=10, ckpt_every=2, n_images=2000)
+    (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir()
+    dl.train_latent_dit(tmp_path / "a", **kw)
+
+    real, calls = dl._latent_loss, []
+
+    def dies_at_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(dl, "_latent_loss", dies_at_step_3)
+    try:
+        dl.train_latent_dit(tmp_path / "b", **kw)
+    except KeyboardInterrupt:
+        pass
+    assert torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)["step"] == 2
+    rerun = []
+    monkeypatch.setattr(dl, "_latent_loss", lambda *a, **k: (rerun.append(1), real(*a, **k))[1])
+    dl.train_latent_dit(tmp_path / "b", **kw)
+    assert len(rerun) == 2                                     # the rerun trained steps 3 and 4 only: it resumed
+    a, b = (torch.load(tmp_path / x / "ckpt.pt", weights_only=False) for x in "ab")
+    assert a["step"] == b["step"] == 4
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert torch.equal(a["gen"], b["gen"])
+    assert float(a["opt"]["state"][0]["step"]) == float(b["opt"]["state"][0]["step"]) == 4      # four Adam steps in both
+    for k, v in a["opt"]["state"][0].items():
+        assert torch.equal(v, b["opt"]["state"][0][k]), k
