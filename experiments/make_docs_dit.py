@@ -362,10 +362,11 @@ def dit_latent_section(ref: Path, table: Callable) -> str:
     for p in warm:                                          # warm start from the 2,000-step EMA, steps counted in all
         rows.append([f"latent, warm start (lr {p['lr']:g}, cosine over {p['schedule']:,})", p["step_total"],
                      *cells(p["fidelity"], p["n"]), p["n"]])
-    official = _load(ref / "toy_dit_latent" / "toy_eval_2000.json")
-    if official:
-        f, n = official["fidelity"], official["n_samples"]
-        rows.append(["latent, `diffloc toy evaluate`", official.get("steps_trained", 2000), *cells(f, n), n])
+    for steps in (2000, 4500):                              # the exports, through the project's own evaluation
+        official = _load(ref / "toy_dit_latent" / f"toy_eval_{steps}.json")
+        if official:
+            f, n = official["fidelity"], official["n_samples"]
+            rows.append(["latent, `diffloc toy evaluate`", steps, *cells(f, n), n])
     warm_text = ("Warm-start rows continue the 2,000-step EMA on a new schedule (`dit --init-from DIR/transformer --lr 5e-4 "
                  "--warmup 100`: fresh Adam, generator seed 8), steps counted in all. " if warm else "")
     more = _load(ref / "toy_dit_latent" / "ae_check_6000.json")
@@ -377,9 +378,11 @@ def dit_latent_section(ref: Path, table: Callable) -> str:
             "the ceiling of any model decoded by it. The shipped transformer (6 blocks, width 128) trained on its latents "
             "at patch 1 sees 64 image tokens, as the pixel model at patch 4 does, with runs r5/r6's recipe from scratch "
             "(seed 0, cosine over 2,000 steps); each snapshot scored on evaluate's 100 prompts, read exactly. " + warm_text +
-            "Cells: rate [Wilson 95 %]. The last row scores the 2,000-step export (`export`: `transformer/`, `vae/` with SD3's `scaling_factor` "
+            "Cells: rate [Wilson 95 %]. The `diffloc toy evaluate` rows score the exports (`export`: `transformer/`, `vae/` with SD3's `scaling_factor` "
             "and `shift_factor`) through the project's own evaluation (`diffloc toy evaluate --model-dir DIR/dit "
-            "--n-per-value 25`: the shipped sampler, other noise seeds; `toy_eval_2000.json`). Samples: "
+            "--n-per-value 25`: the shipped sampler, other noise seeds; `toy_eval_STEPS.json`). Samples: "
             "[samples_2000.png](../results/reference/toy_dit_latent/samples_2000.png), "
-            "[eval_samples_2000.png](../results/reference/toy_dit_latent/eval_samples_2000.png).\n\n"
+            "[samples_4500.png](../results/reference/toy_dit_latent/samples_4500.png), "
+            "[eval_samples_2000.png](../results/reference/toy_dit_latent/eval_samples_2000.png), "
+            "[eval_samples_4500.png](../results/reference/toy_dit_latent/eval_samples_4500.png).\n\n"
             + table(["model", "steps", "object", "count", "style", "all five", "n"], rows))
