@@ -259,6 +259,13 @@ def _rate_ci(f: dict) -> str:
     return f"{f['rate']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}]"
 
 
+def _rate_cells(f: dict, n: int, attrs=("object", "count", "style", "all")) -> list[str]:
+    """Rate [Wilson 95 %] cells of bare fidelity rates ``{attribute: rate}`` over ``n`` samples."""
+    from diffloc.evaluate import wilson
+
+    return [_rate_ci({"rate": f[a], "ci": wilson(round(f[a] * n), n)}) for a in attrs]
+
+
 def dit_training_section(ref: Path, table: Callable) -> str:
     """toy-dit fidelity along longer training (``toy_dit_continue/curve.json``, ``python -m experiments.dit_training_curve``)."""
     points = _load(ref / "toy_dit_continue" / "curve.json")
@@ -314,21 +321,16 @@ def dit_denoise_section(ref: Path, table: Callable) -> str:
 def dit_sampler_section(ref: Path, table: Callable) -> str:
     """Whether sampler settings rescue toy-dit's shapes (``toy_dit_eval/sampler_sweep.json`` and
     ``guidance_sweep.json``, ``python -m diffloc_toy.evaluate --steps-sweep/--shift-sweep/--sweep``)."""
-    from diffloc.evaluate import wilson
-
     steps, guid = _load(ref / "toy_dit_eval" / "sampler_sweep.json"), _load(ref / "toy_dit_eval" / "guidance_sweep.json")
     if not steps:
         return ""
 
-    def cells(f: dict, n: int) -> list[str]:
-        return [_rate_ci({"rate": f[a], "ci": wilson(round(f[a] * n), n)}) for a in ("object", "count", "style", "all")]
-
     rows = []
     for key, f in steps["fidelity"].items():
         n_steps, shift = (part.split("=")[1] for part in key.split(","))
-        rows.append([n_steps, shift, f"{steps['guidance_scale']:g}", *cells(f, steps["n_samples"]), steps["n_samples"]])
+        rows.append([n_steps, shift, f"{steps['guidance_scale']:g}", *_rate_cells(f, steps["n_samples"]), steps["n_samples"]])
     for scale, f in (guid or {}).get("fidelity", {}).items():
-        rows.append([guid["num_inference_steps"], "1.0", f"{float(scale):g}", *cells(f, guid["n_samples"]), guid["n_samples"]])
+        rows.append([guid["num_inference_steps"], "1.0", f"{float(scale):g}", *_rate_cells(f, guid["n_samples"]), guid["n_samples"]])
     return ("### Sampler settings do not rescue toy-dit's shapes\n\n"
             "Source: `results/reference/toy_dit_eval/sampler_sweep.json` (`python -m diffloc_toy.evaluate --model toy-dit "
             "--n-per-value 25 --steps-sweep 20,50,100 --shift-sweep 0.5,3`: evaluate's prompts and seed 0, Euler steps at "
@@ -340,20 +342,15 @@ def dit_sampler_section(ref: Path, table: Callable) -> str:
 def dit_latent_section(ref: Path, table: Callable) -> str:
     """toy-dit trained on an autoencoder's latents against the pixel runs r5/r6 at equal steps
     (``toy_dit_latent/``, ``python -m experiments.dit_latent``)."""
-    from diffloc.evaluate import wilson
-
     curve, ae = _load(ref / "toy_dit_latent" / "curve.json"), _load(ref / "toy_dit_latent" / "ae_check.json")
     if not curve or not ae:
         return ""
     pixel = {(p["run"], p["steps_total"]): p for p in _load(ref / "toy_dit_continue" / "curve.json") or []}
     attrs = ("object", "count", "style", "all")
 
-    def cells(f: dict, n: int) -> list[str]:
-        return [_rate_ci({"rate": f[a], "ci": wilson(round(f[a] * n), n)}) for a in attrs]
-
     rows = []
     for p in curve:
-        rows.append(["latent, patch 1", p["step"], *cells(p["fidelity"], p["n"]), p["n"]])
+        rows.append(["latent, patch 1", p["step"], *_rate_cells(p["fidelity"], p["n"]), p["n"]])
         for run, name in (("r6", "pixel, patch 4 (r6)"), ("r5", "pixel, patch 2 (r5)")):
             if (run, p["step"]) in pixel:
                 q = pixel[run, p["step"]]
@@ -361,12 +358,12 @@ def dit_latent_section(ref: Path, table: Callable) -> str:
     warm = _load(ref / "toy_dit_latent" / "curve_warm.json") or []
     for p in warm:                                          # warm start from the 2,000-step EMA, steps counted in all
         rows.append([f"latent, warm start (lr {p['lr']:g}, cosine over {p['schedule']:,})", p["step_total"],
-                     *cells(p["fidelity"], p["n"]), p["n"]])
+                     *_rate_cells(p["fidelity"], p["n"]), p["n"]])
     for steps in (2000, 4500):                              # the exports, through the project's own evaluation
         official = _load(ref / "toy_dit_latent" / f"toy_eval_{steps}.json")
         if official:
             f, n = official["fidelity"], official["n_samples"]
-            rows.append(["latent, `diffloc toy evaluate`", steps, *cells(f, n), n])
+            rows.append(["latent, `diffloc toy evaluate`", steps, *_rate_cells(f, n), n])
     warm_text = ("Warm-start rows continue the 2,000-step EMA on a new schedule (`dit --init-from DIR/transformer --lr 5e-4 "
                  "--warmup 100`: fresh Adam, generator seed 8), steps counted in all. " if warm else "")
     more = _load(ref / "toy_dit_latent" / "ae_check_6000.json")
