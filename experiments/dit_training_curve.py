@@ -8,8 +8,8 @@ Usage::
 as ``r<run>_<step>``) with ``eval/toy_eval.json`` inside (``python -m diffloc_toy.evaluate --out
 SNAP/eval --model SNAP --n-per-value 25``). Each snapshot's recipe comes from its own
 ``diffloc.json``; a warm-started run's steps are counted on top of its parent's (``init_from``'s
-run, read from the shipped model's ``steps_trained``). The shipped model's evaluation
-(``results/reference/toy_dit_eval/toy_eval.json``) is the first point of every warm-started run. Writes
+run, read from the pixel model's ``steps_trained``). The pixel model's evaluation
+(``results/reference/toy_dit_pixel_eval/toy_eval.json``) is the first point of every warm-started run. Writes
 ``curve.json`` (fidelity per attribute with Wilson 95 % intervals and n) and ``curve.png``.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_EVAL = ROOT / "results" / "reference" / "toy_dit_eval" / "toy_eval.json"
-SHIPPED_META = ROOT / "experiments" / "toy" / "weights" / "dit" / "diffloc.json"
+SHIPPED_EVAL = ROOT / "results" / "reference" / "toy_dit_pixel_eval" / "toy_eval.json"
+SHIPPED_META = ROOT / "experiments" / "toy" / "weights" / "dit_pixel" / "diffloc.json"
 ATTRS = ("object", "colour", "style", "viewpoint", "count")
 
 

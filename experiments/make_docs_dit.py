@@ -292,9 +292,9 @@ def dit_training_section(ref: Path, table: Callable) -> str:
 
 
 def dit_denoise_section(ref: Path, table: Callable) -> str:
-    """Where toy-dit loses object and count along the sampling path (``toy_dit_denoise/probe.json``,
-    ``python -m experiments.dit_denoise_probe``)."""
-    probe = _load(ref / "toy_dit_denoise" / "probe.json")
+    """Where the pixel-space toy-dit lost object and count along the sampling path (``toy_dit_pixel_denoise/probe.json``,
+    ``python -m experiments.dit_denoise_probe --model experiments/toy/weights/dit_pixel``)."""
+    probe = _load(ref / "toy_dit_pixel_denoise" / "probe.json")
     if not probe:
         return ""
     res = probe["results"]
@@ -306,22 +306,24 @@ def dit_denoise_section(ref: Path, table: Callable) -> str:
             for attr in ("object", "count", "all"):
                 rows.append([x["model"], mode, attr, *[_rate_ci(by[s][attr]) if s in by else "—" for s in sigmas]])
     first = res[0]
-    return ("### Where along the sampling path toy-dit loses an attribute\n\n"
-            "Source: `results/reference/toy_dit_denoise/probe.json` (`python -m experiments.dit_denoise_probe`): each of "
+    return ("### Where along the sampling path the pixel-space toy-dit lost an attribute\n\n"
+            "Source: `results/reference/toy_dit_pixel_denoise/probe.json` (`python -m experiments.dit_denoise_probe --model "
+            "experiments/toy/weights/dit_pixel`; the pixel-space toy-dit shipped until the latent one replaced it): each of "
             f"{first['n_prompts']} balanced prompts' exact render is noised to σ₀ and denoised by the model "
             f"({first['steps']} Euler steps on σ₀ … 0, the shipped σ's scaled by σ₀; σ₀ = 1 is plain generation), then read "
             f"exactly. Guidance: `none` (scale 1), `full` ({first['guidance_scale']:g} at every step, the shipped sampler), "
             f"`interval` ({first['guidance_scale']:g} only while σ > {first['interval_below']:g}). Cells: rate [Wilson 95 %]; "
             f"n = {first['n_prompts']} per cell. Colour, style and viewpoint are in the file. Figure: "
-            "[probe.png](../results/reference/toy_dit_denoise/probe.png); samples (render, then one row per σ₀): "
-            "[full](../results/reference/toy_dit_denoise/samples_full.png).\n\n"
+            "[probe.png](../results/reference/toy_dit_pixel_denoise/probe.png); samples (render, then one row per σ₀): "
+            "[full](../results/reference/toy_dit_pixel_denoise/samples_full.png).\n\n"
             + table(["model", "guidance", "attribute", *[f"σ₀ = {s:g}" for s in sigmas]], rows))
 
 
 def dit_sampler_section(ref: Path, table: Callable) -> str:
-    """Whether sampler settings rescue toy-dit's shapes (``toy_dit_eval/sampler_sweep.json`` and
+    """Whether sampler settings rescued the pixel-space toy-dit's shapes (``toy_dit_pixel_eval/sampler_sweep.json`` and
     ``guidance_sweep.json``, ``python -m diffloc_toy.evaluate --steps-sweep/--shift-sweep/--sweep``)."""
-    steps, guid = _load(ref / "toy_dit_eval" / "sampler_sweep.json"), _load(ref / "toy_dit_eval" / "guidance_sweep.json")
+    steps = _load(ref / "toy_dit_pixel_eval" / "sampler_sweep.json")
+    guid = _load(ref / "toy_dit_pixel_eval" / "guidance_sweep.json")
     if not steps:
         return ""
 
@@ -331,17 +333,19 @@ def dit_sampler_section(ref: Path, table: Callable) -> str:
         rows.append([n_steps, shift, f"{steps['guidance_scale']:g}", *_rate_cells(f, steps["n_samples"]), steps["n_samples"]])
     for scale, f in (guid or {}).get("fidelity", {}).items():
         rows.append([guid["num_inference_steps"], "1.0", f"{float(scale):g}", *_rate_cells(f, guid["n_samples"]), guid["n_samples"]])
-    return ("### Sampler settings do not rescue toy-dit's shapes\n\n"
-            "Source: `results/reference/toy_dit_eval/sampler_sweep.json` (`python -m diffloc_toy.evaluate --model toy-dit "
-            "--n-per-value 25 --steps-sweep 20,50,100 --shift-sweep 0.5,3`: evaluate's prompts and seed 0, Euler steps at "
-            "shift 1, then the shift at 20 steps) and `guidance_sweep.json` (`--sweep 2,3,5,7`, seed 100). Shipped weights; "
+    return ("### Sampler settings did not rescue the pixel-space toy-dit's shapes\n\n"
+            "Source: `results/reference/toy_dit_pixel_eval/sampler_sweep.json` (`python -m diffloc_toy.evaluate --model "
+            "experiments/toy/weights/dit_pixel --n-per-value 25 --steps-sweep 20,50,100 --shift-sweep 0.5,3`: evaluate's "
+            "prompts and seed 0, Euler steps at shift 1, then the shift at 20 steps) and `guidance_sweep.json` (`--sweep "
+            "2,3,5,7`, seed 100). The pixel-space weights (`experiments/toy/weights/dit_pixel/`), shipped until the latent "
+            "toy-dit replaced them; "
             "cells: rate [Wilson 95 %]. Colour and viewpoint are 1.00 in every row (in the files).\n\n"
             + table(["Euler steps", "shift", "guidance", "object", "count", "style", "all five", "n"], rows))
 
 
 def dit_latent_section(ref: Path, table: Callable) -> str:
-    """toy-dit trained on an autoencoder's latents against the pixel runs r5/r6 at equal steps
-    (``toy_dit_latent/``, ``python -m experiments.dit_latent``)."""
+    """The shipped latent toy-dit's training, stage by stage, against the pixel runs r5/r6 at equal steps
+    (``toy_dit_latent/``; ``diffloc toy train --family vae`` / ``--family dit --set vae=…``)."""
     curve, ae = _load(ref / "toy_dit_latent" / "curve.json"), _load(ref / "toy_dit_latent" / "ae_check.json")
     if not curve or not ae:
         return ""
@@ -359,17 +363,21 @@ def dit_latent_section(ref: Path, table: Callable) -> str:
     for p in warm:                                          # warm start from the 2,000-step EMA, steps counted in all
         rows.append([f"latent, warm start (lr {p['lr']:g}, cosine over {p['schedule']:,})", p["step_total"],
                      *_rate_cells(p["fidelity"], p["n"]), p["n"]])
-    for steps in (2000, 4500):                              # the exports, through the project's own evaluation
+    for p in _load(ref / "toy_dit_latent" / "curve_warm2.json") or []:   # the last stage, and its sibling on the 6,000-step AE
+        rows.append([p["label"], p["step_total"], *_rate_cells(p["fidelity"], p["n"]), p["n"]])
+    for steps in (2000, 4500, 5500):                        # the exports, through the project's own evaluation
         official = _load(ref / "toy_dit_latent" / f"toy_eval_{steps}.json")
         if official:
             f, n = official["fidelity"], official["n_samples"]
             rows.append(["latent, `diffloc toy evaluate`", steps, *_rate_cells(f, n), n])
-    warm_text = ("Warm-start rows continue the 2,000-step EMA on a new schedule (`dit --init-from DIR/transformer --lr 5e-4 "
-                 "--warmup 100`: fresh Adam, generator seed 8), steps counted in all. " if warm else "")
+    warm_text = ("Warm-start rows continue the previous stage's EMA on a new schedule (`--set init_weights=DIR/dit/transformer "
+                 "--set lr=… --set warmup=100`: fresh Adam, generator seed 8), steps counted in all. " if warm else "")
     more = _load(ref / "toy_dit_latent" / "ae_check_6000.json")
     ceiling = (f"; after 3,000 more steps (lr 5e-4, cosine) {more['fidelity']['object']:.3f}" if more else "")
-    return ("### toy-dit in a latent space (a recipe probe)\n\n"
-            "Source: `results/reference/toy_dit_latent/` (`python -m experiments.dit_latent`, docstring). An `AutoencoderKL` "
+    return ("### toy-dit in a latent space: how the shipped model was trained\n\n"
+            "Source: `results/reference/toy_dit_latent/` (runs of the former `experiments.dit_latent`, now `diffloc toy train "
+            "--family vae` and `--family dit --set vae=… --set patch_size=1`, the same code path bit for bit; the recipe is in "
+            "[toy_world.md](toy_world.md)). An `AutoencoderKL` "
             f"(f4, 8 channels) trained {ae['steps']:,} steps reconstructs fresh renders with object read right in "
             f"{ae['fidelity']['object']:.3f} of n = {ae['n']} (colour, style, viewpoint and count 1.00){ceiling}: "
             "the ceiling of any model decoded by it. The shipped transformer (6 blocks, width 128) trained on its latents "
@@ -377,9 +385,12 @@ def dit_latent_section(ref: Path, table: Callable) -> str:
             "(seed 0, cosine over 2,000 steps); each snapshot scored on evaluate's 100 prompts, read exactly. " + warm_text +
             "Cells: rate [Wilson 95 %]. The `diffloc toy evaluate` rows score the exports (`export`: `transformer/`, `vae/` with SD3's `scaling_factor` "
             "and `shift_factor`) through the project's own evaluation (`diffloc toy evaluate --model-dir DIR/dit "
-            "--n-per-value 25`: the shipped sampler, other noise seeds; `toy_eval_STEPS.json`). Samples: "
+            "--n-per-value 25`, n = 100; at 5,500, the shipped model, `diffloc toy evaluate --model toy-dit` at its default "
+            "n = 200: the shipped sampler, other noise seeds; `toy_eval_STEPS.json`). Samples: "
             "[samples_2000.png](../results/reference/toy_dit_latent/samples_2000.png), "
             "[samples_4500.png](../results/reference/toy_dit_latent/samples_4500.png), "
             "[eval_samples_2000.png](../results/reference/toy_dit_latent/eval_samples_2000.png), "
-            "[eval_samples_4500.png](../results/reference/toy_dit_latent/eval_samples_4500.png).\n\n"
+            "[eval_samples_4500.png](../results/reference/toy_dit_latent/eval_samples_4500.png), "
+            "[samples_5500.png](../results/reference/toy_dit_latent/samples_5500.png), "
+            "[eval_samples_5500.png](../results/reference/toy_dit_latent/eval_samples_5500.png).\n\n"
             + table(["model", "steps", "object", "count", "style", "all five", "n"], rows))

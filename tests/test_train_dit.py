@@ -83,3 +83,17 @@ def test_cli_trains_then_warm_starts_with_recipe_fields(tmp_path):
           "--init-from", str(tmp_path / "a" / "ckpt" / "dit.pt"), "--set", "lr=2.5e-4"])
     meta = json.loads((tmp_path / "b" / "dit" / "diffloc.json").read_text())["train_config"]
     assert meta["init_from"] == str(tmp_path / "a" / "ckpt" / "dit.pt") and meta["lr"] == 2.5e-4 and meta["num_layers"] == 1
+
+
+def test_stop_at_ends_a_run_where_the_full_schedule_stood_at_that_step(tmp_path):
+    """``stop_at`` (how the shipped toy-dit's last stage was cut) stops after that step on the full schedule's
+    learning rates: its checkpoints equal the uninterrupted run's up to that step, and no later step ran."""
+    _train(tmp_path / "full", steps=4, ckpt_every=1)
+    _train(tmp_path / "cut", steps=4, stop_at=3, ckpt_every=1)
+    assert _ckpt_hashes(tmp_path / "cut") == _ckpt_hashes(tmp_path / "full")[:3]
+    assert torch.load(tmp_path / "cut" / "ckpt" / "dit.pt", weights_only=False)["step"] == 3
+    meta = json.loads((tmp_path / "cut" / "dit" / "diffloc.json").read_text())
+    assert meta["steps_trained"] == 3 and meta["train_config"]["stop_at"] == 3
+    _train(tmp_path / "short", steps=3, ckpt_every=1)        # a 3-step schedule anneals sooner: step 3 differs
+    assert _ckpt_hashes(tmp_path / "short")[:2] == _ckpt_hashes(tmp_path / "cut")[:2]
+    assert _ckpt_hashes(tmp_path / "short")[2] != _ckpt_hashes(tmp_path / "cut")[2]

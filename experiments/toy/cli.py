@@ -40,6 +40,11 @@ def _dit_fields(cls, pairs: list[str]) -> dict:
         if not eq or key not in fields:
             raise UsageError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
         kind = type(fields[key].default)
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise UsageError(f"--set {pair!r}: {key} takes true or false")
+            out[key] = raw.lower() in ("true", "1")
+            continue
         try:
             out[key] = kind(raw)
         except ValueError:
@@ -54,16 +59,17 @@ def toy_train(
     unet_steps: Optional[int] = typer.Option(None, help="Override the UNet's training steps."),
     stages: str = typer.Option("clip,scorer,unet", help="Comma-separated stages to run (--family unet)."),
     device: str = typer.Option("cpu", help="cpu, or cuda[:N] to train on a GPU (same recipe; not bit-identical to CPU)."),
-    family: str = typer.Option("unet", help="unet: the SD-shaped toy (CLIP, scorer, UNet); dit: toy-dit, an SD3-style MM-DiT on the shipped frozen CLIP tower."),
-    steps: Optional[int] = typer.Option(None, help="--family dit: training steps (default: the recipe's)."),
+    family: str = typer.Option("unet", help="unet: the SD-shaped toy (CLIP, scorer, UNet); dit: toy-dit, an SD3-style MM-DiT on the shipped frozen CLIP tower; vae: the latent toy-dit's autoencoder."),
+    steps: Optional[int] = typer.Option(None, help="--family dit / vae: training steps (default: the recipe's)."),
     init_from: Optional[Path] = typer.Option(None, help="--family dit: start from an earlier run's ckpt/dit.pt on a new schedule."),
-    dit_set: list[str] = typer.Option([], "--set", help="--family dit: a recipe field, KEY=VALUE (repeatable), e.g. --set lr=5e-4."),
+    dit_set: list[str] = typer.Option([], "--set", help="--family dit / vae: a recipe field, KEY=VALUE (repeatable), e.g. --set lr=5e-4."),
 ) -> None:
     """Train the toy world's CLIP (frozen text tower), open_clip scorer and UNet from scratch, or (--family dit) toy-dit.
 
     Example: diffloc toy train --out results/toy_retrain
     Example: diffloc toy train --family dit --out results/toy_dit     # resumable; about 1 s per step on one core
     Example: diffloc toy train --family dit --out results/toy_dit2 --init-from results/toy_dit/ckpt/dit.pt --steps 5000 --set lr=5e-4
+    Example: diffloc toy train --family vae --out results/toy_ae            # then --family dit --set vae=results/toy_ae/vae --set patch_size=1
     """
     import dataclasses
 
@@ -73,8 +79,24 @@ def toy_train(
     shipped = WEIGHTS_DIR.resolve()
     if out.resolve() == shipped or shipped in out.resolve().parents:
         raise UsageError(f"--out {out} would overwrite the shipped toy weights in {shipped}; choose another folder")
-    if family not in ("unet", "dit"):
-        raise UsageError(f"unknown --family {family!r}; allowed: unet, dit")
+    if family not in ("unet", "dit", "vae"):
+        raise UsageError(f"unknown --family {family!r}; allowed: unet, dit, vae")
+    if family == "vae":
+        from .latent import VaeTrainConfig, train_vae
+
+        over = _dit_fields(VaeTrainConfig, dit_set)
+        if steps is not None:
+            over["steps"] = steps
+        try:
+            vcfg = VaeTrainConfig(**{"seed": seed, **over})
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        import torch
+
+        with torch.enable_grad():
+            folder = train_vae(out, vcfg)
+        _say(f"toy-dit autoencoder -> {folder}; reader check -> {out / 'ae_check.json'}")
+        return
     if family == "dit":
         from .train_dit import DitTrainConfig, train_dit
 
