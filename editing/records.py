@@ -121,9 +121,11 @@ def check_out_path(out: str | Path, source: str | None) -> Path:
 
 
 def _save_model(model, folder: Path) -> None:
-    if model.vae is None:  # the toy layout: components + diffloc.json
+    if model.vae is None or "arch" in model.defaults:  # the toy layout (a diffloc.json folder): components + diffloc.json
         for name, module in model.modules.items():
             module.save_pretrained(folder / name)
+        if model.vae is not None:                        # the latent toy-dit's autoencoder (load_model reads vae/)
+            model.vae.save_pretrained(folder / "vae")
         for name, tok in model.tokenizers.items():
             tok.save_pretrained(folder / name.replace("text_encoder", "tokenizer"))
         model.scheduler.save_pretrained(folder / "scheduler")

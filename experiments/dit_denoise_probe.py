@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m experiments.dit_denoise_probe --out results/reference/toy_dit_denoise            # the shipped toy-dit
+    python -m experiments.dit_denoise_probe --model experiments/toy/weights/dit_pixel --out results/reference/toy_dit_pixel_denoise   # the pixel model
     python -m experiments.dit_denoise_probe --out /tmp/p --model /work/runs/snap/r2_5000 --label r2
 
 For each start level σ₀ (1.0 is plain generation from pure noise) and guidance mode, every prompt's

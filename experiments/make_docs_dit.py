@@ -279,12 +279,12 @@ def dit_training_section(ref: Path, table: Callable) -> str:
     for p in points:
         r = p["recipe"]
         start = "warm start" if r.get("init_from") else "from scratch"
-        how = ("shipped run" if r.get("shipped") else
+        how = ("pixel run shipped then" if r.get("shipped") else
                f"{start}, patch {r.get('patch_size', 4)}, lr {r['lr']:g}, warm-up {r['warmup']}, uniform-t share {r.get('uniform_t_share', 0):g}")
         rows.append([p["run"], how, p["steps_total"], *[_rate_ci(p["fidelity"][a]) for a in ("object", "count", "style", "all")], p["n"]])
-    return ("### toy-dit fidelity along longer training\n\n"
+    return ("### The pixel-space toy-dit's fidelity along longer training\n\n"
             "Source: `results/reference/toy_dit_continue/curve.json` (`python -m experiments.dit_training_curve`): runs "
-            "warm-started from the shipped checkpoint on a new warm-up + cosine schedule, or trained from scratch with another "
+            "of the pixel-space toy-dit (`experiments/toy/weights/dit_pixel/`, shipped until the latent model replaced it) warm-started from its checkpoint on a new warm-up + cosine schedule, or trained from scratch with another "
             "recipe (a cosine schedule over that run's own steps), each exported snapshot scored as "
             "above (exact readers, seed 0; Wilson 95 % intervals, n samples). Colour and viewpoint fidelity (not tabulated) "
             f"are at least {low('colour'):.2f} and {low('viewpoint'):.2f} in every snapshot from 1,000 steps on. Figure: [curve.png](../results/reference/toy_dit_continue/curve.png).\n\n"
@@ -304,7 +304,8 @@ def dit_denoise_section(ref: Path, table: Callable) -> str:
         for mode in dict.fromkeys(r["mode"] for r in x["rows"]):
             by = {r["sigma0"]: r["fidelity"] for r in x["rows"] if r["mode"] == mode}
             for attr in ("object", "count", "all"):
-                rows.append([x["model"], mode, attr, *[_rate_ci(by[s][attr]) if s in by else "—" for s in sigmas]])
+                label = "pixel, 3,500 steps (shipped then)" if x["model"] == "shipped" else x["model"]   # recorded while it shipped
+                rows.append([label, mode, attr, *[_rate_ci(by[s][attr]) if s in by else "—" for s in sigmas]])
     first = res[0]
     return ("### Where along the sampling path the pixel-space toy-dit lost an attribute\n\n"
             "Source: `results/reference/toy_dit_pixel_denoise/probe.json` (`python -m experiments.dit_denoise_probe --model "

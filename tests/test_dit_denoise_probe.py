@@ -1,6 +1,8 @@
 """experiments.dit_denoise_probe: from unit noise it is the shipped sampler step for step; its fidelity is the readers'."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,10 +10,20 @@ from diffloc.tracing.models import load_model
 from diffloc.tracing.sampler import SamplerConfig, generate
 
 
-@pytest.fixture(scope="module")
-def model():
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", params=["toy-dit", "pixel"])
+def model(request):
+    """The shipped (latent) toy-dit, and the pixel-space one the probe was first run on."""
     torch.set_num_threads(1)
-    return load_model("toy-dit")
+    return load_model("toy-dit" if request.param == "toy-dit" else str(ROOT / "experiments" / "toy" / "weights" / "dit_pixel"))
+
+
+def _noise(model, n: int, seed: int) -> torch.Tensor:
+    """Start noise in the denoiser's space: [n, 8, 8, 8] latents, or [n, 3, 32, 32] pixels."""
+    c, size = model.denoiser.config.in_channels, model.denoiser.config.sample_size
+    return torch.randn(n, c, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_unit_noise_start_equals_plain_generation(model):
@@ -19,7 +31,7 @@ def test_unit_noise_start_equals_plain_generation(model):
     from experiments.dit_denoise_probe import denoise_from
 
     prompts = ["a photo of one red circle at the top on a plain background", "two blue squares, bottom, striped"]
-    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    noise = _noise(model, 2, 3)
     x0 = torch.rand(2, 3, 32, 32) * 2 - 1
     ref = generate(model, prompts, cfg=SamplerConfig(num_inference_steps=3, guidance_scale=3.0), latents=noise)
     got = denoise_from(model, prompts, x0, 1.0, 3, lambda s: 3.0, noise=noise)
@@ -34,7 +46,7 @@ def test_guidance_follows_the_noise_level(model):
     from experiments.dit_denoise_probe import denoise_from
 
     prompts = ["a photo of one red circle at the top on a plain background"]
-    noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    noise = _noise(model, 1, 4)
     x0 = torch.zeros(1, 3, 32, 32)
     none = denoise_from(model, prompts, x0, 1.0, 4, lambda s: 1.0, noise=noise)
     torch.testing.assert_close(none, generate(model, prompts, cfg=SamplerConfig(num_inference_steps=4, guidance_scale=1.0),
