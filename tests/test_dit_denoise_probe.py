@@ -9,7 +9,6 @@ import torch
 from diffloc.tracing.models import load_model
 from diffloc.tracing.sampler import SamplerConfig, generate
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
