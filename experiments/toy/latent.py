@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from diffloc.tracing.errors import ConfigError
 
-from .train_base import Data, ToyTrainConfig, _bar, _lr
+from .train_base import Data, ToyTrainConfig, _bar, _log, _lr
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ def train_vae(out: str | Path, cfg: VaeTrainConfig) -> Path:
         if done % cfg.check_every == 0 and done >= 1000:
             checks[str(done)] = reader_check(vae)["fidelity"]
             vae.train()
-            _log(out, step=done, loss=round(loss.item(), 4), check=checks[str(done)], elapsed=round(time.time() - t0, 1))
+            _log(out, "vae_log.jsonl", event="check", step=done, loss=round(loss.item(), 4), check=checks[str(done)],
+                 elapsed=round(time.time() - t0, 1))
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             ck.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"vae": vae.state_dict(), "opt": opt.state_dict(), "gen": g.get_state(), "step": done, "checks": checks},
@@ -129,12 +130,6 @@ def train_vae(out: str | Path, cfg: VaeTrainConfig) -> Path:
     result = {"config": dataclasses.asdict(cfg), "checks": checks, **reader_check(vae)}
     (out / "ae_check.json").write_text(json.dumps(result, indent=2))
     return out / "vae"
-
-
-def _log(out: Path, **row) -> None:
-    with open(out / "vae_log.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
 
 
 class LatentSpace:

@@ -94,9 +94,9 @@ class ToyTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def _log(out: Path, **row) -> None:
+def _log(out: Path, name: str = "train_log.jsonl", /, **row) -> None:
     row["time"] = round(time.time(), 2)
-    with open(out / "train_log.jsonl", "a") as f:
+    with open(out / name, "a") as f:
         f.write(json.dumps(row) + "\n")
     if os.environ.get("DIFFLOC_QUIET") != "1" and "event" in row:   # per-step rows live in the log and the bar
         from tqdm import tqdm

@@ -169,7 +169,7 @@ def _batch_loss(model, cfg: DitTrainConfig, g: torch.Generator, data: Data, text
     seq, pooled, un_seq, un_pooled = text                         # [N, 77, D], [N, D], [1, 77, D], [1, D]
     x0, _, cap = data.batch(g, cfg.batch)                          # [B, 3, 32, 32] in [-1, 1]
     if space is not None:
-        x0 = space.latents(x0).cpu()                               # [B, 8, 8, 8], unit std
+        x0 = space.latents(x0)                                     # [B, 8, 8, 8] on cfg.device, unit std
     drop = torch.rand(len(x0), generator=g) < cfg.caption_dropout
     sigma = torch.sigmoid(torch.randn(len(x0), generator=g))       # logit-normal(0, 1), as SD3
     if cfg.uniform_t_share:                                        # drawn only when asked: the default run's stream is unchanged
@@ -255,11 +255,12 @@ def train_dit(out: str | Path, cfg: DitTrainConfig, text_dir: str | Path) -> Pat
                         "gen": g.get_state(), "step": done}, str(ck) + ".tmp")
             os.replace(str(ck) + ".tmp", ck)
             _log(out, event="ckpt", step=done, sha_ema=state_hash(ema))
+        exported = None
         if done % cfg.export_every == 0 or done == last:
-            _export(out, cfg, ema, done, text_dir, space)
+            exported = _export(out, cfg, ema, done, text_dir, space)
             _log(out, event="exported", step=done)
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == last):
-            _score(out, _export(out, cfg, ema, done, text_dir, space), done)
+            _score(out, exported or _export(out, cfg, ema, done, text_dir, space), done)
     bar.close()
     return out / "dit"
 
